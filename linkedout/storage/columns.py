@@ -1,0 +1,171 @@
+"""The dataset's Arrow schema and the tensor <-> Arrow conversions.
+
+On-disk layout of one row (format version 1):
+
+    item_id          string, unique        catalog item id (video file stem unless mapped)
+    tokens           struct, null=failed   one field per tapped layer, `layer_<index>`, each an
+                                           `arrow.fixed_shape_tensor` of shape [T, D]
+    error            string, null=ok       why extraction failed; such rows hold no tokens
+    content_sha256   string                sha256 of the video file or the text
+    source           string                path/URI of the video, or `text`
+    title            string                auxiliary text given to the backbone, if any
+    frame_indices    list<int32>           sampled frame numbers (videos)
+    frame_seconds    list<float32>         their timestamps in seconds (videos)
+    token_counts     struct<video, prompt, generated: int32>   tokens per span before pooling
+    extracted_at     timestamp[us, UTC]
+    extract_seconds  float32               backbone seconds spent on this item
+
+One struct field per layer is what lets a reader fetch a subset of layers without reading the
+others: Lance stores each struct child as its own column. bfloat16 has no Arrow type, so it is
+stored as its raw uint16 bits and reinterpreted on read (the manifest's dtype says which).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from linkedout.storage.manifest import Manifest
+
+MANIFEST_KEY = b"linkedout.manifest"
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+}
+_ARROW_VALUE_TYPES: dict[str, pa.DataType] = {
+    "float16": pa.float16(),
+    "bfloat16": pa.uint16(),
+    "float32": pa.float32(),
+}
+TOKEN_SPANS: tuple[str, ...] = ("video", "prompt", "generated")
+
+
+def layer_column(layer: int) -> str:
+    return f"layer_{layer}"
+
+
+def tokens_column(layer: int) -> str:
+    """Nested column path of one layer, for projections that read only that layer."""
+    return f"tokens.{layer_column(layer)}"
+
+
+def _layer_type(manifest: Manifest) -> pa.DataType:
+    _, t, d = manifest.shape
+    return pa.fixed_shape_tensor(_ARROW_VALUE_TYPES[manifest.dtype], [t, d])
+
+
+def _tokens_type(manifest: Manifest) -> pa.StructType:
+    return pa.struct([pa.field(layer_column(x), _layer_type(manifest)) for x in manifest.layers])
+
+
+def arrow_schema(manifest: Manifest) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("item_id", pa.string(), nullable=False),
+            pa.field("tokens", _tokens_type(manifest)),
+            pa.field("error", pa.string()),
+            pa.field("content_sha256", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("title", pa.string()),
+            pa.field("frame_indices", pa.list_(pa.int32())),
+            pa.field("frame_seconds", pa.list_(pa.float32())),
+            pa.field("token_counts", pa.struct([(s, pa.int32()) for s in TOKEN_SPANS])),
+            pa.field("extracted_at", pa.timestamp("us", tz="UTC")),
+            pa.field("extract_seconds", pa.float32()),
+        ],
+        metadata={MANIFEST_KEY: manifest.to_json().encode()},
+    )
+
+
+def tokens_to_arrow(tokens: Sequence[torch.Tensor | None], manifest: Manifest) -> pa.StructArray:
+    """Stack per-item `[L, T, D]` tensors (None for a failed item) into the `tokens` column."""
+    n = len(tokens)
+    valid = [t is not None for t in tokens]
+    shape = manifest.shape
+    dense = torch.zeros((n, *shape), dtype=TORCH_DTYPES[manifest.dtype])
+    for i, t in enumerate(tokens):
+        if t is not None:
+            dense[i] = t
+    array = _as_numpy_bits(dense)
+    struct_type = _tokens_type(manifest)
+    children = []
+    for j, f in enumerate(struct_type):
+        layer = np.ascontiguousarray(array[:, j])
+        storage = pa.FixedSizeListArray.from_arrays(
+            pa.array(layer.reshape(-1), type=f.type.storage_type.value_type),
+            list_size=shape[1] * shape[2],
+        )
+        children.append(pa.ExtensionArray.from_storage(f.type, storage))
+    mask = None if all(valid) else pa.array([not v for v in valid])
+    return pa.StructArray.from_arrays(children, fields=list(struct_type), mask=mask)
+
+
+def layer_arrays(
+    data: pa.Table | pa.RecordBatch, layers: Sequence[int]
+) -> list[pa.ChunkedArray | pa.Array]:
+    """Pick the per-layer columns out of a read, in the requested order.
+
+    Lance returns nested projections as flat `tokens.layer_i` columns from scans but as a
+    `tokens` struct (in schema order) from `take`; this hides the difference.
+    """
+    names = data.schema.names
+    if "tokens" in names:
+        struct = data.column("tokens")
+        if isinstance(struct, pa.ChunkedArray):
+            return [
+                pa.chunked_array(
+                    [c.field(layer_column(x)) for c in struct.chunks],
+                    type=struct.type.field(layer_column(x)).type,
+                )
+                for x in layers
+            ]
+        return [struct.field(layer_column(x)) for x in layers]
+    return [data.column(tokens_column(x)) for x in layers]
+
+
+def arrow_to_tokens(
+    layer_columns: Sequence[pa.ChunkedArray | pa.Array],
+    manifest: Manifest,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-layer `[T, D]` tensor columns (all rows valid) -> `[N, len(columns), T, D]`.
+
+    With `out`, values are copied straight into it (one copy from Arrow memory, none extra).
+    """
+    _, t, d = manifest.shape
+    n = len(layer_columns[0]) if layer_columns else 0
+    if out is None:
+        out = torch.empty((n, len(layer_columns), t, d), dtype=TORCH_DTYPES[manifest.dtype])
+    bits_dtype = _numpy_bits_dtype(manifest.dtype)
+    target = (
+        out.view(torch.int16).numpy().view(bits_dtype)
+        if out.dtype == torch.bfloat16
+        else out.numpy()
+    )
+    for j, column in enumerate(layer_columns):
+        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+        row = 0
+        for chunk in chunks:
+            storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
+            values = storage.flatten().to_numpy(zero_copy_only=False)
+            rows = len(chunk)
+            target[row : row + rows, j] = values.view(bits_dtype).reshape(rows, t, d)
+            row += rows
+    return out
+
+
+def _numpy_bits_dtype(dtype: str) -> np.dtype:
+    return {"float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16)}.get(
+        dtype, np.dtype(np.float32)
+    )
+
+
+def _as_numpy_bits(tensor: torch.Tensor) -> np.ndarray:
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(np.uint16)
+    return tensor.numpy()

@@ -1,0 +1,109 @@
+"""Share a feature dataset: copy it to any URI and write the dataset card beside the data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from linkedout import __version__
+from linkedout.errors import LinkedOutError
+from linkedout.storage.store import FeatureStore, exists
+from linkedout.storage.uri import normalize, write_text
+
+CARD_NAME = "README.md"
+
+
+def export(
+    src: str | Path,
+    dest: str | Path,
+    src_options: dict[str, str] | None = None,
+    dest_options: dict[str, str] | None = None,
+) -> FeatureStore:
+    """Copy the current version of `src` to `dest` (data, deletions and the item_id index) and
+    write its card. `dest` must not hold a dataset yet: an export never overwrites one."""
+    store = FeatureStore.open(src, src_options)
+    dest = normalize(dest)
+    dest_options = dict(dest_options or {})
+    if exists(dest, dest_options):
+        raise LinkedOutError(
+            f"{dest} already holds a Lance dataset: export to a new path, or delete it first"
+        )
+    store.dataset.deep_clone(dest, store.version, storage_options=dest_options or None)
+    copy = FeatureStore.open(dest, dest_options)
+    write_text(
+        dest,
+        CARD_NAME,
+        dataset_card(copy, source=f"{store.uri} (version {store.version})"),
+        dest_options,
+    )
+    return copy
+
+
+def dataset_card(store: FeatureStore, source: str | None = None) -> str:
+    """A README for people who receive the dataset: what is in it and how to load it."""
+    info = store.info()
+    m = info.manifest
+    layers = ", ".join(str(x) for x in m.layers)
+    first = m.layers[0]
+    recipe = "".join(f"| {k} | {v} |\n" for k, v in sorted(m.recipe.items()))
+    provenance = "".join(f"| {k} | {v} |\n" for k, v in sorted(m.provenance.items()))
+    prompt = (m.prompt or "").replace("\n", " ").replace("|", "\\|")
+    schema = "\n".join(f"    {f.name}: {f.type}" for f in info.schema)
+    return f"""# LinkedOut feature dataset
+
+Multi-layer hidden states of `{m.backbone}` for {info.rows} catalog items, written by
+[LinkedOut](https://pypi.org/project/linkedout/) {m.linkedout_version} (format version
+{m.format_version}). Each item holds a `[layers, tokens, dim]` = `{list(m.shape)}` tensor of
+{m.dtype} values: the backbone's hidden states at {len(m.layers)} depths, pooled to
+{m.tokens_per_layer} token slots per depth.
+{f"Exported from {source} by linkedout {__version__}." if source else ""}
+
+## How it was made
+| field | value |
+|---|---|
+| backbone | {m.backbone} |
+| backbone revision | {m.backbone_revision or "unknown"} |
+| backbone kind | {m.backbone_kind} |
+| tapped layers (0 = embeddings) | {layers} |
+| tokens per layer | {m.tokens_per_layer} |
+| hidden size | {m.hidden_size} |
+| dtype | {m.dtype} |
+| pooling | {m.pooling or "-"} |
+| prompt | {prompt or "-"} |
+| frames per video | {m.frames_per_video or "-"} |
+{recipe}{provenance}
+## Contents
+- items with features: {info.rows}
+- failed items (no tokens, `error` says why): {info.failures}
+- size: {info.size_bytes / 2**20:.1f} MiB in {info.fragments} fragment(s)
+
+One row per item. `tokens` is a struct with one field per tapped layer, `layer_<index>`, each an
+Arrow `fixed_shape_tensor` of shape `[{m.tokens_per_layer}, {m.hidden_size}]`, so one layer can
+be read without the others. bfloat16 values are stored as their raw uint16 bits. The manifest
+above is stored as JSON in the schema metadata under `linkedout.manifest`.
+
+```
+{schema}
+```
+
+## Load it
+With LinkedOut (any local path or `s3://` URI):
+```python
+from linkedout.storage import FeatureStore
+store = FeatureStore.open("{info.uri}")
+ids, tokens = store.load()                       # tokens: torch.Tensor [N, L, T, D]
+one_layer = store.take(ids[:4], layers=[{first}])     # reads only that layer
+```
+With `lance` alone:
+```python
+import lance
+ds = lance.dataset("{info.uri}")
+table = ds.to_table(columns=["item_id", "tokens.layer_{first}"], filter="error IS NULL")
+layer = table.column("tokens.layer_{first}").combine_chunks().to_numpy_ndarray()   # [N, T, D]
+```
+With DuckDB, over the scalar columns (DuckDB has no Arrow tensor type):
+```python
+import duckdb, lance
+rows = lance.dataset("{info.uri}").to_table(columns=["item_id", "error", "source", "title"])
+duckdb.sql("SELECT count(*) - count(error) AS items, count(error) AS failed FROM rows").show()
+```
+"""

@@ -1,0 +1,397 @@
+"""`FeatureStore`: the Lance dataset both stages share (layout: `linkedout.storage.columns`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from linkedout.errors import LinkedOutError, MissingItemsError
+from linkedout.storage.columns import (
+    MANIFEST_KEY,
+    TORCH_DTYPES,
+    arrow_schema,
+    arrow_to_tokens,
+    layer_arrays,
+    tokens_column,
+)
+from linkedout.storage.manifest import Manifest
+from linkedout.storage.uri import is_local, normalize
+
+log = logging.getLogger(__name__)
+
+_OK = "error IS NULL"
+
+
+@dataclass(frozen=True)
+class StoredStatus:
+    content_sha256: str | None
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Failure:
+    item_id: str
+    source: str
+    error: str
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    uri: str
+    manifest: Manifest
+    rows: int
+    failures: int
+    size_bytes: int
+    version: int
+    versions: int
+    created: datetime | None
+    updated: datetime | None
+    fragments: int
+    indices: list[str]
+    schema: pa.Schema
+
+
+@dataclass(frozen=True)
+class OptimizeReport:
+    fragments_before: int
+    fragments_after: int
+    bytes_before: int
+    bytes_after: int
+
+
+class FeatureStore:
+    """A LinkedOut feature dataset at one version: read with `take`/`load`, write with `writer`."""
+
+    def __init__(
+        self, uri: str, dataset: lance.LanceDataset, manifest: Manifest, storage_options: dict
+    ):
+        self._uri = uri
+        self._ds = dataset
+        self.manifest = manifest
+        self.storage_options = storage_options
+        self._offsets: dict[str, int] | None = None
+
+    # ---------------------------------------------------------------- opening
+    @classmethod
+    def open(
+        cls,
+        uri: str | Path,
+        storage_options: dict[str, str] | None = None,
+        version: int | None = None,
+    ) -> FeatureStore:
+        """Open an existing dataset (local path or object-store URI)."""
+        uri = normalize(uri)
+        options = dict(storage_options or {})
+        try:
+            ds = lance.dataset(uri, version=version, storage_options=options or None)
+        except (ValueError, OSError) as e:
+            raise LinkedOutError(_not_a_dataset(uri, e)) from None
+        raw = (ds.schema.metadata or {}).get(MANIFEST_KEY)
+        if raw is None:
+            raise LinkedOutError(
+                f"{uri} is a Lance dataset but not a LinkedOut feature store (its schema has no "
+                "linkedout.manifest): point at a dataset written by `linkedout extract`"
+            )
+        try:
+            manifest = Manifest.from_json(raw)
+        except LinkedOutError as e:
+            raise LinkedOutError(f"{uri}: {e}") from None
+        return cls(uri, ds, manifest, options)
+
+    @classmethod
+    def create(
+        cls, uri: str | Path, manifest: Manifest, storage_options: dict[str, str] | None = None
+    ) -> FeatureStore:
+        """Create an empty dataset whose schema carries `manifest`; refuses an existing one."""
+        uri = normalize(uri)
+        options = dict(storage_options or {})
+        _refuse_foreign_directory(uri)
+        schema = arrow_schema(manifest)
+        try:
+            ds = lance.write_dataset(
+                pa.RecordBatchReader.from_batches(schema, []),
+                uri,
+                schema=schema,
+                mode="create",
+                storage_options=options or None,
+            )
+        except OSError as e:
+            raise LinkedOutError(
+                f"cannot create a feature dataset at {uri}: {_first_line(e)}"
+            ) from None
+        return cls(uri, ds, manifest, options)
+
+    @classmethod
+    def open_or_create(
+        cls, uri: str | Path, manifest: Manifest, storage_options: dict[str, str] | None = None
+    ) -> FeatureStore:
+        """The extractor's entry point: resume into a compatible dataset or start a new one."""
+        if not exists(uri, storage_options):
+            return cls.create(uri, manifest, storage_options)
+        store = cls.open(uri, storage_options)
+        diffs = store.manifest.mismatches(manifest)
+        if diffs:
+            raise LinkedOutError(
+                f"{uri} holds features made another way ({'; '.join(diffs)}): "
+                "write these to a new output path, or repeat the original settings"
+            )
+        return store
+
+    def __reduce__(self):
+        # Reopen by URI in another process: Lance handles must not cross a fork.
+        return (FeatureStore.open, (self.uri, self.storage_options, self.version))
+
+    # ---------------------------------------------------------------- facts
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    @property
+    def version(self) -> int:
+        return self._ds.version
+
+    @property
+    def dataset(self) -> lance.LanceDataset:
+        """The underlying Lance dataset, for queries this class does not wrap."""
+        return self._ds
+
+    def __len__(self) -> int:
+        return len(self._offset_map())
+
+    def ids(self) -> list[str]:
+        """Ids of the successfully extracted items, in storage order."""
+        return list(self._offset_map())
+
+    def status(self, item_ids: Iterable[str]) -> dict[str, StoredStatus]:
+        """What is stored for these ids (absent ids are left out)."""
+        wanted = list(dict.fromkeys(item_ids))
+        out: dict[str, StoredStatus] = {}
+        for start in range(0, len(wanted), 1000):
+            chunk = wanted[start : start + 1000]
+            table = self._ds.to_table(
+                columns=["item_id", "content_sha256", "error"], filter=_id_filter(chunk)
+            )
+            for row in table.to_pylist():
+                out[row["item_id"]] = StoredStatus(row["content_sha256"], row["error"])
+        return out
+
+    def pending(self, items: Iterable[tuple[str, str]], overwrite: bool = False) -> list[str]:
+        """Ids among `(item_id, content_sha256)` that still need extracting.
+
+        An item already stored with the same content hash is done; a failed one, a changed one or
+        (with `overwrite`) any one is pending.
+        """
+        items = list(items)
+        if overwrite:
+            return [item_id for item_id, _ in items]
+        stored = self.status(item_id for item_id, _ in items)
+        return [
+            item_id
+            for item_id, sha in items
+            if not (
+                item_id in stored and stored[item_id].ok and stored[item_id].content_sha256 == sha
+            )
+        ]
+
+    def failures(self) -> list[Failure]:
+        table = self._ds.to_table(
+            columns=["item_id", "source", "error"], filter="error IS NOT NULL"
+        )
+        return [Failure(r["item_id"], r["source"] or "", r["error"]) for r in table.to_pylist()]
+
+    def info(self) -> StoreInfo:
+        versions = self._ds.versions()
+        stamps = [v["timestamp"] for v in versions]
+        files = self._ds.all_files().read_all()
+        return StoreInfo(
+            uri=self.uri,
+            manifest=self.manifest,
+            rows=len(self),
+            failures=self._ds.count_rows(filter="error IS NOT NULL"),
+            size_bytes=int(pc.sum(files.column("size_bytes")).as_py() or 0),
+            version=self.version,
+            versions=len(versions),
+            created=min(stamps) if stamps else None,
+            updated=max(stamps) if stamps else None,
+            fragments=len(self._ds.get_fragments()),
+            indices=[
+                f"{i.name} ({i.index_type} on {', '.join(i.field_names)}, "
+                f"{i.num_rows_indexed} rows)"
+                for i in self._ds.describe_indices()
+            ],
+            schema=self._ds.schema,
+        )
+
+    # ---------------------------------------------------------------- reading
+    def layer_positions(self, layers: Sequence[int] | None) -> list[int]:
+        """Validate requested layer indices (model depths, as in the manifest)."""
+        if layers is None:
+            return list(self.manifest.layers)
+        unknown = [x for x in layers if x not in self.manifest.layers]
+        if unknown:
+            raise LinkedOutError(
+                f"layers {unknown} are not stored in {self.uri}; it holds layers "
+                f"{list(self.manifest.layers)}"
+            )
+        return list(layers)
+
+    def take(self, item_ids: Sequence[str], layers: Sequence[int] | None = None) -> torch.Tensor:
+        """`[N, L, T, D]` for these ids in this order, reading only the requested layers."""
+        layers = self.layer_positions(layers)
+        offsets = self._offset_map()
+        missing = [i for i in item_ids if i not in offsets]
+        if missing:
+            raise MissingItemsError(self._missing_message(missing), missing)
+        if not item_ids:
+            return torch.empty(
+                (0, len(layers), *self.manifest.shape[1:]), dtype=TORCH_DTYPES[self.manifest.dtype]
+            )
+        rows = np.fromiter((offsets[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
+        table = self._ds.take(rows, columns=[tokens_column(x) for x in layers])
+        return arrow_to_tokens(layer_arrays(table, layers), self.manifest)
+
+    def iter_batches(
+        self, batch_size: int = 1024, layers: Sequence[int] | None = None
+    ) -> Iterator[tuple[list[str], torch.Tensor]]:
+        """Stream `(ids, [B, L, T, D])` over every stored item without holding them all."""
+        for ids, columns in self._scan(batch_size, self.layer_positions(layers)):
+            yield ids, arrow_to_tokens(columns, self.manifest)
+
+    def load(self, layers: Sequence[int] | None = None) -> tuple[list[str], torch.Tensor]:
+        """Every stored item as `(ids, [N, L, T, D])` in one tensor."""
+        layers = self.layer_positions(layers)
+        out = torch.empty(
+            (len(self), len(layers), *self.manifest.shape[1:]),
+            dtype=TORCH_DTYPES[self.manifest.dtype],
+        )
+        ids: list[str] = []
+        for batch_ids, columns in self._scan(8192, layers):
+            arrow_to_tokens(columns, self.manifest, out=out[len(ids) : len(ids) + len(batch_ids)])
+            ids.extend(batch_ids)
+        return ids, out
+
+    def _scan(self, batch_size: int, layers: list[int]):
+        columns = ["item_id", *(tokens_column(x) for x in layers)]
+        for batch in self._ds.to_batches(columns=columns, filter=_OK, batch_size=batch_size):
+            if batch.num_rows:
+                yield batch.column(0).to_pylist(), layer_arrays(batch, layers)
+
+    # ---------------------------------------------------------------- writing
+    def writer(self, batch_size: int = 64, overwrite: bool = False):
+        """A context manager that commits rows in batches; see `FeatureWriter`."""
+        from linkedout.storage.writer import FeatureWriter
+
+        return FeatureWriter(self, batch_size=batch_size, overwrite=overwrite)
+
+    def update_index(self) -> None:
+        """Create the scalar index on item_id, or extend it over rows added since."""
+        if any(i.field_names == ["item_id"] for i in self._ds.describe_indices()):
+            self._ds.optimize.optimize_indices()
+        else:
+            self._ds.create_scalar_index("item_id", "BTREE")
+        self._refresh()
+
+    def optimize(self, prune_old_versions: bool = True) -> OptimizeReport:
+        """Merge the small fragments batched writes leave behind into large ones, and (with
+        `prune_old_versions`) delete the files only older versions use.
+
+        Run it when no other process writes or reads an older version of this dataset
+        (`linkedout extract` does at the end of an unsharded run): pruning removes files such a
+        process may still need.
+        """
+        before = self.info()
+        self._ds.optimize.compact_files()
+        self._refresh()
+        self.update_index()
+        if prune_old_versions:
+            self._ds.cleanup_old_versions(older_than=timedelta(0))
+            self._refresh()
+        after = self.info()
+        return OptimizeReport(
+            before.fragments, after.fragments, before.size_bytes, after.size_bytes
+        )
+
+    def _refresh(self) -> None:
+        self._ds = lance.dataset(self.uri, storage_options=self.storage_options or None)
+        self._offsets = None
+
+    # ---------------------------------------------------------------- internals
+    def _offset_map(self) -> dict[str, int]:
+        """item_id -> row offset for `take`, for the stored (non-failed) rows of this version."""
+        if self._offsets is None:
+            table = self._ds.to_table(columns=["item_id", "error"])
+            ids = table.column("item_id").to_pylist()
+            ok = table.column("error").is_null().to_pylist()
+            self._offsets = {item_id: i for i, (item_id, good) in enumerate(zip(ids, ok)) if good}
+        return self._offsets
+
+    def _missing_message(self, missing: list[str]) -> str:
+        failed = {f.item_id: f.error for f in self.failures() if f.item_id in set(missing[:5])}
+        shown = ", ".join(
+            f"{i!r} (failed: {failed[i]})" if i in failed else repr(i) for i in missing[:5]
+        )
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        return (
+            f"{len(missing)} item id(s) not stored in {self.uri}: {shown}{more}; "
+            "extract them first or drop them from the request"
+        )
+
+
+def exists(uri: str | Path, storage_options: dict[str, str] | None = None) -> bool:
+    """Whether a Lance dataset exists at `uri` (any Lance dataset, LinkedOut's or not)."""
+    try:
+        lance.dataset(normalize(uri), storage_options=storage_options or None)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _id_filter(ids: Sequence[str]) -> str:
+    quoted = ",".join("'" + i.replace("'", "''") + "'" for i in ids)
+    return f"item_id IN ({quoted})"
+
+
+def _refuse_foreign_directory(uri: str) -> None:
+    # Lance would happily create its folders inside any directory; a typo'd --out must not
+    # turn someone's video folder into a dataset.
+    if not is_local(uri):
+        return
+    path = Path(uri.removeprefix("file://"))
+    if path.is_file() or (path.is_dir() and any(path.iterdir())):
+        raise LinkedOutError(
+            f"{path} exists and is not a Lance dataset: choose a new path for the feature dataset"
+        )
+
+
+def _not_a_dataset(uri: str, error: Exception) -> str:
+    if is_local(uri):
+        path = Path(uri.removeprefix("file://"))
+        if not path.exists():
+            return (
+                f"no feature dataset at {path}: the path does not exist "
+                "(check it, or create one with `linkedout extract`)"
+            )
+        return (
+            f"{path} is not a Lance dataset (no _versions folder): "
+            "point at a dataset written by `linkedout extract`"
+        )
+    return f"cannot open a Lance dataset at {uri}: {_first_line(error)}"
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    # Lance appends Rust source locations; they help no user.
+    return text.split(", /")[0]
