@@ -32,6 +32,7 @@ demo: install
 
 benchmark: install
 	$(PY) benchmarks/storage.py
+	$(PY) benchmarks/extract.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache out

@@ -1,9 +1,12 @@
-"""`make demo`, for as much of the pipeline as exists: the feature store.
+"""`make demo`: the pipeline end to end on real data, as far as it is built.
 
-The extract stage (issue #3) is not built yet, so the tensors written here are random
-placeholders with the shape Qwen2.5-VL-3B would give ([8 layers, 16 tokens, 2048]); everything
-around them is real: the sample clips' paths and sha256 hashes, batched idempotent commits, a
-re-run that skips them, `linkedout info`, and an export with its dataset card.
+1. MicroLens-50K titles -> real all-MiniLM-L6-v2 (every layer) -> Lance, via `linkedout extract`.
+2. The sample clips -> the default Video LLM -> Lance, when that model is available (a local
+   folder in LINKEDOUT_VIDEO_MODEL, or the hub); otherwise says how to provide it.
+3. `linkedout info` on what was written, and `linkedout export` with its dataset card.
+
+Data: MicroLens from $LINKEDOUT_DATA or ../shared/data/microlens-50k; clips from
+$LINKEDOUT_VIDEOS or ../shared/data/videos.
 """
 
 from __future__ import annotations
@@ -14,44 +17,76 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
-from linkedout.storage import FeatureRow, FeatureStore, Manifest, sha256_file
-
 REPO = Path(__file__).resolve().parents[1]
-VIDEOS = Path(os.environ.get("LINKEDOUT_VIDEOS", REPO.parent / "shared" / "data" / "videos"))
+SHARED = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("LINKEDOUT_DATA", SHARED / "microlens-50k"))
+VIDEOS = Path(os.environ.get("LINKEDOUT_VIDEOS", SHARED / "videos"))
+VIDEO_MODEL = os.environ.get("LINKEDOUT_VIDEO_MODEL", "Qwen/Qwen2.5-VL-3B-Instruct")
 OUT = REPO / "out" / "demo"
+CLI = [sys.executable, "-m", "linkedout.cli"]
+
+
+def run(*args: str) -> None:
+    print(f"\n$ linkedout {' '.join(args)}", flush=True)
+    subprocess.run([*CLI, *args], check=True)
+
+
+def video_model_available() -> bool:
+    from linkedout.errors import LinkedOutError
+    from linkedout.extract.backbones import inspect_model
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # answer at once instead of retrying a hub
+    try:
+        inspect_model(VIDEO_MODEL, "video-llm")
+    except LinkedOutError as e:
+        print(f"\nskipping video extraction: {e}")
+        return False
+    return True
 
 
 def main() -> None:
-    clips = sorted(p for p in VIDEOS.glob("*") if p.suffix in {".mp4", ".mkv", ".webm", ".avi"})
-    if not clips:
-        sys.exit(f"no sample clips under {VIDEOS}: set LINKEDOUT_VIDEOS to a folder of videos")
+    titles = DATA / "MicroLens-50k_titles.csv"
+    if not titles.exists():
+        sys.exit(
+            f"MicroLens-50K is not at {DATA}: download MicroLens-50k_titles.csv and "
+            "MicroLens-50k_pairs.tsv from the MicroLens project page into a folder and set "
+            "LINKEDOUT_DATA to it"
+        )
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
-    manifest = Manifest(
-        backbone="placeholder (random tensors until `linkedout extract` lands)",
-        backbone_kind="video-llm",
-        layers=(4, 8, 12, 16, 20, 24, 28, 36),
-        tokens_per_layer=16,
-        hidden_size=2048,
-        frames_per_video=16,
+    run(
+        "extract",
+        "--texts",
+        str(titles),
+        "--model",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "--layers",
+        "all",
+        "--tokens-per-layer",
+        "4",
+        "--batch-size",
+        "64",
+        "--out",
+        str(OUT / "titles.lance"),
     )
-    store = FeatureStore.open_or_create(OUT / "features.lance", manifest)
-    for attempt in ("first run", "re-run (nothing to do)"):
-        with store.writer(batch_size=4) as writer:
-            for clip in clips:
-                tokens = torch.randn(manifest.shape).to(torch.float16)
-                writer.add(FeatureRow(clip.stem, tokens, sha256_file(clip), source=str(clip)))
-        s = writer.stats
-        print(f"{attempt}: {s.written} written, {s.skipped} skipped, {s.commits} commit(s)")
-    cli = [sys.executable, "-m", "linkedout.cli"]
-    subprocess.run([*cli, "info", str(OUT / "features.lance")], check=True)
-    subprocess.run(
-        [*cli, "export", str(OUT / "features.lance"), str(OUT / "shared.lance")], check=True
-    )
-    ids = store.ids()[:2]
-    print(f"take({ids}, layers=[8]) -> {tuple(store.take(ids, layers=[8]).shape)}")
+    run("info", str(OUT / "titles.lance"), "--failures", "3")
+    if VIDEOS.is_dir() and video_model_available():
+        run(
+            "extract",
+            "--videos",
+            str(VIDEOS),
+            "--model",
+            VIDEO_MODEL,
+            "--frames",
+            "8",
+            "--max-pixels",
+            str(448 * 448),
+            "--out",
+            str(OUT / "videos.lance"),
+        )
+        run("info", str(OUT / "videos.lance"))
+    run("export", str(OUT / "titles.lance"), str(OUT / "shared" / "titles.lance"))
+    print(f"\ndataset card: {OUT / 'shared' / 'titles.lance' / 'README.md'}")
 
 
 if __name__ == "__main__":

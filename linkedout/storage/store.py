@@ -35,6 +35,7 @@ _OK = "error IS NULL"
 class StoredStatus:
     content_sha256: str | None
     error: str | None
+    title: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -140,7 +141,12 @@ class FeatureStore:
     ) -> FeatureStore:
         """The extractor's entry point: resume into a compatible dataset or start a new one."""
         if not exists(uri, storage_options):
-            return cls.create(uri, manifest, storage_options)
+            try:
+                return cls.create(uri, manifest, storage_options)
+            except LinkedOutError:
+                # Another shard may have created it a moment ago; if so, join it below.
+                if not exists(uri, storage_options):
+                    raise
         store = cls.open(uri, storage_options)
         diffs = store.manifest.mismatches(manifest)
         if diffs:
@@ -182,28 +188,31 @@ class FeatureStore:
         for start in range(0, len(wanted), 1000):
             chunk = wanted[start : start + 1000]
             table = self._ds.to_table(
-                columns=["item_id", "content_sha256", "error"], filter=_id_filter(chunk)
+                columns=["item_id", "content_sha256", "error", "title"], filter=_id_filter(chunk)
             )
             for row in table.to_pylist():
-                out[row["item_id"]] = StoredStatus(row["content_sha256"], row["error"])
+                out[row["item_id"]] = StoredStatus(
+                    row["content_sha256"], row["error"], row["title"]
+                )
         return out
 
-    def pending(self, items: Iterable[tuple[str, str]], overwrite: bool = False) -> list[str]:
-        """Ids among `(item_id, content_sha256)` that still need extracting.
+    def pending(
+        self, items: Iterable[tuple[str, str, str | None]], overwrite: bool = False
+    ) -> list[str]:
+        """Ids among `(item_id, content_sha256, title)` that still need extracting.
 
-        An item already stored with the same content hash is done; a failed one, a changed one or
-        (with `overwrite`) any one is pending.
+        An item stored with the same content hash and title is done (the title is part of the
+        prompt, so a new title means new states); a failed, changed or new one is pending, and
+        with `overwrite` every one is.
         """
         items = list(items)
         if overwrite:
-            return [item_id for item_id, _ in items]
-        stored = self.status(item_id for item_id, _ in items)
+            return [item_id for item_id, _, _ in items]
+        stored = self.status(item_id for item_id, _, _ in items)
         return [
             item_id
-            for item_id, sha in items
-            if not (
-                item_id in stored and stored[item_id].ok and stored[item_id].content_sha256 == sha
-            )
+            for item_id, sha, title in items
+            if not _is_current(stored.get(item_id), sha, title)
         ]
 
     def failures(self) -> list[Failure]:
@@ -348,6 +357,12 @@ class FeatureStore:
             f"{len(missing)} item id(s) not stored in {self.uri}: {shown}{more}; "
             "extract them first or drop them from the request"
         )
+
+
+def _is_current(stored: StoredStatus | None, sha: str | None, title: str | None) -> bool:
+    return (
+        stored is not None and stored.ok and (stored.content_sha256, stored.title) == (sha, title)
+    )
 
 
 def exists(uri: str | Path, storage_options: dict[str, str] | None = None) -> bool:

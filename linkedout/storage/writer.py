@@ -16,7 +16,7 @@ import torch
 from linkedout.errors import LinkedOutError
 from linkedout.storage.columns import TOKEN_SPANS, TORCH_DTYPES, arrow_schema, tokens_to_arrow
 from linkedout.storage.rows import FailedItem, FeatureRow
-from linkedout.storage.store import FeatureStore
+from linkedout.storage.store import FeatureStore, _is_current
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,7 @@ class FeatureWriter:
                     self.stats.kept += 1  # never trade a good row for a failure
                     continue
                 self.stats.failed += 1
-            elif (
-                before is not None
-                and before.ok
-                and before.content_sha256 == row.content_sha256
-                and not self.overwrite
-            ):
+            elif not self.overwrite and _is_current(before, row.content_sha256, row.title):
                 self.stats.skipped += 1
                 continue
             elif before is not None:

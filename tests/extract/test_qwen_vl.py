@@ -1,0 +1,303 @@
+"""QwenVLBackbone on tiny random checkpoints: preprocessing parity with transformers' own code,
+exact spans, the layer numbering convention, batching and greedy generation."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import GPT2Config
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from linkedout.errors import LinkedOutError
+from linkedout.extract.backbones.base import ItemInput
+from linkedout.extract.backbones.qwen_vl import (
+    VIDEO_TOKEN,
+    PackSettings,
+    QwenVLBackbone,
+    pack_video,
+)
+from tests.conftest import shared_data
+from tests.extract.tiny_qwen import FAMILIES
+
+CPU = torch.device("cpu")
+# 12 merged tokens per temporal patch at most: keeps every forward tiny.
+MAX_PIXELS = 28 * 28 * 12
+SETTINGS = PackSettings(min_pixels=56 * 56, max_pixels=28 * 28 * 20)
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def backbone(request, checkpoints) -> QwenVLBackbone:
+    return QwenVLBackbone.load(
+        str(checkpoints[request.param]), CPU, torch.float32, max_pixels=MAX_PIXELS
+    )
+
+
+@pytest.fixture(scope="session")
+def clip() -> ItemInput:
+    """Three frames of a real clip (an odd count, so the last temporal patch is padded)."""
+    import decord
+
+    reader = decord.VideoReader(str(shared_data("videos", "dog_eating_854132.mp4")))
+    indices = [0, 10, 20]
+    return ItemInput(
+        text="A dog eats from a bowl. Describe this video.",
+        frames=reader.get_batch(indices).asnumpy(),
+        frame_seconds=tuple(float(s) for s in reader.get_frame_timestamp(indices)[:, 0]),
+    )
+
+
+def random_item(text: str, n_frames: int, height: int, width: int, seed: int) -> ItemInput:
+    frames = np.random.default_rng(seed).integers(0, 256, (n_frames, height, width, 3), np.uint8)
+    return ItemInput(
+        text=text, frames=frames, frame_seconds=tuple(0.5 * i for i in range(n_frames))
+    )
+
+
+def image_processor(settings: PackSettings) -> Qwen2VLImageProcessorPil:
+    return Qwen2VLImageProcessorPil(
+        min_pixels=settings.min_pixels,
+        max_pixels=settings.max_pixels,
+        patch_size=settings.patch_size,
+        temporal_patch_size=settings.temporal_patch_size,
+        merge_size=settings.merge_size,
+        image_mean=list(settings.image_mean),
+        image_std=list(settings.image_std),
+    )
+
+
+def all_layers(backbone: QwenVLBackbone, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """`backbone.forward(inputs)` captured with hooks: layer 0 = input of block 1, layer i =
+    output of block i."""
+    blocks = backbone.decoder_layers()
+    states: list[torch.Tensor] = []
+    handles = [blocks[0].register_forward_pre_hook(lambda _m, args: states.append(args[0]))]
+    handles += [
+        block.register_forward_hook(lambda _m, _args, out: states.append(out)) for block in blocks
+    ]
+    try:
+        backbone.forward(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [state.detach().clone() for state in states]
+
+
+# (a) pack_video against transformers' torchvision-free image processor -------------------------
+
+
+@pytest.mark.parametrize(
+    ("height", "width"),
+    [(56, 84), (50, 75), (123, 77), (20, 30), (300, 500)],
+    ids=["multiple-of-28", "non-multiple", "odd", "below-min-pixels", "above-max-pixels"],
+)
+def test_pack_video_of_a_still_equals_the_image_processor(height, width):
+    frame = np.random.default_rng(height).integers(0, 256, (height, width, 3), np.uint8)
+    expected = image_processor(SETTINGS)(images=[Image.fromarray(frame)], return_tensors="np")
+    pixels, grid = pack_video(np.stack([frame, frame]), SETTINGS)
+    assert grid == tuple(expected["image_grid_thw"][0])
+    assert pixels.dtype == np.float32
+    np.testing.assert_array_equal(pixels, expected["pixel_values"])
+    if height * width > SETTINGS.max_pixels:
+        assert grid[1] * grid[2] * 14 * 14 <= SETTINGS.max_pixels
+
+
+def test_pack_video_orders_frames_inside_each_temporal_patch():
+    """Each patch vector is (channel, time, row, column), the layout the vision tower's Conv3d
+    reads; an odd frame count repeats the last frame."""
+    frames = np.random.default_rng(1).integers(0, 256, (3, 70, 100, 3), np.uint8)
+    pixels, (grid_t, grid_h, grid_w) = pack_video(frames, SETTINGS)
+    assert grid_t == 2
+    per_frame = pixels.reshape(grid_t, grid_h * grid_w, 3, 2, 14 * 14)
+    processor = image_processor(SETTINGS)
+    for index in range(4):
+        still = Image.fromarray(frames[min(index, 2)])
+        expected = processor(images=[still], return_tensors="np")["pixel_values"]
+        expected = expected.reshape(grid_h * grid_w, 3, 2, 14 * 14)[:, :, 0]
+        np.testing.assert_array_equal(per_frame[index // 2, :, :, index % 2], expected)
+
+
+# (b) against the real video processor, which needs torchvision --------------------------------
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is None,
+    reason="transformers' Qwen2VLVideoProcessor resizes with torchvision, which is not installed",
+)
+def test_pack_video_matches_the_transformers_video_processor():
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    frames = np.random.default_rng(2).integers(0, 256, (5, 123, 77, 3), np.uint8)
+    processor = Qwen2VLVideoProcessor(
+        min_pixels=SETTINGS.min_pixels,
+        max_pixels=SETTINGS.max_pixels,
+        cap_pixels_per_frame=False,
+    )
+    expected = processor(videos=[frames], return_tensors="np")
+    pixels, grid = pack_video(frames, SETTINGS)
+    assert grid == tuple(expected["video_grid_thw"][0])
+    # torchvision's antialiased bicubic and PIL's differ by a grey level here and there.
+    np.testing.assert_allclose(pixels, expected["pixel_values_videos"], atol=0.05)
+
+
+# Loading -------------------------------------------------------------------------------------
+
+
+def test_load_reads_the_checkpoint(checkpoints):
+    for family, max_pixels in [("qwen2_vl", 12845056), ("qwen2_5_vl", 28 * 28 * 768)]:
+        path = checkpoints[family]
+        backbone = QwenVLBackbone.load(str(path), CPU, torch.float32)
+        assert backbone.kind == "video-llm"
+        assert (backbone.num_layers, backbone.hidden_size) == (4, 64)
+        assert len(backbone.decoder_layers()) == 4
+        # qwen2_5_vl's video_preprocessor_config.json wins over preprocessor_config.json.
+        assert (backbone.settings.min_pixels, backbone.settings.max_pixels) == (3136, max_pixels)
+        expected_revision = hashlib.sha256((path / "config.json").read_bytes()).hexdigest()
+        assert backbone.revision == expected_revision
+    overridden = QwenVLBackbone.load(str(path), CPU, torch.float32, max_pixels=9999, min_pixels=10)
+    assert (overridden.settings.min_pixels, overridden.settings.max_pixels) == (10, 9999)
+    named = QwenVLBackbone.load(str(path), CPU, torch.float32, model_id="org/name", revision="abc")
+    assert (named.model_id, named.revision) == ("org/name", "abc")
+
+
+def test_unsupported_architecture_is_a_user_error(tmp_path):
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(LinkedOutError, match=r"gpt2 model.*Qwen2-VL \(qwen2_vl\).*qwen2_5_vl"):
+        QwenVLBackbone.load(str(tmp_path), CPU, torch.float32)
+
+
+# (c) spans and the layer convention on a real clip -------------------------------------------
+
+
+def test_spans_are_exactly_the_video_and_prompt_tokens(backbone, clip):
+    prepared = backbone.prepare(clip)
+    ids = prepared.inputs["input_ids"][0]
+    spans, tokenizer = prepared.spans, backbone.tokenizer
+    video_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+    t, h, w = spans.video_grid
+    assert (spans.video.stop - spans.video.start) == t * h * w == prepared.token_counts["video"]
+    assert t == 2  # three frames, padded to two temporal patches
+    assert (ids == video_id).nonzero().flatten().tolist() == list(range(len(ids)))[spans.video]
+    assert tokenizer.decode(ids[spans.prompt]) == clip.text
+    assert spans.prompt.stop - spans.prompt.start == prepared.token_counts["prompt"]
+    # What the transformers processor tokenizes: the chat template with the placeholder expanded.
+    messages = [
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": clip.text}]}
+    ]
+    chat = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(ids) == chat.replace(VIDEO_TOKEN, VIDEO_TOKEN * t * h * w)
+    types = prepared.inputs["mm_token_type_ids"][0]
+    assert types.nonzero().flatten().tolist() == list(range(len(ids)))[spans.video]
+    assert prepared.inputs["video_grid_thw"].tolist() == [[t, 2 * h, 2 * w]]
+    if backbone.family == "qwen2_5_vl":  # 2 frames per temporal patch, 0.4 s apart
+        assert prepared.inputs["second_per_grid_ts"].tolist() == pytest.approx([0.8])
+
+
+def test_hooked_layers_are_the_models_hidden_states(backbone, clip):
+    inputs, offsets = backbone.collate([backbone.prepare(clip)])
+    assert offsets == [0]
+    hooked = all_layers(backbone, inputs)
+    with torch.inference_mode():
+        reference = backbone.model(**inputs, output_hidden_states=True).hidden_states
+    n = backbone.num_layers
+    assert len(hooked) == len(reference) == n + 1
+    for layer in range(n):
+        torch.testing.assert_close(hooked[layer], reference[layer], rtol=0, atol=0)
+    # The model's last entry is after the final norm; our layer n is the raw residual stream.
+    final_norm = backbone.model.model.language_model.norm
+    torch.testing.assert_close(final_norm(hooked[n]), reference[n], rtol=0, atol=0)
+
+
+# (d) a padded batch gives each item's states alone ---------------------------------------------
+
+
+def test_batch_equals_single_items(backbone):
+    items = [
+        random_item("A short title.", n_frames=4, height=60, width=90, seed=3),
+        random_item("A much longer title about a cartoon sailor on a ship.", 3, 100, 70, 4),
+    ]
+    prepared = [backbone.prepare(item) for item in items]
+    assert prepared[0].spans.video_grid != prepared[1].spans.video_grid
+    inputs, offsets = backbone.collate(prepared)
+    assert offsets == [0, 0]
+    batched = all_layers(backbone, inputs)
+    worst = 0.0
+    for row, item in enumerate(prepared):
+        single_inputs, _ = backbone.collate([item])
+        single = all_layers(backbone, single_inputs)
+        length = item.inputs["input_ids"].shape[1]
+        for b, s in zip(batched, single):
+            worst = max(worst, (b[row, :length] - s[0]).abs().max().item())
+    print(f"{backbone.family}: batch vs single max abs diff {worst:.2e}")
+    assert worst < 1e-6  # states are ~0.1: this is float32 rounding
+
+
+# (e) generation --------------------------------------------------------------------------------
+
+
+def test_generate_appends_the_greedy_tokens(backbone):
+    """(The tiny model emits no end-of-turn token within 4 steps here; a real one may stop
+    early, and then `spans.generated` is shorter.)"""
+    prepared = backbone.prepare(random_item("Describe this video.", 4, 60, 90, seed=5))
+    length = prepared.inputs["input_ids"].shape[1]
+    out = backbone.generate(prepared, new_tokens=4)
+    assert out.spans.generated == slice(length, length + 4)
+    assert out.token_counts == {**prepared.token_counts, "generated": 4}
+    assert (out.spans.prompt, out.spans.video) == (prepared.spans.prompt, prepared.spans.video)
+    ids = out.inputs["input_ids"]
+    assert torch.equal(ids[:, :length], prepared.inputs["input_ids"])
+    assert out.inputs["attention_mask"].tolist() == [[1] * (length + 4)]
+    assert out.inputs["mm_token_type_ids"][0, length:].tolist() == [0] * 4
+    # One forward over prompt + generated reproduces every greedy step: the positions (M-RoPE
+    # included) of the appended tokens match those used during decoding.
+    inputs, _ = backbone.collate([out])
+    with torch.inference_mode():
+        logits = backbone.model(**inputs).logits
+    assert logits[0, length - 1 : length + 3].argmax(-1).tolist() == ids[0, length:].tolist()
+
+
+def test_generated_tokens_keep_the_positions_they_were_decoded_at(backbone):
+    """One forward over prompt + generated tokens computes what decoding computed, even with 32
+    frames, where the video's temporal positions run past those of the text after it."""
+    prepared = backbone.prepare(random_item("Hi.", 32, 60, 90, seed=8))
+    length, new = prepared.inputs["input_ids"].shape[1], 4
+    out = backbone.generate(prepared, new_tokens=new)
+    one_pass = all_layers(backbone, backbone.collate([out])[0])
+    with torch.inference_mode():
+        decoded = backbone.model.generate(
+            **prepared.inputs,
+            do_sample=False,
+            max_new_tokens=new,
+            output_hidden_states=True,
+            return_dict_in_generate=True,
+        ).hidden_states
+    # Decoding step k (k >= 1) feeds generated token k - 1.
+    for step in range(1, new):
+        for layer in range(backbone.num_layers):
+            torch.testing.assert_close(
+                one_pass[layer][0, length + step - 1], decoded[step][layer][0, -1]
+            )
+
+
+# Prompts ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["|>", "assistant", "You are a helpful assistant.", "  spaced  ", "émoji 🎬 描述\nline", ""],
+)
+def test_prompt_span_holds_any_text(backbone, text):
+    prepared = backbone.prepare(random_item(text, 2, 56, 56, seed=9))
+    ids = prepared.inputs["input_ids"][0]
+    assert backbone.tokenizer.decode(ids[prepared.spans.prompt]) == text
+    assert prepared.spans.prompt.start == prepared.spans.video.stop + 1  # after <|vision_end|>
+
+
+def test_prepare_rejects_a_prompt_holding_the_video_token(backbone):
+    item = random_item(f"sneaky {VIDEO_TOKEN}", 2, 56, 56, seed=6)
+    with pytest.raises(LinkedOutError, match="must not contain"):
+        backbone.prepare(item)
