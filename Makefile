@@ -33,6 +33,7 @@ demo: install
 benchmark: install
 	$(PY) benchmarks/storage.py
 	$(PY) benchmarks/extract.py
+	$(PY) benchmarks/recommend.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache out

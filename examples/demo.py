@@ -1,9 +1,11 @@
 """`make demo`: the pipeline end to end on real data, as far as it is built.
 
 1. MicroLens-50K titles -> real all-MiniLM-L6-v2 (every layer) -> Lance, via `linkedout extract`.
-2. The sample clips -> the default Video LLM -> Lance, when that model is available (a local
+2. `linkedout train` (quick settings) on the MicroLens interactions, `evaluate`, and
+   `recommend --explain` for one user.
+3. The sample clips -> the default Video LLM -> Lance, when that model is available (a local
    folder in LINKEDOUT_VIDEO_MODEL, or the hub); otherwise says how to provide it.
-3. `linkedout info` on what was written, and `linkedout export` with its dataset card.
+4. `linkedout export` of the title features with its dataset card.
 
 Data: MicroLens from $LINKEDOUT_DATA or ../shared/data/microlens-50k; clips from
 $LINKEDOUT_VIDEOS or ../shared/data/videos.
@@ -24,6 +26,10 @@ VIDEOS = Path(os.environ.get("LINKEDOUT_VIDEOS", SHARED / "videos"))
 VIDEO_MODEL = os.environ.get("LINKEDOUT_VIDEO_MODEL", "Qwen/Qwen2.5-VL-3B-Instruct")
 OUT = REPO / "out" / "demo"
 CLI = [sys.executable, "-m", "linkedout.cli"]
+# Where a machine has no network, ask the hub once instead of retrying for half a minute; set
+# HF_HUB_OFFLINE=0 to let the demo download the default Video LLM. (Read by huggingface_hub at
+# import, so it is set before anything imports transformers.)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def run(*args: str) -> None:
@@ -35,7 +41,6 @@ def video_model_available() -> bool:
     from linkedout.errors import LinkedOutError
     from linkedout.extract.backbones import inspect_model
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # answer at once instead of retrying a hub
     try:
         inspect_model(VIDEO_MODEL, "video-llm")
     except LinkedOutError as e:
@@ -70,6 +75,25 @@ def main() -> None:
         str(OUT / "titles.lance"),
     )
     run("info", str(OUT / "titles.lance"), "--failures", "3")
+    pairs = DATA / "MicroLens-50k_pairs.tsv"
+    run(
+        "train",
+        "--features",
+        str(OUT / "titles.lance"),
+        "--interactions",
+        str(pairs),
+        "--out",
+        str(OUT / "run"),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "256",
+        "--lr",
+        "2e-3",
+    )
+    run("evaluate", str(OUT / "run"))
+    first_user = pairs.read_text().split("\t", 1)[0]
+    run("recommend", str(OUT / "run"), "--user", first_user, "--k", "5", "--explain")
     if VIDEOS.is_dir() and video_model_available():
         run(
             "extract",

@@ -260,6 +260,224 @@ def _progress_bar(quiet: bool, unit: str):
         yield update
 
 
+@app.command(no_args_is_help=True)
+def train(
+    features: Annotated[str, typer.Option(help="Feature dataset written by `linkedout extract`.")],
+    interactions: Annotated[
+        Path,
+        typer.Option(
+            help="CSV/TSV/Parquet of user, item[, timestamp] rows, or MicroLens pairs "
+            "(user<TAB>item item ...)."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run directory to create, e.g. runs/NAME.")
+    ],
+    fusion: Annotated[
+        str,
+        typer.Option(
+            help="How depths combine: moe (per-user gate), mean, last, layer:K, or none (IDs only)."
+        ),
+    ] = "moe",
+    ids: Annotated[
+        bool,
+        typer.Option(
+            "--ids/--no-ids",
+            help="Add an item-ID embedding to the content (content only ranks unseen items).",
+        ),
+    ] = False,
+    d_model: Annotated[
+        int, typer.Option(help="Width of item vectors and of the sequence model.")
+    ] = 64,
+    top_k: Annotated[
+        int, typer.Option(help="Gate keeps the k largest layer weights (0 = soft gate).")
+    ] = 0,
+    balance_weight: Annotated[
+        float, typer.Option(help="Weight of the gate load-balancing term.")
+    ] = 0.01,
+    blocks: Annotated[int, typer.Option(help="Causal Transformer blocks.")] = 2,
+    heads: Annotated[int, typer.Option(help="Attention heads.")] = 2,
+    dropout: Annotated[float, typer.Option(help="Dropout in the sequence model.")] = 0.2,
+    max_len: Annotated[int, typer.Option(help="History length the model sees.")] = 50,
+    min_interactions: Annotated[int, typer.Option(help="Drop users with fewer interactions.")] = 5,
+    allow_missing: Annotated[
+        bool, typer.Option(help="Keep items without features (needs --ids).")
+    ] = False,
+    user_col: Annotated[str | None, typer.Option(help="User column (default: detected).")] = None,
+    item_col: Annotated[str | None, typer.Option(help="Item column (default: detected).")] = None,
+    time_col: Annotated[
+        str | None, typer.Option(help="Timestamp column (default: detected, optional).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Most epochs; early stopping may end sooner.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Users per training batch.")] = 128,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    patience: Annotated[
+        int, typer.Option(help="Epochs without a better validation NDCG@10 before stopping.")
+    ] = 3,
+    negatives: Annotated[
+        int,
+        typer.Option(help="Sampled-softmax negatives (catalogs above --full-softmax-max-items)."),
+    ] = 1024,
+    full_softmax_max_items: Annotated[
+        int, typer.Option(help="Largest catalog trained with a full softmax.")
+    ] = 4096,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    accelerator: Annotated[
+        str, typer.Option(help="Lightning accelerator: auto, cpu, gpu.")
+    ] = "auto",
+    storage_option: StorageOptions = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train the LinkedOut recommender from a feature dataset and interactions."""
+    from linkedout.recommend.data import SplitConfig
+    from linkedout.recommend.model import ModelConfig
+    from linkedout.recommend.train import TrainConfig
+    from linkedout.recommend.train import train as run_train
+    from linkedout.storage.uri import parse_storage_options
+
+    _quiet_lightning()
+    config = TrainConfig(
+        features=features,
+        interactions=str(interactions),
+        out=str(out),
+        model=ModelConfig(
+            d_model=d_model,
+            fusion=fusion,
+            ids=ids,
+            top_k=top_k,
+            balance_weight=balance_weight,
+            blocks=blocks,
+            heads=heads,
+            dropout=dropout,
+            max_len=max_len,
+        ),
+        split=SplitConfig(
+            min_interactions=min_interactions, max_len=max_len, allow_missing=allow_missing
+        ),
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        patience=patience,
+        negatives=negatives,
+        full_softmax_max_items=full_softmax_max_items,
+        seed=seed,
+        accelerator=accelerator,
+        storage_options=parse_storage_options(storage_option),
+        progress=not quiet,
+    )
+    run = run_train(config)
+    _print_metrics(json.loads((run / "metrics.json").read_text()), title=str(run))
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `linkedout train`.")],
+    split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Full-ranking HR/NDCG/MRR of a trained run, beside popularity and the cold-start slice."""
+    from linkedout.recommend.evaluate import evaluate_run
+
+    if split not in ("valid", "test"):
+        raise LinkedOutError(f"--split {split!r}: use valid or test")
+    results = evaluate_run(run, splits=(split,))
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        _print_metrics(results, title=f"{run} ({split})")
+
+
+@app.command()
+def recommend(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `linkedout train`.")],
+    user: Annotated[str | None, typer.Option(help="A user of the run's interactions.")] = None,
+    history: Annotated[
+        str | None, typer.Option(help="Watched item ids, oldest first: ID,ID,...")
+    ] = None,
+    k: Annotated[int, typer.Option(help="How many items.")] = 10,
+    explain: Annotated[
+        bool, typer.Option(help="Show the user's per-depth gate and each item's strongest depth.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Top-k items for a user or a watch history."""
+    from linkedout.recommend.evaluate import TrainedRun
+    from linkedout.recommend.serve import recommend as run_recommend
+    from linkedout.recommend.serve import user_history
+
+    if (user is None) == (history is None):
+        raise LinkedOutError("pass exactly one of --user U or --history ID,ID,...")
+    trained = TrainedRun(run)
+    items = (
+        user_history(trained, user)
+        if user
+        else [i.strip() for i in history.split(",") if i.strip()]
+    )
+    result = run_recommend(trained, items, k=k, explain=explain)
+    if as_json:
+        typer.echo(json.dumps(asdict(result), indent=2))
+        return
+    if result.unknown:
+        err_console.print(
+            f"note: {len(result.unknown)} history item(s) unknown to this run, "
+            f"ignored (e.g. {result.unknown[0]})",
+            highlight=False,
+        )
+    table = Table(
+        "#",
+        "item",
+        "score",
+        *(["strongest layer"] if explain else []),
+        title=f"top {len(result.items)} after {len(items)} watched item(s)",
+        title_justify="left",
+    )
+    for rank, r in enumerate(result.items, 1):
+        table.add_row(
+            str(rank), Text(r.item_id), f"{r.score:.3f}", *([str(r.top_layer)] if explain else [])
+        )
+    console.print(table, highlight=False)
+    if explain and result.gate:
+        gates = "  ".join(f"layer {layer}: {w:.2f}" for layer, w in result.gate.items())
+        console.print(f"this user's gate over depths: {gates}", highlight=False)
+
+
+def _quiet_lightning() -> None:
+    import logging
+    import warnings
+
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="lightning")
+
+
+def _print_metrics(results: dict, title: str) -> None:
+    names = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
+    table = Table("split", "ranker", *names, "users", title=title, title_justify="left")
+    labels = {"valid": "valid", "test": "test", "test_cold_start": "test, cold items"}
+    for split, label in labels.items():
+        if split not in results:
+            continue
+        for who, name in (("model", "LinkedOut"), ("popularity", "popularity")):
+            m = results[split][who]
+            table.add_row(label, name, *(f"{m[n]:.4f}" for n in names), f"{m['users']:,}")
+    console.print(table, highlight=False)
+    if "gate" in results and len(results["gate"]["layers"]) > 1:
+        gates = "  ".join(
+            f"{layer}: {w:.2f}"
+            for layer, w in zip(results["gate"]["layers"], results["gate"]["mean"], strict=True)
+        )
+        console.print(f"mean gate over depths (test users): {gates}", highlight=False)
+
+
 @app.command()
 def info(
     uri: Annotated[str, typer.Argument(help="Feature dataset: a local path or s3://bucket/path.")],
@@ -314,7 +532,7 @@ def info(
         ("size on disk", _human_bytes(facts.size_bytes) + f" in {facts.fragments} fragment(s)"),
         (
             "version",
-            f"{facts.version} of {facts.versions}, "
+            f"{facts.version} ({facts.versions} kept), "
             f"last written {facts.updated:%Y-%m-%d %H:%M:%S} UTC"
             if facts.updated
             else str(facts.version),

@@ -1,0 +1,136 @@
+"""A trained run, loaded once: full-ranking evaluation, baselines and the gate plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from linkedout.errors import LinkedOutError
+from linkedout.recommend.data import SequenceSplit, SplitReport, _left_pad
+from linkedout.recommend.metrics import RankingMetrics, history_mask, rank_of_target
+from linkedout.recommend.module import Catalog, LinkedOutModule
+
+
+class TrainedRun:
+    """Checkpoint + cached per-layer item embeddings + split of one `linkedout train` run."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        best = self.path / "checkpoints" / "best.ckpt"
+        if not best.exists() or not (self.path / "serving.pt").exists():
+            raise LinkedOutError(
+                f"{self.path} holds no trained run (no checkpoints/best.ckpt and serving.pt): "
+                "train one with `linkedout train`"
+            )
+        self.config = json.loads((self.path / "config.json").read_text())
+        self.module = LinkedOutModule.load_from_checkpoint(best, map_location="cpu").eval()
+        serving = torch.load(self.path / "serving.pt", map_location="cpu")
+        self.catalog = Catalog(serving["experts"], serving["ids"])
+        self.item_ids: list[str] = serving["item_ids"]
+        self.index = {item: i + 1 for i, item in enumerate(self.item_ids)}
+        self.layers: list[int] = self.config["layers"]
+        raw = torch.load(self.path / "split.pt", map_location="cpu")
+        raw["report"] = SplitReport(**raw["report"])
+        self.split = SequenceSplit(**raw)
+        self.user_index = {u: i for i, u in enumerate(self.split.users)}
+        self.max_len = self.module.config.max_len
+
+    @torch.inference_mode()
+    def scores(self, histories: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every item's score `[B, N]`, the user states `[B, d]` and gates `[B, L]`."""
+        padded = torch.tensor([_left_pad(h, self.max_len) for h in histories])
+        h, gate = self.module.encode(padded, self.catalog)
+        scores = self.module.model.score(h, gate, self.catalog.experts, self.catalog.ids)
+        scores[:, 0] = float("-inf")
+        return scores, h, gate
+
+
+@torch.inference_mode()
+def evaluate_run(
+    path: str | Path,
+    splits: tuple[str, ...] = ("valid", "test"),
+    write: bool = False,
+    batch_size: int = 1024,
+) -> dict:
+    """Metrics of the model and of popularity on each split, plus the test cold-start slice."""
+    run = TrainedRun(path)
+    split = run.split
+    popularity = split.train_counts()
+    popularity[0] = float("-inf")
+    seen = torch.zeros(split.num_items, dtype=torch.bool)
+    seen[[i for seq in split.train for i in seq]] = True
+    results: dict = {}
+    gates = []
+    for name in splits:
+        model, pop = RankingMetrics(), RankingMetrics()
+        cold_model, cold_pop = RankingMetrics(), RankingMetrics()
+        for start in range(0, len(split.users), batch_size):
+            users = range(start, min(start + batch_size, len(split.users)))
+            histories = [split.history(u, name) for u in users]
+            targets = torch.tensor([split.target(u, name) for u in users])
+            scores, _, gate = run.scores(histories)
+            exclude = history_mask(histories, split.num_items, "cpu")
+            ranks = rank_of_target(scores, targets, exclude)
+            pop_ranks = rank_of_target(popularity.expand(len(users), -1), targets, exclude)
+            model.update(ranks)
+            pop.update(pop_ranks)
+            cold = ~seen[targets]
+            if name == "test" and cold.any():
+                cold_model.update(ranks[cold])
+                cold_pop.update(pop_ranks[cold])
+            if name == "test" and run.module.model.content:
+                gates.append(gate)
+        results[name] = {"model": model.compute(), "popularity": pop.compute()}
+        if name == "test" and cold_model.count:
+            results["test_cold_start"] = {
+                "model": cold_model.compute(),
+                "popularity": cold_pop.compute(),
+            }
+    if gates:
+        results["gate"] = {"layers": run.layers, "mean": torch.cat(gates).mean(0).tolist()}
+    if write:
+        (run.path / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+        if gates and len(run.layers) > 1:
+            plot_gates(run.layers, torch.cat(gates), run.path / "gates.png")
+    return results
+
+
+def write_serving(run: Path, checkpoint: Path, item_tokens: torch.Tensor) -> None:
+    """Cache the best model's per-layer item embeddings: serving then costs one sequence
+    forward and L matrix-vector products, never the compressor over the catalog."""
+    module = LinkedOutModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    module.attach(item_tokens)
+    with torch.inference_mode():
+        catalog = module.catalog()
+    split = torch.load(run / "split.pt", map_location="cpu")
+    torch.save(
+        {
+            "item_ids": split["item_ids"],
+            "experts": catalog.experts,
+            "ids": None if catalog.ids is None else catalog.ids.detach().clone(),
+        },
+        run / "serving.pt",
+    )
+
+
+def plot_gates(layers: list[int], gates: torch.Tensor, path: Path, sample: int = 24) -> None:
+    """Mean gate weight per depth over all users, and the gates of a sample of users."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=[1, 1.4])
+    labels = [str(x) for x in layers]
+    left.bar(labels, gates.mean(0).numpy(), color="#3b6ea8")
+    left.set(title="Mean gate weight per depth (test users)", xlabel="layer", ylabel="weight")
+    picks = torch.linspace(0, len(gates) - 1, min(sample, len(gates))).long()
+    image = right.imshow(gates[picks].numpy(), aspect="auto", cmap="viridis", vmin=0)
+    right.set(title=f"Gate weights of {len(picks)} users", xlabel="layer", ylabel="user")
+    right.set_xticks(range(len(labels)), labels)
+    fig.colorbar(image, ax=right, label="weight")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,100 @@
+"""Full-ranking evaluation: every item is a candidate, one held-out target per user.
+
+This is the protocol of MicroLens and RecBole's full sort (no sampled negatives). MicroLens also
+masks each user's earlier items before ranking; pass them as `exclude` to do the same, or `None`
+to rank as RecBole does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+KS = (10, 20)
+
+
+def rank_of_target(
+    scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor | None
+) -> torch.Tensor:
+    """1-based rank `[B]` (long) of each row's target among all `N` items.
+
+    rank = 1 + the number of other items, not masked by `exclude`, scoring at least as high as
+    the target. Ties count against the target (pessimistic), so a model that scores every item
+    alike ranks its targets last, not first. Masked items can never outrank it, and the target
+    counts even when `exclude` marks it. A NaN score ranks below every real score, so a
+    diverged model cannot place its targets first.
+    """
+    if scores.dim() != 2 or targets.shape != scores.shape[:1]:
+        raise ValueError(f"scores {tuple(scores.shape)} and targets {tuple(targets.shape)}")
+    if exclude is not None and exclude.shape != scores.shape:
+        raise ValueError(f"exclude {tuple(exclude.shape)} differs from scores")
+    if scores.is_floating_point():
+        scores = torch.nan_to_num(scores, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+    target_scores = scores.gather(1, targets.long().unsqueeze(1))
+    above = scores >= target_scores
+    above.scatter_(1, targets.long().unsqueeze(1), False)  # the target does not outrank itself
+    if exclude is not None:
+        above &= ~exclude
+    return above.sum(dim=1) + 1
+
+
+def history_mask(
+    histories: list[list[int]], num_items: int, device: torch.device | str
+) -> torch.Tensor:
+    """Bool `[B, N]`, True at each user's earlier items (the `exclude` of `rank_of_target`)."""
+    mask = torch.zeros(len(histories), num_items, dtype=torch.bool, device=device)
+    lengths = torch.tensor([len(h) for h in histories], dtype=torch.long, device=device)
+    rows = torch.repeat_interleave(torch.arange(len(histories), device=device), lengths)
+    cols = torch.tensor([i for h in histories for i in h], dtype=torch.long, device=device)
+    mask[rows, cols] = True
+    return mask
+
+
+@dataclass
+class RankingMetrics:
+    """HR@k, NDCG@k and MRR, accumulated as sums and a count so shards merge into the same means."""
+
+    ks: tuple[int, ...] = KS
+    sums: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+
+    def update(self, ranks: torch.Tensor) -> None:
+        if ranks.numel() and int(ranks.min()) < 1:
+            raise ValueError("ranks are 1-based; got a rank below 1")
+        ranks = ranks.detach().double().flatten()
+        # One relevant item, so the ideal DCG is 1 and NDCG is its discount at the target's rank.
+        gain = 1.0 / torch.log2(ranks + 1)
+        for k in self.ks:
+            hit = ranks <= k
+            self._add(f"HR@{k}", hit.sum().item())
+            self._add(f"NDCG@{k}", torch.where(hit, gain, 0.0).sum().item())
+        self._add("MRR", (1.0 / ranks).sum().item())
+        self.count += ranks.numel()
+
+    def merge(self, other: RankingMetrics) -> None:
+        """Fold in another accumulator (e.g. one per process) over the same `ks`."""
+        if other.ks != self.ks:
+            raise ValueError(f"cannot merge metrics at k={other.ks} into k={self.ks}")
+        for name, value in other.sums.items():
+            self._add(name, value)
+        self.count += other.count
+
+    def compute(self) -> dict[str, float]:
+        """Means over users: `{"HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR", "users"}`."""
+        if self.count == 0:
+            raise ValueError("no ranks to average: update() was never given a user")
+        names = [f"{m}@{k}" for k in self.ks for m in ("HR", "NDCG")] + ["MRR"]
+        return {name: self.sums[name] / self.count for name in names} | {"users": self.count}
+
+    def _add(self, name: str, value: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + value
+
+
+def popularity_scores(train_sequences: list[list[int]], num_items: int) -> torch.Tensor:
+    """How often each item occurs in training, `[N]` float: the popularity baseline's scores."""
+    flat = torch.tensor([i for seq in train_sequences for i in seq], dtype=torch.long)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= num_items):
+        raise ValueError(f"item indices must lie in [0, {num_items})")
+    return torch.bincount(flat, minlength=num_items).float()

@@ -1,0 +1,178 @@
+"""The LightningModule: losses, full-catalog validation, and the ranking evaluate and serve use."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from linkedout.errors import LinkedOutError
+from linkedout.recommend.metrics import RankingMetrics, history_mask, rank_of_target
+from linkedout.recommend.model import LinkedOut, ModelConfig, balance_loss
+
+
+class Catalog:
+    """Every item's per-layer expert embeddings and ID vectors, computed once for ranking."""
+
+    def __init__(self, experts: torch.Tensor | None, ids: torch.Tensor | None):
+        self.experts = experts  # [N, L, d] (row 0 = padding)
+        self.ids = ids  # [N, d]
+
+    def take(self, items: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return (
+            None if self.experts is None else self.experts[items],
+            None if self.ids is None else self.ids[items],
+        )
+
+
+class LinkedOutModule(L.LightningModule):
+    def __init__(
+        self,
+        model: dict,
+        num_items: int,
+        layers: int,
+        tokens: int,
+        dim: int,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        negatives: int = 1024,
+        full_softmax_max_items: int = 4096,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = ModelConfig(**model)
+        self.model = LinkedOut(self.config, num_items, layers, tokens, dim)
+        self.sampled = num_items > full_softmax_max_items
+        # Filled by `attach`: the item tokens are data (read from the store), not weights.
+        self.register_buffer("item_tokens", torch.zeros(0), persistent=False)
+        self.register_buffer("log_q", torch.zeros(num_items), persistent=False)
+        self.metrics = RankingMetrics()
+        self._catalog: Catalog | None = None
+        self._histories: list[list[int]] | None = None
+
+    @classmethod
+    def create(
+        cls, config: ModelConfig, num_items: int, shape: tuple[int, int, int], **kwargs
+    ) -> LinkedOutModule:
+        return cls(asdict(config), num_items, *shape, **kwargs)
+
+    def attach(
+        self,
+        item_tokens: torch.Tensor,
+        train_counts: torch.Tensor | None = None,
+        histories: list[list[int]] | None = None,
+    ) -> None:
+        """Give the module its item tokens `[N, L, T, D]`, the training popularity (for the
+        sampled-softmax proposal) and each user's history (masked in validation ranking)."""
+        self.item_tokens = item_tokens
+        if train_counts is not None:
+            q = (train_counts + 1.0) ** 0.75  # word2vec's smoothing: frequent, not only popular
+            q[0] = 0.0
+            self.log_q = torch.log(q / q.sum()).clamp_min(-1e4)
+        self._histories = histories
+
+    # -- shared by training, evaluation and serving -----------------------------------------
+    def catalog(self, chunk: int = 4096) -> Catalog:
+        experts = None
+        if self.model.content:
+            parts = [
+                self.model.item_experts(self.item_tokens[i : i + chunk].to(self.device))
+                for i in range(0, self.item_tokens.shape[0], chunk)
+            ]
+            experts = torch.cat(parts)
+        ids = self.model.ids.weight if self.model.ids is not None else None
+        return Catalog(experts, ids)
+
+    def encode(self, history: torch.Tensor, catalog: Catalog) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded histories `[B, S]` -> last user state `[B, d]` and its gate `[B, L]`."""
+        experts, _ = catalog.take(history)
+        flat = history.reshape(-1)
+        vectors = self.model.item_inputs(
+            None if experts is None else experts.reshape(-1, *experts.shape[2:]), flat
+        ).reshape(*history.shape, -1)
+        h = self.model.user_states(vectors, history == 0)[:, -1]
+        return h, self.model.user_gate(h)
+
+    def rank_scores(self, history: torch.Tensor, catalog: Catalog) -> torch.Tensor:
+        """Scores of every item `[B, N]` (padding item at -inf)."""
+        h, gate = self.encode(history, catalog)
+        scores = self.model.score(h, gate, catalog.experts, catalog.ids)
+        scores[:, 0] = float("-inf")
+        return scores
+
+    # -- training ---------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        padding = inputs == 0
+        valid = targets != 0
+        if self.sampled:
+            negatives = torch.multinomial(
+                self.log_q.exp(), self.hparams.negatives, replacement=True
+            )
+            needed = torch.unique(torch.cat([inputs.flatten(), targets.flatten(), negatives]))
+        else:
+            needed = torch.arange(self.hparams.num_items, device=inputs.device)
+        experts = (
+            self.model.item_experts(self.item_tokens[needed].to(self.device))
+            if self.model.content
+            else None
+        )
+        where = torch.searchsorted(needed, inputs)
+        vectors = self.model.item_inputs(
+            None if experts is None else experts[where.flatten()], inputs.flatten()
+        ).reshape(*inputs.shape, -1)
+        h = self.model.user_states(vectors, padding)[valid]  # [P, d] positions with a target
+        gate = self.model.user_gate(h)
+        ids = self.model.ids.weight[needed] if self.model.ids is not None else None
+        logits = self.model.score(h, gate, experts, ids)  # [P, |needed|]
+        target_col = torch.searchsorted(needed, targets[valid])
+        if self.sampled:
+            loss = self._sampled_softmax(logits, target_col, needed, negatives)
+        else:
+            logits[:, 0] = float("-inf")
+            loss = F.cross_entropy(logits, target_col)
+        if not torch.isfinite(loss):
+            raise LinkedOutError(
+                f"the loss became {loss.item()} at step {self.global_step}: lower --lr, or "
+                "check the features for NaN/inf (linkedout info)"
+            )
+        self.log("train_loss", loss, prog_bar=True, batch_size=int(valid.sum()))
+        if self.config.fusion == "moe" and self.config.balance_weight > 0:
+            loss = loss + self.config.balance_weight * balance_loss(gate)
+        return loss
+
+    def _sampled_softmax(self, logits, target_col, needed, negatives) -> torch.Tensor:
+        """Softmax over the target and shared negatives drawn from q, with logQ correction, so
+        the estimate is unbiased for the full softmax; a negative equal to the target is masked."""
+        neg_col = torch.searchsorted(needed, negatives)
+        log_q = self.log_q[needed]
+        pos = logits.gather(1, target_col[:, None]) - log_q[target_col][:, None]
+        neg = logits[:, neg_col] - log_q[neg_col]
+        neg = neg.masked_fill(neg_col[None, :] == target_col[:, None], float("-inf"))
+        full = torch.cat([pos, neg], 1)
+        return F.cross_entropy(full, torch.zeros(len(full), dtype=torch.long, device=full.device))
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+
+    # -- validation: full ranking over the catalog, earlier items masked --------------------
+    def on_validation_epoch_start(self) -> None:
+        self._catalog = self.catalog()
+        self.metrics = RankingMetrics()
+
+    def validation_step(self, batch, batch_idx):
+        history, target, users = batch
+        scores = self.rank_scores(history, self._catalog)
+        seen = [self._histories[u] for u in users.tolist()] if self._histories else None
+        exclude = history_mask(seen, scores.shape[1], scores.device) if seen else None
+        self.metrics.update(rank_of_target(scores, target, exclude))
+
+    def on_validation_epoch_end(self) -> None:
+        result = self.metrics.compute()
+        for name in ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR"):
+            self.log(f"val_{name}", result[name], prog_bar=name in ("HR@10", "NDCG@10"))
+        self._catalog = None

@@ -1,0 +1,210 @@
+"""`train(config) -> run directory`: everything a later `evaluate` or `recommend` needs.
+
+Run directory:
+    config.json            the resolved TrainConfig, the feature manifest, the split report
+    checkpoints/best.ckpt  the best epoch by validation NDCG@10
+    split.pt               users, item ids and the leave-one-out sequences
+    serving.pt             per-layer item embeddings of the best model, for ranking and serving
+    metrics.json           valid/test metrics, popularity baseline, cold-start slice
+    gates.png              per-layer gate weights, overall and for a sample of users
+    logs/                  CSV (and TensorBoard when installed) training logs
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from linkedout.errors import LinkedOutError
+from linkedout.recommend.data import SequenceData, SequenceSplit, SplitConfig, build_split
+from linkedout.recommend.interactions import read_interactions
+from linkedout.recommend.model import ModelConfig
+from linkedout.recommend.module import LinkedOutModule
+from linkedout.storage import FeatureStore
+from linkedout.storage.features import default_memory_budget, feature_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    features: str
+    """Feature dataset written by `linkedout extract` (path or URI)."""
+    interactions: str
+    """CSV/TSV/Parquet of (user, item[, timestamp]) rows, or the MicroLens pairs format."""
+    out: str
+    """Run directory to create."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    user_col: str | None = None
+    item_col: str | None = None
+    time_col: str | None = None
+    epochs: int = 20
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    patience: int = 3
+    """Epochs without a better validation NDCG@10 before stopping."""
+    negatives: int = 1024
+    """Sampled-softmax negatives per batch, when the catalog is too large for a full softmax."""
+    full_softmax_max_items: int = 4096
+    seed: int = 42
+    accelerator: str = "auto"
+    devices: int = 1
+    storage_options: dict[str, str] = field(default_factory=dict)
+    progress: bool = True
+
+
+def feature_layers(store: FeatureStore, fusion: str) -> list[int]:
+    """The stored depths a fusion mode reads (one-layer modes read only that layer)."""
+    layers = list(store.manifest.layers)
+    if fusion in ("moe", "mean", "none"):
+        return layers
+    if fusion == "last":
+        return layers[-1:]
+    if fusion.startswith("layer:"):
+        try:
+            k = int(fusion.split(":", 1)[1])
+        except ValueError:
+            raise LinkedOutError(
+                f"--fusion {fusion}: write layer:K with K a stored depth"
+            ) from None
+        if k not in layers:
+            raise LinkedOutError(f"--fusion {fusion}: depth {k} is not stored; it holds {layers}")
+        return [k]
+    raise LinkedOutError(f"--fusion {fusion!r}: use moe, mean, last, layer:K or none")
+
+
+def item_tokens(store: FeatureStore, layers: list[int], split: SequenceSplit) -> torch.Tensor:
+    """`[num_items, L, T, D]` in split order: row 0 (padding) and items without features zero."""
+    need = feature_bytes(store, layers)
+    budget = default_memory_budget()
+    if need > budget:
+        raise LinkedOutError(
+            f"the item features need {need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB is free: "
+            "train on fewer depths (--fusion layer:K or last), or with fewer tokens per layer"
+        )
+    ids, tokens = store.load(layers)
+    if ids != split.item_ids[: split.num_with_features]:
+        raise LinkedOutError(f"{store.uri} changed while training was starting: run again")
+    pad = torch.zeros((1, *tokens.shape[1:]), dtype=tokens.dtype)
+    missing = torch.zeros((split.num_items - 1 - len(ids), *tokens.shape[1:]), dtype=tokens.dtype)
+    return torch.cat([pad, tokens, missing])
+
+
+def train(config: TrainConfig) -> Path:
+    run = Path(config.out)
+    if (run / "checkpoints" / "best.ckpt").exists():
+        raise LinkedOutError(f"{run} already holds a trained run: choose a new --out")
+    fusion = config.model.fusion
+    if fusion == "none" and not config.model.ids:
+        raise LinkedOutError("--fusion none uses no content: add --ids (the ID-only SASRec)")
+    store = FeatureStore.open(config.features, config.storage_options)
+    layers = feature_layers(store, fusion)
+    log_ = read_interactions(config.interactions, config.user_col, config.item_col, config.time_col)
+    split = build_split(log_, store.ids(), config.split)
+    if split.num_items - 1 > split.num_with_features and not config.model.ids:
+        raise LinkedOutError(
+            "--allow-missing serves items without features by their ID embedding: add --ids"
+        )
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    tokens = (
+        item_tokens(store, layers, split)
+        if fusion != "none"
+        else torch.zeros((split.num_items, 1, 1, 1))
+    )
+    module = LinkedOutModule.create(
+        config.model,
+        split.num_items,
+        tuple(tokens.shape[1:]),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        negatives=config.negatives,
+        full_softmax_max_items=config.full_softmax_max_items,
+    )
+    module.attach(
+        tokens, split.train_counts(), [split.history(u, "valid") for u in range(len(split.users))]
+    )
+    run.mkdir(parents=True, exist_ok=True)
+    _write_json(
+        run / "config.json",
+        {
+            "train": _jsonable(asdict(config)),
+            "layers": layers,
+            "manifest": asdict(store.manifest),
+            "features_version": store.version,
+            "split": asdict(split.report),
+        },
+    )
+    torch.save(asdict(split), run / "split.pt")
+    data = SequenceData(
+        split, config.model.max_len, config.batch_size, config.eval_batch_size, config.seed
+    )
+    trainer = _trainer(config, run)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        trainer.fit(module, datamodule=data)  # Ctrl-C stops here and keeps the best checkpoint
+    best = run / "checkpoints" / "best.ckpt"
+    if not best.exists():
+        raise LinkedOutError("training stopped before the first validation: nothing to keep")
+    from linkedout.recommend.evaluate import evaluate_run, write_serving
+
+    write_serving(run, best, tokens)
+    evaluate_run(run, write=True)
+    return run
+
+
+def _trainer(config: TrainConfig, run: Path) -> L.Trainer:
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = [CSVLogger(run, name="logs", version="")]
+    try:
+        import tensorboard  # noqa: F401  (the logger needs it at run time)
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(run, name="logs", version="tensorboard"))
+    except ImportError:
+        pass
+    monitor = "val_NDCG@10"
+    return L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        logger=loggers,
+        callbacks=[
+            ModelCheckpoint(
+                run / "checkpoints",
+                filename="best",
+                monitor=monitor,
+                mode="max",
+                save_top_k=1,
+                enable_version_counter=False,
+            ),
+            EarlyStopping(monitor, mode="max", patience=config.patience),
+        ],
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        deterministic=True,
+    )
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")

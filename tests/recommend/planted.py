@@ -1,0 +1,84 @@
+"""Planted-signal data: one stored depth carries the users' preferences, the others noise."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from linkedout.storage import FeatureRow, FeatureStore, Manifest
+
+
+@dataclass(frozen=True)
+class Planted:
+    features: Path
+    interactions: Path
+    signal_layer: int
+    """The model depth (manifest index) that holds the cluster signal."""
+    cold_items: set[str]
+    """Items that appear only as test targets: never seen in training."""
+
+
+def make_planted(
+    root: Path,
+    *,
+    items: int = 240,
+    users: int = 300,
+    clusters: int = 8,
+    layers: tuple[int, ...] = (2, 4, 6, 8),
+    signal_layer: int = 4,
+    tokens: int = 4,
+    dim: int = 16,
+    seq_len: int = 10,
+    seed: int = 0,
+) -> Planted:
+    g = torch.Generator().manual_seed(seed)
+    cluster_of = torch.arange(items) % clusters
+    centroids = torch.randn(clusters, dim, generator=g) * 3
+    x = torch.randn(items, len(layers), tokens, dim, generator=g)
+    k = layers.index(signal_layer)
+    x[:, k] = centroids[cluster_of][:, None, :] + 0.5 * torch.randn(items, tokens, dim, generator=g)
+    ids = [f"v{i:04d}" for i in range(items)]
+    manifest = Manifest(
+        backbone="planted",
+        backbone_kind="video-llm",
+        layers=layers,
+        tokens_per_layer=tokens,
+        hidden_size=dim,
+    )
+    store = FeatureStore.create(root / "features.lance", manifest)
+    with store.writer(batch_size=1000) as w:
+        for i, item in enumerate(ids):
+            w.add(FeatureRow(item, x[i].half(), content_sha256=item))
+    # A fixed eighth of each cluster is "cold": such items are only ever a test target.
+    cold = {i for i in range(items) if (i // clusters) % 8 == 7}
+    warm_by_cluster = [
+        [i for i in range(items) if cluster_of[i] == c and i not in cold] for c in range(clusters)
+    ]
+    cold_by_cluster = [
+        [i for i in range(items) if cluster_of[i] == c and i in cold] for c in range(clusters)
+    ]
+    rows = []
+    cold_used = set()
+    for u in range(users):
+        c = u % clusters
+        pool = warm_by_cluster[c]
+        picks = torch.randperm(len(pool), generator=g)[: seq_len - 1].tolist()
+        seq = [pool[p] for p in picks]
+        if u % 2 == 0:  # half the users end on a cold item of their cluster
+            options = cold_by_cluster[c]
+            last = options[int(torch.randint(len(options), (1,), generator=g))]
+            cold_used.add(last)
+        else:
+            rest = [i for i in pool if i not in seq]
+            last = rest[int(torch.randint(len(rest), (1,), generator=g))]
+        for t, item in enumerate([*seq, last]):
+            rows.append((f"u{u}", ids[item], t))
+    interactions = root / "interactions.csv"
+    with open(interactions, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["user_id", "item_id", "timestamp"])
+        writer.writerows(rows)
+    return Planted(root / "features.lance", interactions, signal_layer, {ids[i] for i in cold_used})

@@ -1,0 +1,193 @@
+"""Training, evaluation and serving on planted-signal data built by the test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from linkedout.cli import app
+from linkedout.errors import LinkedOutError
+from linkedout.recommend.evaluate import TrainedRun, evaluate_run
+from linkedout.recommend.model import ModelConfig
+from linkedout.recommend.serve import recommend, user_history
+from linkedout.recommend.train import TrainConfig, train
+from tests.recommend.planted import make_planted
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return make_planted(tmp_path_factory.mktemp("planted"))
+
+
+def _train(planted, root, fusion="moe", ids=False, **kw):
+    config = TrainConfig(
+        features=str(planted.features),
+        interactions=str(planted.interactions),
+        out=str(root / f"run-{fusion}-{ids}"),
+        model=ModelConfig(d_model=32, fusion=fusion, ids=ids, dropout=0.1),
+        epochs=15,
+        batch_size=64,
+        lr=3e-3,
+        patience=5,
+        progress=False,
+        **kw,
+    )
+    return train(config)
+
+
+@pytest.fixture(scope="module")
+def runs(planted, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        name: _train(planted, root, fusion, ids)
+        for name, fusion, ids in [
+            ("moe", "moe", False),
+            ("last", "last", False),
+            ("ids", "none", True),
+        ]
+    }
+
+
+def _metrics(run):
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_moe_learns_the_planted_preference_far_above_popularity(runs):
+    test = _metrics(runs["moe"])["test"]
+    assert test["model"]["HR@10"] > 0.25
+    assert test["model"]["HR@10"] > 10 * test["popularity"]["HR@10"]
+
+
+def test_the_gate_puts_most_weight_on_the_informative_depth(runs, planted):
+    gate = _metrics(runs["moe"])["gate"]
+    weights = dict(zip(gate["layers"], gate["mean"], strict=True))
+    assert max(weights, key=weights.get) == planted.signal_layer
+    assert weights[planted.signal_layer] > 0.5
+    assert (runs["moe"] / "gates.png").stat().st_size > 10_000
+
+
+def test_moe_beats_the_last_layer_when_the_signal_is_not_there(runs):
+    moe, last = _metrics(runs["moe"])["test"]["model"], _metrics(runs["last"])["test"]["model"]
+    assert moe["NDCG@10"] > 2 * last["NDCG@10"]
+
+
+def test_content_ranks_unseen_items_and_ids_cannot(runs, planted):
+    chance = 10 / 240  # HR@10 of a random ranking of the 240 items
+    content = _metrics(runs["moe"])["test_cold_start"]["model"]
+    ids_only = _metrics(runs["ids"])["test_cold_start"]["model"]
+    assert content["users"] == ids_only["users"] >= 100
+    assert content["HR@10"] > 4 * chance
+    assert ids_only["HR@10"] < 2.5 * chance
+
+
+def test_reloaded_run_reproduces_scores_and_recommend_agrees_with_evaluate(runs):
+    a, b = TrainedRun(runs["moe"]), TrainedRun(runs["moe"])
+    histories = [a.split.history(u, "test") for u in range(5)]
+    assert torch.equal(a.scores(histories)[0], b.scores(histories)[0])
+    assert evaluate_run(runs["moe"], splits=("test",))["test"] == _metrics(runs["moe"])["test"]
+    user = a.split.users[3]
+    history = user_history(a, user)
+    scores = a.scores([[a.index[i] for i in history]])[0][0].clone()
+    scores[[a.index[i] for i in history]] = float("-inf")
+    top = recommend(a, history, k=5, explain=True)
+    assert [r.item_id for r in top.items] == [a.item_ids[i - 1] for i in scores.topk(5).indices]
+    assert set(top.gate) == {2, 4, 6, 8} and abs(sum(top.gate.values()) - 1) < 1e-5
+    for r in top.items:
+        assert abs(sum(r.layer_scores) - r.score) < 1e-4 and r.top_layer in top.gate
+
+
+def test_cli_evaluate_and_recommend(runs):
+    result = runner.invoke(app, ["evaluate", str(runs["moe"]), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["test"]["model"]["users"] == 300
+    result = runner.invoke(
+        app, ["recommend", str(runs["moe"]), "--user", "u3", "--k", "3", "--explain"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "strongest layer" in result.output and "gate over depths" in result.output
+    result = runner.invoke(
+        app, ["recommend", str(runs["ids"]), "--history", "v0001,v0009", "--json"]
+    )
+    assert len(json.loads(result.output)["items"]) == 10
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["recommend", "{run}", "--user", "nobody"], "user 'nobody' is not in this run"),
+        (["recommend", "{run}", "--history", "x1,x2"], "none of the 2 history item(s)"),
+        (["recommend", "{tmp}"], "exactly one of --user"),
+        (["evaluate", "{tmp}"], "holds no trained run"),
+        (
+            ["train", "--features", "{features}", "--interactions", "{bad}", "--out", "{tmp}/r"],
+            "user column",
+        ),
+        (
+            [
+                "train",
+                "--features",
+                "{features}",
+                "--interactions",
+                "{foreign}",
+                "--out",
+                "{tmp}/r",
+            ],
+            "have no stored features",
+        ),
+        (
+            [
+                "train",
+                "--features",
+                "{features}",
+                "--interactions",
+                "{interactions}",
+                "--out",
+                "{tmp}/r",
+                "--fusion",
+                "layer:3",
+            ],
+            "depth 3 is not stored",
+        ),
+        (
+            [
+                "train",
+                "--features",
+                "{features}",
+                "--interactions",
+                "{interactions}",
+                "--out",
+                "{tmp}/r",
+                "--fusion",
+                "none",
+            ],
+            "add --ids",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(args, message, runs, planted, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("who,what\nu1,v0001\n")
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("user,item\n" + "".join(f"u{i},x{i}\n" for i in range(50)))
+    fill = dict(
+        run=runs["moe"],
+        tmp=tmp_path,
+        features=planted.features,
+        bad=bad,
+        foreign=foreign,
+        interactions=planted.interactions,
+    )
+    result = runner.invoke(app, [a.format(**fill) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_a_run_directory_is_never_overwritten(runs, planted):
+    with pytest.raises(LinkedOutError, match="already holds a trained run"):
+        _train(planted, runs["moe"].parent, "moe", False)
