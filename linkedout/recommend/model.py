@@ -168,7 +168,10 @@ class LinkedOut(nn.Module):
         """`h [B, d]` against candidates (`experts [C, L, d]`, `id_vectors [C, d]`) -> `[B, C]`."""
         scores = 0
         if experts is not None:
-            scores = torch.einsum("bld,cld->bc", gate[..., None] * h[:, None, :], experts)
+            # One [B, L*d] x [L*d, C] product on a view of `experts`: einsum would permute (copy)
+            # the whole catalog on every call.
+            user = (gate[..., None] * h[:, None, :]).reshape(len(h), -1)
+            scores = user @ experts.reshape(len(experts), -1).T
         if id_vectors is not None:
             scores = scores + h @ id_vectors.T
         return scores

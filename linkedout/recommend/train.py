@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,7 +152,16 @@ def train(config: TrainConfig) -> Path:
     trainer = _trainer(config, run)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        trainer.fit(module, datamodule=data)  # Ctrl-C stops here and keeps the best checkpoint
+        try:
+            trainer.fit(module, datamodule=data)
+        except SystemExit:
+            # Lightning turns Ctrl-C into sys.exit after a graceful stop; the run is still
+            # worth finishing from the best checkpoint so far.
+            if not trainer.interrupted:
+                raise
+            log.warning("interrupted: finishing the run from the best checkpoint so far")
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignored it
     best = run / "checkpoints" / "best.ckpt"
     if not best.exists():
         raise LinkedOutError("training stopped before the first validation: nothing to keep")
@@ -189,6 +200,7 @@ def _trainer(config: TrainConfig, run: Path) -> L.Trainer:
                 enable_version_counter=False,
             ),
             EarlyStopping(monitor, mode="max", patience=config.patience),
+            EpochSummary(),
         ],
         enable_progress_bar=config.progress,
         enable_model_summary=False,
@@ -196,6 +208,29 @@ def _trainer(config: TrainConfig, run: Path) -> L.Trainer:
         log_every_n_steps=10,
         deterministic=True,
     )
+
+
+class EpochSummary(L.Callback):
+    """One line per epoch on stderr: loss and validation ranking, marking a new best."""
+
+    def __init__(self):
+        self.best = float("-inf")
+
+    def on_train_epoch_end(self, trainer, module) -> None:  # runs after the epoch's validation
+        m = trainer.callback_metrics
+        if "val_HR@10" not in m:
+            return
+        ndcg = float(m.get("val_NDCG@10", float("nan")))
+        mark = " (best)" if ndcg > self.best else ""
+        self.best = max(self.best, ndcg)
+        loss = m.get("train_loss")
+        loss = f"loss {float(loss):.4f}, " if loss is not None else ""
+        print(
+            f"epoch {trainer.current_epoch}: {loss}val HR@10 {float(m['val_HR@10']):.4f}, "
+            f"NDCG@10 {ndcg:.4f}{mark}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _jsonable(value):

@@ -191,3 +191,46 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, runs, planted, tmp
 def test_a_run_directory_is_never_overwritten(runs, planted):
     with pytest.raises(LinkedOutError, match="already holds a trained run"):
         _train(planted, runs["moe"].parent, "moe", False)
+
+
+def test_ctrl_c_keeps_the_best_checkpoint_and_finishes_the_run(planted, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    run = tmp_path / "interrupted"
+    linkedout = str(Path(sys.executable).with_name("linkedout"))
+    proc = subprocess.Popen(
+        [
+            linkedout,
+            "train",
+            "--features",
+            str(planted.features),
+            "--interactions",
+            str(planted.interactions),
+            "--out",
+            str(run),
+            "--epochs",
+            "500",
+            "--patience",
+            "500",
+            "--d-model",
+            "16",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "best.ckpt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # a few more epochs
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "interrupted" in output
+    assert json.loads((run / "metrics.json").read_text())["test"]["model"]["users"] == 300
+    assert TrainedRun(run).scores([[1, 2]])[0].shape[1] == 241
