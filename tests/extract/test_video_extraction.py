@@ -241,3 +241,18 @@ def test_changing_the_recipe_on_an_existing_dataset_is_refused(qwen25, reference
     assert result.exit_code == 2
     assert "made another way" in result.stderr and "frames_per_video" in result.stderr
     assert FeatureStore.open(reference).version == before
+
+
+def test_new_tokens_are_generated_and_pooled(qwen25, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(shared_data("videos", "carphone_pristine.mp4"), videos / "clip.mp4")
+    out = tmp_path / "features.lance"
+    _extract(
+        "--videos", str(videos), "--model", qwen25, "--out", str(out), "--new-tokens", "2", *FAST
+    )
+    store = FeatureStore.open(out)
+    assert "generated mean" in store.manifest.pooling
+    assert store.manifest.recipe["new_tokens"] == "2"
+    row = store.dataset.to_table(columns=["token_counts"]).to_pylist()[0]
+    assert 1 <= row["token_counts"]["generated"] <= 2
