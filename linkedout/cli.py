@@ -323,6 +323,13 @@ def train(
         int, typer.Option(help="Largest catalog trained with a full softmax.")
     ] = 4096,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    feature_memory_gb: Annotated[
+        float | None,
+        typer.Option(
+            help="Keep item features in memory up to this many GiB, else stream them "
+            "from the store (default: half the free memory)."
+        ),
+    ] = None,
     accelerator: Annotated[
         str, typer.Option(help="Lightning accelerator: auto, cpu, gpu.")
     ] = "auto",
@@ -366,6 +373,7 @@ def train(
         negatives=negatives,
         full_softmax_max_items=full_softmax_max_items,
         seed=seed,
+        feature_memory_gb=feature_memory_gb,
         accelerator=accelerator,
         storage_options=parse_storage_options(storage_option),
         progress=not quiet,

@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from linkedout.errors import LinkedOutError
 from linkedout.recommend.interactions import InteractionLog
+from linkedout.storage import FeatureStore
+from linkedout.storage.columns import TORCH_DTYPES
 
 MISSING_LIMIT = 0.01  # above this share of items without features, stop unless allow_missing
 
@@ -117,6 +119,32 @@ def build_split(log: InteractionLog, catalog: list[str], config: SplitConfig) ->
             "that have features: check that the interactions and the features use the same ids"
         )
     return SequenceSplit(item_ids, len(catalog), users, train, valid, test, report)
+
+
+class StreamedTokens:
+    """Item tokens read from the store on demand, for catalogs whose features do not fit in
+    memory: indexing with model item indices returns `[n, L, T, D]` (zeros for padding and for
+    items without features), like indexing the in-memory tensor."""
+
+    def __init__(self, store: FeatureStore, layers: list[int], split: SequenceSplit):
+        self.store = store
+        self.layers = layers
+        self.item_ids = split.item_ids
+        self.num_with_features = split.num_with_features
+        _, t, d = store.manifest.shape
+        self.shape = (split.num_items, len(layers), t, d)
+        self.dtype = TORCH_DTYPES[store.manifest.dtype]
+
+    def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
+        if isinstance(index, slice):
+            index = torch.arange(self.shape[0])[index]
+        index = index.cpu()
+        out = torch.zeros((len(index), *self.shape[1:]), dtype=self.dtype)
+        real = (index >= 1) & (index <= self.num_with_features)
+        if real.any():
+            ids = [self.item_ids[i - 1] for i in index[real].tolist()]
+            out[real] = self.store.take(ids, self.layers)
+        return out
 
 
 def _left_pad(seq: list[int], length: int) -> list[int]:

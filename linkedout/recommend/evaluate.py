@@ -97,7 +97,7 @@ def evaluate_run(
     return results
 
 
-def write_serving(run: Path, checkpoint: Path, item_tokens: torch.Tensor) -> None:
+def write_serving(run: Path, checkpoint: Path, item_tokens) -> None:
     """Cache the best model's per-layer item embeddings: serving then costs one sequence
     forward and L matrix-vector products, never the compressor over the catalog."""
     module = LinkedOutModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()

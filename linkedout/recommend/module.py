@@ -66,7 +66,11 @@ class LinkedOutModule(L.LightningModule):
     ) -> None:
         """Give the module its item tokens `[N, L, T, D]`, the training popularity (for the
         sampled-softmax proposal) and each user's history (masked in validation ranking)."""
-        self.item_tokens = item_tokens
+        if isinstance(item_tokens, torch.Tensor):
+            self.item_tokens = item_tokens  # a buffer: moves to the GPU with the module
+        else:  # streamed from the store: stays a plain attribute, read batch by batch
+            del self.item_tokens
+            self.item_tokens = item_tokens
         if train_counts is not None:
             q = (train_counts + 1.0) ** 0.75  # word2vec's smoothing: frequent, not only popular
             q[0] = 0.0

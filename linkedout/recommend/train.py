@@ -24,7 +24,13 @@ import lightning as L
 import torch
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.data import SequenceData, SequenceSplit, SplitConfig, build_split
+from linkedout.recommend.data import (
+    SequenceData,
+    SequenceSplit,
+    SplitConfig,
+    StreamedTokens,
+    build_split,
+)
 from linkedout.recommend.interactions import read_interactions
 from linkedout.recommend.model import ModelConfig
 from linkedout.recommend.module import LinkedOutModule
@@ -58,6 +64,9 @@ class TrainConfig:
     """Sampled-softmax negatives per batch, when the catalog is too large for a full softmax."""
     full_softmax_max_items: int = 4096
     seed: int = 42
+    feature_memory_gb: float | None = None
+    """Keep item features in memory up to this size, else stream them from the store
+    (default: half the free memory)."""
     accelerator: str = "auto"
     devices: int = 1
     storage_options: dict[str, str] = field(default_factory=dict)
@@ -84,15 +93,21 @@ def feature_layers(store: FeatureStore, fusion: str) -> list[int]:
     raise LinkedOutError(f"--fusion {fusion!r}: use moe, mean, last, layer:K or none")
 
 
-def item_tokens(store: FeatureStore, layers: list[int], split: SequenceSplit) -> torch.Tensor:
-    """`[num_items, L, T, D]` in split order: row 0 (padding) and items without features zero."""
+def item_tokens(
+    store: FeatureStore, layers: list[int], split: SequenceSplit, memory_budget: int | None
+) -> torch.Tensor | StreamedTokens:
+    """`[num_items, L, T, D]` in split order (row 0 and items without features zero): in
+    memory when it fits the budget, else read from the store batch by batch."""
     need = feature_bytes(store, layers)
-    budget = default_memory_budget()
+    budget = default_memory_budget() if memory_budget is None else memory_budget
     if need > budget:
-        raise LinkedOutError(
-            f"the item features need {need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB is free: "
-            "train on fewer depths (--fusion layer:K or last), or with fewer tokens per layer"
+        log.warning(
+            "item features need %.2f GiB, over the %.2f GiB budget: streaming them from %s",
+            need / 2**30,
+            budget / 2**30,
+            store.uri,
         )
+        return StreamedTokens(store, layers, split)
     ids, tokens = store.load(layers)
     if ids != split.item_ids[: split.num_with_features]:
         raise LinkedOutError(f"{store.uri} changed while training was starting: run again")
@@ -117,8 +132,9 @@ def train(config: TrainConfig) -> Path:
             "--allow-missing serves items without features by their ID embedding: add --ids"
         )
     L.seed_everything(config.seed, workers=True, verbose=False)
+    budget = None if config.feature_memory_gb is None else int(config.feature_memory_gb * 2**30)
     tokens = (
-        item_tokens(store, layers, split)
+        item_tokens(store, layers, split, budget)
         if fusion != "none"
         else torch.zeros((split.num_items, 1, 1, 1))
     )

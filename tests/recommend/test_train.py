@@ -234,3 +234,8 @@ def test_ctrl_c_keeps_the_best_checkpoint_and_finishes_the_run(planted, tmp_path
     assert "interrupted" in output
     assert json.loads((run / "metrics.json").read_text())["test"]["model"]["users"] == 300
     assert TrainedRun(run).scores([[1, 2]])[0].shape[1] == 241
+
+
+def test_streaming_features_from_the_store_trains_the_same_model(runs, planted, tmp_path):
+    streamed = _train(planted, tmp_path, "moe", False, feature_memory_gb=0.0)
+    assert _metrics(streamed)["test"] == _metrics(runs["moe"])["test"]
