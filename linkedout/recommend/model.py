@@ -45,7 +45,9 @@ class LayerTokenCompressor(nn.Module):
 
     def __init__(self, layers: int, dim: int, d_model: int):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        # No learned affine: the projection after it learns any scale, and the tokens (data)
+        # then need no backward pass through the norm, the largest tensor of a training step.
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
         self.query = nn.Parameter(torch.zeros(layers, dim))
         self.proj = nn.Parameter(torch.randn(layers, dim, d_model) / math.sqrt(dim))
         self.bias = nn.Parameter(torch.zeros(layers, d_model))
