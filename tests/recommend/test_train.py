@@ -116,60 +116,23 @@ def test_cli_evaluate_and_recommend(runs):
     assert len(json.loads(result.output)["items"]) == 10
 
 
+TRAIN = "train --features {features} --out {tmp}/r --interactions"
+
+
 @pytest.mark.parametrize(
-    "args, message",
+    "command, message",
     [
-        (["recommend", "{run}", "--user", "nobody"], "user 'nobody' is not in this run"),
-        (["recommend", "{run}", "--history", "x1,x2"], "none of the 2 history item(s)"),
-        (["recommend", "{tmp}"], "exactly one of --user"),
-        (["evaluate", "{tmp}"], "holds no trained run"),
-        (
-            ["train", "--features", "{features}", "--interactions", "{bad}", "--out", "{tmp}/r"],
-            "user column",
-        ),
-        (
-            [
-                "train",
-                "--features",
-                "{features}",
-                "--interactions",
-                "{foreign}",
-                "--out",
-                "{tmp}/r",
-            ],
-            "have no stored features",
-        ),
-        (
-            [
-                "train",
-                "--features",
-                "{features}",
-                "--interactions",
-                "{interactions}",
-                "--out",
-                "{tmp}/r",
-                "--fusion",
-                "layer:3",
-            ],
-            "depth 3 is not stored",
-        ),
-        (
-            [
-                "train",
-                "--features",
-                "{features}",
-                "--interactions",
-                "{interactions}",
-                "--out",
-                "{tmp}/r",
-                "--fusion",
-                "none",
-            ],
-            "add --ids",
-        ),
+        ("recommend {run} --user nobody", "user 'nobody' is not in this run"),
+        ("recommend {run} --history x1,x2", "none of the 2 history item(s)"),
+        ("recommend {tmp}", "exactly one of --user"),
+        ("evaluate {tmp}", "holds no trained run"),
+        (f"{TRAIN} {{bad}}", "user column"),
+        (f"{TRAIN} {{foreign}}", "have no stored features"),
+        (f"{TRAIN} {{interactions}} --fusion layer:3", "depth 3 is not stored"),
+        (f"{TRAIN} {{interactions}} --fusion none", "add --ids"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_code_2(args, message, runs, planted, tmp_path):
+def test_bad_input_is_one_line_and_exit_code_2(command, message, runs, planted, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("who,what\nu1,v0001\n")
     foreign = tmp_path / "foreign.csv"
@@ -182,7 +145,7 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, runs, planted, tmp
         foreign=foreign,
         interactions=planted.interactions,
     )
-    result = runner.invoke(app, [a.format(**fill) for a in args])
+    result = runner.invoke(app, command.format(**fill).split())
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
