@@ -12,6 +12,7 @@ from typing import Annotated
 import click
 import typer
 import typer.core
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -469,14 +470,20 @@ def _quiet_lightning() -> None:
 
 def _print_metrics(results: dict, title: str) -> None:
     names = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
-    table = Table("split", "ranker", *names, "users", title=title, title_justify="left")
-    labels = {"valid": "valid", "test": "test", "test_cold_start": "test, cold items"}
-    for split, label in labels.items():
-        if split not in results:
-            continue
+    labels = {"valid": "valid", "test": "test", "test_cold_start": "cold items"}
+    shown = [(split, label) for split, label in labels.items() if split in results]
+    users = ", ".join(f"{label} {results[split]['model']['users']:,}" for split, label in shown)
+    table = Table(
+        title=f"{title}\nusers: {users}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    table.add_column("split", no_wrap=True)
+    table.add_column("ranker", no_wrap=True)
+    for name in names:
+        table.add_column(name, no_wrap=True, justify="right")
+    for split, label in shown:
         for who, name in (("model", "LinkedOut"), ("popularity", "popularity")):
             m = results[split][who]
-            table.add_row(label, name, *(f"{m[n]:.4f}" for n in names), f"{m['users']:,}")
+            table.add_row(label, name, *(f"{m[n]:.4f}" for n in names))
     console.print(table, highlight=False)
     if "gate" in results and len(results["gate"]["layers"]) > 1:
         gates = "  ".join(

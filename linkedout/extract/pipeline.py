@@ -304,6 +304,11 @@ def extract(
     if config.shard is None and stats.commits:
         # One writer, finished: merge the batch fragments and free what they superseded.
         store.optimize()
+    elif stats.commits:
+        summary.notes.append(
+            f"once every shard has finished, run `linkedout optimize {store.uri}` to merge "
+            "their fragments"
+        )
     summary.seconds = time.perf_counter() - started
     return summary
 
