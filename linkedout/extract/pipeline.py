@@ -361,10 +361,6 @@ def _run_batch(
     tokens = torch.stack([states[x] for x in layers], dim=1)  # [B, L, T, D]
     tokens = tokens.to(TORCH_DTYPES[config.store_dtype]).cpu()
     for i, r in enumerate(ready):
-        counts = dict(r.prepared.token_counts)
-        if r.prepared.spans.generated is not None:
-            g = r.prepared.spans.generated
-            counts["generated"] = g.stop - g.start
         rows.append(
             FeatureRow(
                 item_id=r.item.item_id,
@@ -374,7 +370,7 @@ def _run_batch(
                 title=r.item.title,
                 frame_indices=r.video.indices if r.video else None,
                 frame_seconds=r.video.seconds if r.video else None,
-                token_counts=counts,
+                token_counts=r.prepared.token_counts,
                 extract_seconds=per_item,
             )
         )

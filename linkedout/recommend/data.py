@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from linkedout.errors import LinkedOutError
 from linkedout.recommend.interactions import InteractionLog
-from linkedout.storage import FeatureStore
+from linkedout.storage import StreamingFeatures
 from linkedout.storage.columns import TORCH_DTYPES
 
 MISSING_LIMIT = 0.01  # above this share of items without features, stop unless allow_missing
@@ -126,14 +126,13 @@ class StreamedTokens:
     memory: indexing with model item indices returns `[n, L, T, D]` (zeros for padding and for
     items without features), like indexing the in-memory tensor."""
 
-    def __init__(self, store: FeatureStore, layers: list[int], split: SequenceSplit):
-        self.store = store
-        self.layers = layers
+    def __init__(self, features: StreamingFeatures, split: SequenceSplit):
+        self.features = features
         self.item_ids = split.item_ids
         self.num_with_features = split.num_with_features
-        _, t, d = store.manifest.shape
-        self.shape = (split.num_items, len(layers), t, d)
-        self.dtype = TORCH_DTYPES[store.manifest.dtype]
+        manifest = features.store.manifest
+        self.shape = (split.num_items, len(features.layers), *manifest.shape[1:])
+        self.dtype = TORCH_DTYPES[manifest.dtype]
 
     def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
         if isinstance(index, slice):
@@ -142,12 +141,11 @@ class StreamedTokens:
         out = torch.zeros((len(index), *self.shape[1:]), dtype=self.dtype)
         real = (index >= 1) & (index <= self.num_with_features)
         if real.any():
-            ids = [self.item_ids[i - 1] for i in index[real].tolist()]
-            out[real] = self.store.take(ids, self.layers)
+            out[real] = self.features.take([self.item_ids[i - 1] for i in index[real].tolist()])
         return out
 
 
-def _left_pad(seq: list[int], length: int) -> list[int]:
+def left_pad(seq: list[int], length: int) -> list[int]:
     seq = seq[-length:]
     return [0] * (length - len(seq)) + seq
 
@@ -164,8 +162,8 @@ class TrainSequences(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         seq = self.rows[i]
-        inputs = torch.tensor(_left_pad(seq[:-1], self.max_len))
-        targets = torch.tensor(_left_pad(seq[1:], self.max_len))
+        inputs = torch.tensor(left_pad(seq[:-1], self.max_len))
+        targets = torch.tensor(left_pad(seq[1:], self.max_len))
         return inputs, targets
 
 
@@ -183,7 +181,7 @@ class RankingUsers(Dataset):
     def __getitem__(self, u: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         history = self.split.history(u, self.name)
         return (
-            torch.tensor(_left_pad(history, self.max_len)),
+            torch.tensor(left_pad(history, self.max_len)),
             torch.tensor(self.split.target(u, self.name)),
             torch.tensor(u),
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.data import SequenceSplit, SplitReport, _left_pad
+from linkedout.recommend.data import SequenceSplit, SplitReport, left_pad
 from linkedout.recommend.metrics import RankingMetrics, history_mask, rank_of_target
 from linkedout.recommend.module import Catalog, LinkedOutModule
 
@@ -40,7 +40,7 @@ class TrainedRun:
     @torch.inference_mode()
     def scores(self, histories: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every item's score `[B, N]`, the user states `[B, d]` and gates `[B, L]`."""
-        padded = torch.tensor([_left_pad(h, self.max_len) for h in histories])
+        padded = torch.tensor([left_pad(h, self.max_len) for h in histories])
         h, gate = self.module.encode(padded, self.catalog)
         scores = self.module.model.score(h, gate, self.catalog.experts, self.catalog.ids)
         scores[:, 0] = float("-inf")
@@ -97,17 +97,16 @@ def evaluate_run(
     return results
 
 
-def write_serving(run: Path, checkpoint: Path, item_tokens) -> None:
+def write_serving(run: Path, checkpoint: Path, item_tokens, item_ids: list[str]) -> None:
     """Cache the best model's per-layer item embeddings: serving then costs one sequence
     forward and L matrix-vector products, never the compressor over the catalog."""
     module = LinkedOutModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     module.attach(item_tokens)
     with torch.inference_mode():
         catalog = module.catalog()
-    split = torch.load(run / "split.pt", map_location="cpu")
     torch.save(
         {
-            "item_ids": split["item_ids"],
+            "item_ids": item_ids,
             "experts": catalog.experts,
             "ids": None if catalog.ids is None else catalog.ids.detach().clone(),
         },

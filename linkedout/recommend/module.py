@@ -20,12 +20,6 @@ class Catalog:
         self.experts = experts  # [N, L, d] (row 0 = padding)
         self.ids = ids  # [N, d]
 
-    def take(self, items: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        return (
-            None if self.experts is None else self.experts[items],
-            None if self.ids is None else self.ids[items],
-        )
-
 
 class LinkedOutModule(L.LightningModule):
     def __init__(
@@ -91,11 +85,9 @@ class LinkedOutModule(L.LightningModule):
 
     def encode(self, history: torch.Tensor, catalog: Catalog) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded histories `[B, S]` -> last user state `[B, d]` and its gate `[B, L]`."""
-        experts, _ = catalog.take(history)
         flat = history.reshape(-1)
-        vectors = self.model.item_inputs(
-            None if experts is None else experts.reshape(-1, *experts.shape[2:]), flat
-        ).reshape(*history.shape, -1)
+        experts = None if catalog.experts is None else catalog.experts[flat]
+        vectors = self.model.item_inputs(experts, flat).reshape(*history.shape, -1)
         h = self.model.user_states(vectors, history == 0)[:, -1]
         return h, self.model.user_gate(h)
 

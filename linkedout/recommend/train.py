@@ -35,7 +35,7 @@ from linkedout.recommend.interactions import read_interactions
 from linkedout.recommend.model import ModelConfig
 from linkedout.recommend.module import LinkedOutModule
 from linkedout.storage import FeatureStore
-from linkedout.storage.features import default_memory_budget, feature_bytes
+from linkedout.storage.features import StreamingFeatures, open_features
 
 log = logging.getLogger(__name__)
 
@@ -98,21 +98,16 @@ def item_tokens(
 ) -> torch.Tensor | StreamedTokens:
     """`[num_items, L, T, D]` in split order (row 0 and items without features zero): in
     memory when it fits the budget, else read from the store batch by batch."""
-    need = feature_bytes(store, layers)
-    budget = default_memory_budget() if memory_budget is None else memory_budget
-    if need > budget:
-        log.warning(
-            "item features need %.2f GiB, over the %.2f GiB budget: streaming them from %s",
-            need / 2**30,
-            budget / 2**30,
-            store.uri,
-        )
-        return StreamedTokens(store, layers, split)
-    ids, tokens = store.load(layers)
-    if ids != split.item_ids[: split.num_with_features]:
+    features = open_features(store, layers, memory_budget)
+    if isinstance(features, StreamingFeatures):
+        return StreamedTokens(features, split)
+    if features.ids != split.item_ids[: split.num_with_features]:
         raise LinkedOutError(f"{store.uri} changed while training was starting: run again")
+    tokens = features.tokens
     pad = torch.zeros((1, *tokens.shape[1:]), dtype=tokens.dtype)
-    missing = torch.zeros((split.num_items - 1 - len(ids), *tokens.shape[1:]), dtype=tokens.dtype)
+    missing = torch.zeros(
+        (split.num_items - 1 - len(tokens), *tokens.shape[1:]), dtype=tokens.dtype
+    )
     return torch.cat([pad, tokens, missing])
 
 
@@ -183,7 +178,7 @@ def train(config: TrainConfig) -> Path:
         raise LinkedOutError("training stopped before the first validation: nothing to keep")
     from linkedout.recommend.evaluate import evaluate_run, write_serving
 
-    write_serving(run, best, tokens)
+    write_serving(run, best, tokens, split.item_ids)
     evaluate_run(run, write=True)
     return run
 

@@ -107,8 +107,8 @@ def open_features(
     if need <= budget:
         ids, tokens = store.load(layers)
         return InMemoryFeatures(ids, tokens, layers)
-    log.info(
-        "item features need %.1f GiB > budget %.1f GiB: streaming from %s",
+    log.warning(
+        "item features need %.2f GiB, over the %.2f GiB budget: streaming them from %s",
         need / 2**30,
         budget / 2**30,
         store.uri,

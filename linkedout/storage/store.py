@@ -41,6 +41,10 @@ class StoredStatus:
     def ok(self) -> bool:
         return self.error is None
 
+    def is_current(self, sha: str | None, title: str | None) -> bool:
+        """A good row made from the same content and title: nothing to redo."""
+        return self.ok and (self.content_sha256, self.title) == (sha, title)
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -212,7 +216,7 @@ class FeatureStore:
         return [
             item_id
             for item_id, sha, title in items
-            if not _is_current(stored.get(item_id), sha, title)
+            if not (item_id in stored and stored[item_id].is_current(sha, title))
         ]
 
     def failures(self) -> list[Failure]:
@@ -357,12 +361,6 @@ class FeatureStore:
             f"{len(missing)} item id(s) not stored in {self.uri}: {shown}{more}; "
             "extract them first or drop them from the request"
         )
-
-
-def _is_current(stored: StoredStatus | None, sha: str | None, title: str | None) -> bool:
-    return (
-        stored is not None and stored.ok and (stored.content_sha256, stored.title) == (sha, title)
-    )
 
 
 def exists(uri: str | Path, storage_options: dict[str, str] | None = None) -> bool:

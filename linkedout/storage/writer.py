@@ -22,7 +22,7 @@ import torch
 from linkedout.errors import LinkedOutError
 from linkedout.storage.columns import TOKEN_SPANS, TORCH_DTYPES, arrow_schema, tokens_to_arrow
 from linkedout.storage.rows import FailedItem, FeatureRow
-from linkedout.storage.store import FeatureStore, StoredStatus, _is_current
+from linkedout.storage.store import FeatureStore, StoredStatus
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,11 @@ class FeatureWriter:
                     self.stats.kept += 1  # never trade a good row for a failure
                     continue
                 self.stats.failed += 1
-            elif not self.overwrite and _is_current(before, row.content_sha256, row.title):
+            elif (
+                not self.overwrite
+                and before is not None
+                and before.is_current(row.content_sha256, row.title)
+            ):
                 self.stats.skipped += 1
                 continue
             elif before is not None:
