@@ -316,6 +316,13 @@ def train(
     patience: Annotated[
         int, typer.Option(help="Epochs without a better validation NDCG@10 before stopping.")
     ] = 3,
+    val_users: Annotated[
+        int | None,
+        typer.Option(
+            help="Validate each epoch on a fixed random sample of N users (default: all); "
+            "the final metrics rank every user."
+        ),
+    ] = None,
     negatives: Annotated[
         int,
         typer.Option(help="Sampled-softmax negatives (catalogs above --full-softmax-max-items)."),
@@ -371,6 +378,7 @@ def train(
         lr=lr,
         weight_decay=weight_decay,
         patience=patience,
+        val_users=val_users,
         negatives=negatives,
         full_softmax_max_items=full_softmax_max_items,
         seed=seed,
@@ -470,9 +478,18 @@ def _quiet_lightning() -> None:
 
 def _print_metrics(results: dict, title: str) -> None:
     names = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
-    labels = {"valid": "valid", "test": "test", "test_cold_start": "cold items"}
+    labels = {
+        "valid": "valid",
+        "test": "test",
+        "test_cold_start": "cold items",
+        "test_unmasked": "test, unmasked",
+    }
     shown = [(split, label) for split, label in labels.items() if split in results]
-    users = ", ".join(f"{label} {results[split]['model']['users']:,}" for split, label in shown)
+    users = ", ".join(
+        f"{label} {results[split]['model']['users']:,}"
+        for split, label in shown
+        if split != "test_unmasked"
+    )
     table = Table(
         title=f"{title}\nusers: {users}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
     )
@@ -485,6 +502,8 @@ def _print_metrics(results: dict, title: str) -> None:
             m = results[split][who]
             table.add_row(label, name, *(f"{m[n]:.4f}" for n in names))
     console.print(table, highlight=False)
+    if "test_unmasked" in results:
+        console.print("unmasked: earlier items stay candidates (RecBole's rule)", highlight=False)
     if "gate" in results and len(results["gate"]["layers"]) > 1:
         gates = "  ".join(
             f"{layer}: {w:.2f}"

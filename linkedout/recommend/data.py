@@ -6,12 +6,13 @@ items without features (kept only with `allow_missing`) follow.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from linkedout.errors import LinkedOutError
 from linkedout.recommend.interactions import InteractionLog
@@ -151,20 +152,55 @@ def left_pad(seq: list[int], length: int) -> list[int]:
 
 
 class TrainSequences(Dataset):
-    """SASRec-style: at every position, predict the next item of the training sequence."""
+    """SASRec-style: at every position, predict the next item of the training sequence.
+    Rows are unpadded (at most `max_len` steps); `pad_batch` pads each batch to its longest."""
 
     def __init__(self, split: SequenceSplit, max_len: int):
-        self.rows = [seq for seq in split.train if len(seq) >= 2]
+        self.rows = [seq[-(max_len + 1) :] for seq in split.train if len(seq) >= 2]
         self.max_len = max_len
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
         seq = self.rows[i]
-        inputs = torch.tensor(left_pad(seq[:-1], self.max_len))
-        targets = torch.tensor(left_pad(seq[1:], self.max_len))
-        return inputs, targets
+        return seq[:-1], seq[1:]
+
+    def lengths(self) -> list[int]:
+        return [len(seq) - 1 for seq in self.rows]
+
+
+def pad_batch(rows: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad inputs and targets to the batch's longest row."""
+    width = max(len(inputs) for inputs, _ in rows)
+    inputs = torch.tensor([left_pad(inputs, width) for inputs, _ in rows])
+    targets = torch.tensor([left_pad(targets, width) for _, targets in rows])
+    return inputs, targets
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Random batches of similar length. Interaction histories are mostly short with a long
+    tail (MicroLens: median 6, up to 218), so a random batch pads nearly every row to the
+    longest; sorting each window of `window` random batches by length before cutting it keeps
+    the Transformer's work close to the real number of steps (about 7x less on MicroLens)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50):
+        self.lengths = torch.tensor(lengths)
+        self.batch_size = batch_size
+        self.window = window
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator)
+        batches = []
+        for chunk in order.split(self.batch_size * self.window):
+            chunk = chunk[self.lengths[chunk].argsort(descending=True, stable=True)]
+            batches.extend(chunk.split(self.batch_size))
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[b].tolist()
 
 
 class RankingUsers(Dataset):
@@ -191,7 +227,13 @@ class SequenceData(L.LightningDataModule):
     """In-memory sequences (no Lance access in workers, so no fork-safety concern)."""
 
     def __init__(
-        self, split: SequenceSplit, max_len: int, batch_size: int, eval_batch_size: int, seed: int
+        self,
+        split: SequenceSplit,
+        max_len: int,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        val_users: int | None = None,
     ):
         super().__init__()
         self.split = split
@@ -199,19 +241,20 @@ class SequenceData(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
+        self.val_users = val_users
 
     def train_dataloader(self) -> DataLoader:
+        rows = TrainSequences(self.split, self.max_len)
         return DataLoader(
-            TrainSequences(self.split, self.max_len),
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed),
+            rows,
+            batch_sampler=LengthGroupedBatches(rows.lengths(), self.batch_size, self.seed),
+            collate_fn=pad_batch,
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self.ranking_loader("valid")
-
-    def ranking_loader(self, name: str) -> DataLoader:
-        return DataLoader(
-            RankingUsers(self.split, name, self.max_len), batch_size=self.eval_batch_size
-        )
+        users = RankingUsers(self.split, "valid", self.max_len)
+        if self.val_users is not None and self.val_users < len(users):
+            # The same users every epoch, so epochs are compared on equal terms.
+            sample = torch.randperm(len(users), generator=torch.Generator().manual_seed(self.seed))
+            users = Subset(users, sample[: self.val_users].sort().values.tolist())
+        return DataLoader(users, batch_size=self.eval_batch_size)

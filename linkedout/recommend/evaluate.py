@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.data import SequenceSplit, SplitReport, left_pad
+from linkedout.recommend.data import left_pad
 from linkedout.recommend.metrics import RankingMetrics, history_mask, rank_of_target
 from linkedout.recommend.module import Catalog, LinkedOutModule
+from linkedout.recommend.split_files import read_split
 
 
 class TrainedRun:
@@ -31,9 +32,7 @@ class TrainedRun:
         self.item_ids: list[str] = serving["item_ids"]
         self.index = {item: i + 1 for i, item in enumerate(self.item_ids)}
         self.layers: list[int] = self.config["layers"]
-        raw = torch.load(self.path / "split.pt", map_location="cpu")
-        raw["report"] = SplitReport(**raw["report"])
-        self.split = SequenceSplit(**raw)
+        self.split = read_split(self.path / "split")
         self.user_index = {u: i for i, u in enumerate(self.split.users)}
         self.max_len = self.module.config.max_len
 
@@ -54,7 +53,9 @@ def evaluate_run(
     write: bool = False,
     batch_size: int = 1024,
 ) -> dict:
-    """Metrics of the model and of popularity on each split, plus the test cold-start slice."""
+    """Metrics of the model and of popularity on each split, plus two views of test: the
+    cold-start slice (targets never seen in training) and `test_unmasked`, ranked without
+    masking the user's earlier items (RecBole's rule, for side-by-side comparisons)."""
     run = TrainedRun(path)
     split = run.split
     popularity = split.train_counts()
@@ -64,8 +65,8 @@ def evaluate_run(
     results: dict = {}
     gates = []
     for name in splits:
-        model, pop = RankingMetrics(), RankingMetrics()
-        cold_model, cold_pop = RankingMetrics(), RankingMetrics()
+        views = ("", "_cold_start", "_unmasked") if name == "test" else ("",)
+        acc = {view: (RankingMetrics(), RankingMetrics()) for view in views}
         for start in range(0, len(split.users), batch_size):
             users = range(start, min(start + batch_size, len(split.users)))
             histories = [split.history(u, name) for u in users]
@@ -74,20 +75,20 @@ def evaluate_run(
             exclude = history_mask(histories, split.num_items, "cpu")
             ranks = rank_of_target(scores, targets, exclude)
             pop_ranks = rank_of_target(popularity.expand(len(users), -1), targets, exclude)
-            model.update(ranks)
-            pop.update(pop_ranks)
-            cold = ~seen[targets]
-            if name == "test" and cold.any():
-                cold_model.update(ranks[cold])
-                cold_pop.update(pop_ranks[cold])
-            if name == "test" and run.module.model.content:
-                gates.append(gate)
-        results[name] = {"model": model.compute(), "popularity": pop.compute()}
-        if name == "test" and cold_model.count:
-            results["test_cold_start"] = {
-                "model": cold_model.compute(),
-                "popularity": cold_pop.compute(),
-            }
+            _update(acc[""], ranks, pop_ranks)
+            if name == "test":
+                cold = ~seen[targets]
+                _update(acc["_cold_start"], ranks[cold], pop_ranks[cold])
+                _update(
+                    acc["_unmasked"],
+                    rank_of_target(scores, targets, None),
+                    rank_of_target(popularity.expand(len(users), -1), targets, None),
+                )
+                if run.module.model.content:
+                    gates.append(gate)
+        for view, (model, pop) in acc.items():
+            if model.count:
+                results[name + view] = {"model": model.compute(), "popularity": pop.compute()}
     if gates:
         results["gate"] = {"layers": run.layers, "mean": torch.cat(gates).mean(0).tolist()}
     if write:
@@ -95,6 +96,12 @@ def evaluate_run(
         if gates and len(run.layers) > 1:
             plot_gates(run.layers, torch.cat(gates), run.path / "gates.png")
     return results
+
+
+def _update(acc: tuple[RankingMetrics, RankingMetrics], model: torch.Tensor, pop: torch.Tensor):
+    if len(model):
+        acc[0].update(model)
+        acc[1].update(pop)
 
 
 def write_serving(run: Path, checkpoint: Path, item_tokens, item_ids: list[str]) -> None:

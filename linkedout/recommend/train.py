@@ -3,9 +3,11 @@
 Run directory:
     config.json            the resolved TrainConfig, the feature manifest, the split report
     checkpoints/best.ckpt  the best epoch by validation NDCG@10
-    split.pt               users, item ids and the leave-one-out sequences
+    split/                 the leave-one-out split as TSV files (see split_files.py): any other
+                           library can be trained and ranked on exactly this split
     serving.pt             per-layer item embeddings of the best model, for ranking and serving
     metrics.json           valid/test metrics, popularity baseline, cold-start slice
+    epochs.json            per epoch: train loss, validation metrics, train and validation seconds
     gates.png              per-layer gate weights, overall and for a sample of users
     logs/                  CSV (and TensorBoard when installed) training logs
 """
@@ -16,6 +18,7 @@ import json
 import logging
 import signal
 import sys
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +37,7 @@ from linkedout.recommend.data import (
 from linkedout.recommend.interactions import read_interactions
 from linkedout.recommend.model import ModelConfig
 from linkedout.recommend.module import LinkedOutModule
+from linkedout.recommend.split_files import write_split
 from linkedout.storage import FeatureStore
 from linkedout.storage.features import StreamingFeatures, open_features
 
@@ -60,6 +64,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     patience: int = 3
     """Epochs without a better validation NDCG@10 before stopping."""
+    val_users: int | None = None
+    """Validate each epoch on a fixed random sample of this many users (None: all of them).
+    Model selection only; the final valid/test metrics always rank every user."""
     negatives: int = 1024
     """Sampled-softmax negatives per batch, when the catalog is too large for a full softmax."""
     full_softmax_max_items: int = 4096
@@ -156,9 +163,14 @@ def train(config: TrainConfig) -> Path:
             "split": asdict(split.report),
         },
     )
-    torch.save(asdict(split), run / "split.pt")
+    write_split(split, run / "split")
     data = SequenceData(
-        split, config.model.max_len, config.batch_size, config.eval_batch_size, config.seed
+        split,
+        config.model.max_len,
+        config.batch_size,
+        config.eval_batch_size,
+        config.seed,
+        config.val_users,
     )
     trainer = _trainer(config, run)
     with warnings.catch_warnings():
@@ -211,7 +223,7 @@ def _trainer(config: TrainConfig, run: Path) -> L.Trainer:
                 enable_version_counter=False,
             ),
             EarlyStopping(monitor, mode="max", patience=config.patience),
-            EpochSummary(),
+            EpochSummary(run / "epochs.json"),
         ],
         enable_progress_bar=config.progress,
         enable_model_summary=False,
@@ -222,23 +234,48 @@ def _trainer(config: TrainConfig, run: Path) -> L.Trainer:
 
 
 class EpochSummary(L.Callback):
-    """One line per epoch on stderr: loss and validation ranking, marking a new best."""
+    """One line per epoch on stderr (loss, validation ranking, seconds, a new best marked),
+    and the same in `epochs.json`, rewritten each epoch, for curves and throughput."""
 
-    def __init__(self):
+    def __init__(self, path: Path):
+        self.path = path
         self.best = float("-inf")
+        self.epochs: list[dict] = []
+        self._train_start = self._val_start = 0.0
+        self._val_seconds = 0.0
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self._train_start = time.perf_counter()
+        self._val_seconds = 0.0
+
+    def on_validation_epoch_start(self, trainer, module) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, module) -> None:
+        self._val_seconds += time.perf_counter() - self._val_start
 
     def on_train_epoch_end(self, trainer, module) -> None:  # runs after the epoch's validation
         m = trainer.callback_metrics
         if "val_HR@10" not in m:
             return
-        ndcg = float(m.get("val_NDCG@10", float("nan")))
+        seconds = time.perf_counter() - self._train_start
+        record = {
+            "epoch": trainer.current_epoch,
+            "train_loss": float(m["train_loss"]) if "train_loss" in m else None,
+            "train_seconds": seconds - self._val_seconds,
+            "val_seconds": self._val_seconds,
+            "train_sequences": len(trainer.train_dataloader.dataset),
+        } | {f"val_{k}": float(m[f"val_{k}"]) for k in ("HR@10", "NDCG@10", "HR@20", "NDCG@20")}
+        self.epochs.append(record)
+        _write_json(self.path, {"epochs": self.epochs})
+        ndcg = record["val_NDCG@10"]
         mark = " (best)" if ndcg > self.best else ""
         self.best = max(self.best, ndcg)
-        loss = m.get("train_loss")
-        loss = f"loss {float(loss):.4f}, " if loss is not None else ""
+        loss = f"loss {record['train_loss']:.4f}, " if record["train_loss"] is not None else ""
         print(
-            f"epoch {trainer.current_epoch}: {loss}val HR@10 {float(m['val_HR@10']):.4f}, "
-            f"NDCG@10 {ndcg:.4f}{mark}",
+            f"epoch {trainer.current_epoch}: {loss}val HR@10 {record['val_HR@10']:.4f}, "
+            f"NDCG@10 {ndcg:.4f}{mark} ({record['train_seconds']:.0f} s train, "
+            f"{self._val_seconds:.0f} s validation)",
             file=sys.stderr,
             flush=True,
         )

@@ -202,3 +202,15 @@ def test_ctrl_c_keeps_the_best_checkpoint_and_finishes_the_run(planted, tmp_path
 def test_streaming_features_from_the_store_trains_the_same_model(runs, planted, tmp_path):
     streamed = _train(planted, tmp_path, "moe", False, feature_memory_gb=0.0)
     assert _metrics(streamed)["test"] == _metrics(runs["moe"])["test"]
+
+
+def test_unmasked_ranking_is_never_better_and_epochs_are_recorded(runs):
+    metrics = _metrics(runs["moe"])
+    masked, unmasked = metrics["test"]["model"], metrics["test_unmasked"]["model"]
+    assert unmasked["users"] == masked["users"]
+    assert all(unmasked[k] <= masked[k] for k in ("HR@10", "NDCG@10", "HR@20", "MRR"))
+    epochs = json.loads((runs["moe"] / "epochs.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == list(range(len(epochs))) and len(epochs) >= 2
+    assert all(e["train_seconds"] > 0 and e["train_sequences"] == 300 for e in epochs)
+    best = max(e["val_NDCG@10"] for e in epochs)
+    assert abs(best - metrics["valid"]["model"]["NDCG@10"]) < 1e-4  # the kept checkpoint
