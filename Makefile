@@ -7,7 +7,7 @@ EXTRAS ?= dev
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: install test lint demo benchmark clean
+.PHONY: install test lint demo benchmark benchmark-quick benchmark-peers clean
 
 install: $(VENV)/.installed
 
@@ -30,10 +30,26 @@ lint: install
 demo: install
 	$(PY) examples/demo.py
 
+# Quality and speed on MicroLens-50K beside baselines -> BENCHMARKS.md, benchmarks/results/,
+# benchmarks/figures/ (about 45 min on 2 cores). Interrupted, it resumes from finished runs.
+BENCH ?= out/benchmark
 benchmark: install
-	$(PY) benchmarks/storage.py
-	$(PY) benchmarks/extract.py
-	$(PY) benchmarks/recommend.py
+	$(PY) benchmarks/storage.py --json $(BENCH)/storage.json
+	$(PY) benchmarks/extract.py --json $(BENCH)/extract.json
+	$(PY) benchmarks/microlens.py --out $(BENCH)
+	$(PY) benchmarks/report.py $(BENCH)
+
+# A few thousand users, one seed, every row: under 5 minutes; report in out/benchmark-quick.
+benchmark-quick: install
+	$(PY) benchmarks/microlens.py --quick --fresh --out out/benchmark-quick
+	$(PY) benchmarks/report.py out/benchmark-quick --into out/benchmark-quick
+
+# RecBole's SASRec in its own venv on the split `make benchmark` wrote, then the report again.
+benchmark-peers: install
+	@test -f $(BENCH)/split/split.json || { echo "no split in $(BENCH): run make benchmark first"; exit 2; }
+	bash benchmarks/peers/setup.sh
+	.venv-peers/bin/python benchmarks/peers/recbole_sasrec.py --split $(BENCH)/split --out $(BENCH)/peers/recbole_sasrec.json
+	$(PY) benchmarks/report.py $(BENCH)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache out
+	rm -rf $(VENV) .venv-peers .pytest_cache .ruff_cache out

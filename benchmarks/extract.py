@@ -24,6 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tiny-checkpoint factory lives with the tests
 
+from benchmarks.common import write_json  # noqa: E402
 from linkedout.extract.backbones.qwen_vl import QwenVLBackbone  # noqa: E402
 from linkedout.extract.decode import decode_video  # noqa: E402
 from linkedout.extract.discover import VIDEO_EXTENSIONS  # noqa: E402
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--big-videos", type=int, default=2)
     parser.add_argument("--big-dtype", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--skip-big", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     clips = sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
     if not clips:
@@ -147,8 +149,15 @@ def main() -> None:
             f"   full extract    {t_full:7.2f} s   {len(clips) / t_full:6.2f} videos/s"
             f"   ({t_decode / t_full:.2f}x decode-only)"
         )
-
+        figures = {
+            "settings": {k: str(v) for k, v in vars(args).items() if k != "json"},
+            "videos": len(clips),
+            "decode_only_videos_per_s": len(clips) / t_decode,
+            "extract_videos_per_s": len(clips) / t_full,
+            "extract_over_decode_only": t_decode / t_full,
+        }
         if args.skip_big:
+            write_json(args.json, figures)
             return
         dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.big_dtype]
         start = time.perf_counter()
@@ -169,6 +178,13 @@ def main() -> None:
             f"   {len(small_first)} videos in {t_big:.1f} s: "
             f"{t_big / len(small_first):.1f} s per video on this CPU"
         )
+        figures["qwen25_vl_3b_shape"] = {
+            "params": params,
+            "dtype": args.big_dtype,
+            "videos": len(small_first),
+            "seconds_per_video": t_big / len(small_first),
+        }
+        write_json(args.json, figures)
 
 
 if __name__ == "__main__":

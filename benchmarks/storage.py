@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +25,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
-from linkedout.storage import FeatureRow, FeatureStore, Manifest
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import write_json  # noqa: E402
+from linkedout.storage import FeatureRow, FeatureStore, Manifest  # noqa: E402
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
@@ -53,6 +58,7 @@ def main() -> None:
     parser.add_argument("--take", type=int, default=1000, help="rows per random take")
     parser.add_argument("--batch", type=int, default=256, help="rows per Lance commit")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     n, shape = args.rows, (args.layers, args.tokens, args.dim)
 
@@ -169,6 +175,17 @@ def main() -> None:
         )
         print(f"{fmt:<9}{cells}{sizes[fmt] / 2**20:>8.0f} MiB")
     print("(x) = time relative to the NumPy memmap; lower is faster")
+    write_json(
+        args.json,
+        {
+            "rows": n,
+            "shape": list(shape),
+            "dtype": "float16",
+            "take": args.take,
+            "seconds": results,
+            "bytes_on_disk": sizes,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -3,33 +3,43 @@
 1. MicroLens-50K titles -> real all-MiniLM-L6-v2 (every layer) -> Lance, via `linkedout extract`.
 2. `linkedout train` (quick settings) on the MicroLens interactions, `evaluate`, and
    `recommend --explain` for one user.
-3. The sample clips -> the default Video LLM -> Lance, when that model is available (a local
-   folder in LINKEDOUT_VIDEO_MODEL, or the hub); otherwise says how to provide it.
+3. The repository's sample clips (examples/clips) -> the default Video LLM -> Lance, when that
+   model is available (cached, or the hub is reachable; LINKEDOUT_VIDEO_MODEL may name a local
+   checkpoint folder); otherwise one line says how to provide it.
 4. `linkedout export` of the title features with its dataset card.
 
-Data: MicroLens from $LINKEDOUT_DATA or ../shared/data/microlens-50k; clips from
-$LINKEDOUT_VIDEOS or ../shared/data/videos.
+MicroLens-50K comes from $LINKEDOUT_DATA, ../shared/data/microlens-50k, or is downloaded once
+from the official site into ~/.cache/linkedout (see linkedout.datasets).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-DATA = Path(os.environ.get("LINKEDOUT_DATA", SHARED / "microlens-50k"))
-VIDEOS = Path(os.environ.get("LINKEDOUT_VIDEOS", SHARED / "videos"))
+CLIPS = REPO / "examples" / "clips"
 VIDEO_MODEL = os.environ.get("LINKEDOUT_VIDEO_MODEL", "Qwen/Qwen2.5-VL-3B-Instruct")
 OUT = REPO / "out" / "demo"
 CLI = [sys.executable, "-m", "linkedout.cli"]
-# Where a machine has no network, ask the hub once instead of retrying for half a minute; set
-# HF_HUB_OFFLINE=0 to let the demo download the default Video LLM. (Read by huggingface_hub at
-# import, so it is set before anything imports transformers.)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def hub_reachable() -> bool:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+# Without a network, huggingface_hub would retry for half a minute before failing: ask only the
+# local cache then. (Read at import, so set before anything imports transformers.)
+if "HF_HUB_OFFLINE" not in os.environ and not hub_reachable():
+    os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def run(*args: str) -> None:
@@ -44,19 +54,25 @@ def video_model_available() -> bool:
     try:
         inspect_model(VIDEO_MODEL, "video-llm")
     except LinkedOutError as e:
-        print(f"\nskipping video extraction: {e}")
+        print(
+            f"\nskipping video extraction: {VIDEO_MODEL} is not available here ({e}); set "
+            "LINKEDOUT_VIDEO_MODEL to a local checkpoint folder, or run `linkedout extract "
+            "--videos examples/clips --model PATH`"
+        )
         return False
     return True
 
 
 def main() -> None:
-    titles = DATA / "MicroLens-50k_titles.csv"
-    if not titles.exists():
-        sys.exit(
-            f"MicroLens-50K is not at {DATA}: download MicroLens-50k_titles.csv and "
-            "MicroLens-50k_pairs.tsv from the MicroLens project page into a folder and set "
-            "LINKEDOUT_DATA to it"
-        )
+    from linkedout.datasets import microlens_50k
+    from linkedout.errors import LinkedOutError
+
+    try:
+        data = microlens_50k()
+    except LinkedOutError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    titles = data / "MicroLens-50k_titles.csv"
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
     run(
@@ -68,14 +84,14 @@ def main() -> None:
         "--layers",
         "all",
         "--tokens-per-layer",
-        "4",
+        "3",
         "--batch-size",
         "64",
         "--out",
         str(OUT / "titles.lance"),
     )
     run("info", str(OUT / "titles.lance"), "--failures", "3")
-    pairs = DATA / "MicroLens-50k_pairs.tsv"
+    pairs = data / "MicroLens-50k_pairs.tsv"
     run(
         "train",
         "--features",
@@ -94,11 +110,11 @@ def main() -> None:
     run("evaluate", str(OUT / "run"))
     first_user = pairs.read_text().split("\t", 1)[0]
     run("recommend", str(OUT / "run"), "--user", first_user, "--k", "5", "--explain")
-    if VIDEOS.is_dir() and video_model_available():
+    if video_model_available():
         run(
             "extract",
             "--videos",
-            str(VIDEOS),
+            str(CLIPS),
             "--model",
             VIDEO_MODEL,
             "--frames",

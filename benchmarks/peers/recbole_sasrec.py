@@ -88,6 +88,16 @@ def apply_shims() -> None:
         "torch>=2.4: silenced the FutureWarning of torch.cuda.amp.GradScaler that RecBole's "
         "Trainer creates (disabled) every epoch"
     )
+    # pandas 2.x warns (FutureWarning) that RecBole's Dataset._fill_nan, `feat[field].fillna(...,
+    # inplace=True)`, stops working under pandas 3 copy-on-write; pandas is pinned <3 and the split
+    # has no missing values to fill anyway, so the warning is noise.
+    warnings.filterwarnings(
+        "ignore", message=r".*chained assignment.*", category=FutureWarning, module=r"recbole\."
+    )
+    SHIMS.append(
+        "pandas 2.x: silenced RecBole's chained-assignment fillna FutureWarning (pandas is pinned "
+        "<3, where that fillna would silently do nothing; our split has no NaN to fill)"
+    )
 
     import recbole.trainer.trainer as rb_trainer
 
@@ -140,11 +150,13 @@ def _na_strings() -> set[str]:
 def read_split(split_dir: Path, max_users: int | None) -> Split:
     meta = json.loads((split_dir / "split.json").read_text())
     if meta.get("format") != "linkedout-split/1":
-        raise SystemExit(f"{split_dir}/split.json: format {meta.get('format')!r}, want linkedout-split/1")
+        raise SystemExit(
+            f"{split_dir}/split.json: format {meta.get('format')!r}, want linkedout-split/1"
+        )
     users: list[str] = []
     seqs: list[list[str]] = []
     done: set[str] = set()
-    with open(split_dir / "interactions.tsv", newline="") as f:
+    with open(split_dir / "interactions.tsv", newline="", encoding="utf-8") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader)
         if header != ["user", "item", "position", "split"]:
@@ -158,7 +170,9 @@ def read_split(split_dir: Path, max_users: int | None) -> Split:
                 if users:
                     _check_labels(users[-1], labels)
                 if user in done:
-                    raise SystemExit(f"interactions.tsv:{lineno}: rows of user {user!r} not contiguous")
+                    raise SystemExit(
+                        f"interactions.tsv:{lineno}: rows of user {user!r} not contiguous"
+                    )
                 if max_users is not None and len(users) == max_users:
                     labels = []
                     break
@@ -174,7 +188,7 @@ def read_split(split_dir: Path, max_users: int | None) -> Split:
             labels.append(lab)
         if labels:
             _check_labels(users[-1], labels)
-    with open(split_dir / "items.tsv", newline="") as f:
+    with open(split_dir / "items.tsv", newline="", encoding="utf-8") as f:
         lines = f.read().splitlines()
     if not lines or lines[0] != "item":
         raise SystemExit("items.tsv: header must be 'item'")
@@ -184,12 +198,15 @@ def read_split(split_dir: Path, max_users: int | None) -> Split:
     catalog = set(items)
     unknown = {i for s in seqs for i in s} - catalog
     if unknown:
-        raise SystemExit(f"{len(unknown)} interacted items are not in items.tsv, e.g. {sorted(unknown)[:3]}")
-    # RecBole reads tokens with pandas.read_csv: ids that pandas parses as NaN, or that contain
-    # separators, would silently change. Refuse them instead (the split check would also fail).
+        raise SystemExit(
+            f"{len(unknown)} interacted items are not in items.tsv, e.g. {sorted(unknown)[:3]}"
+        )
+    # RecBole reads tokens with pandas.read_csv: ids that pandas parses as NaN, that hold a
+    # separator or a quote, or that equal RecBole's padding token would change on the way.
+    # Refuse them with a clear message (verify_split would catch them too).
     na = _na_strings() | {"[PAD]"}
     for kind, ids in (("user", users), ("item", items)):
-        bad = [x for x in ids if x in na or any(c.isspace() for c in x)]
+        bad = [x for x in ids if x in na or any(c in x for c in '\t\n\r"')]
         if bad:
             raise SystemExit(f"{len(bad)} {kind} ids RecBole cannot read as tokens, e.g. {bad[:3]}")
     return Split(users, seqs, items, meta)
@@ -204,24 +221,29 @@ def _check_labels(user: str, labels: list[str]) -> None:
 
 def write_atomic(split: Split, data_dir: Path) -> None:
     data_dir.mkdir(parents=True)
-    with open(data_dir / f"{DATASET}.inter", "w") as f:
+    with open(data_dir / f"{DATASET}.inter", "w", encoding="utf-8") as f:
         f.write("user_id:token\titem_id:token\ttimestamp:float\n")
         for user, seq in zip(split.users, split.seqs):
             for pos, item in enumerate(seq):
                 f.write(f"{user}\t{item}\t{pos}\n")
     # The .item file makes RecBole's item vocabulary exactly items.tsv (the ranking catalog),
     # including items nobody in this split interacted with.
-    with open(data_dir / f"{DATASET}.item", "w") as f:
+    with open(data_dir / f"{DATASET}.item", "w", encoding="utf-8") as f:
         f.write("item_id:token\n")
         for item in split.items:
             f.write(f"{item}\n")
 
 
-def sha256_file(path: Path) -> str:
+def split_digest(split_dir: Path) -> str:
+    """sha256 of interactions.tsv, a NUL byte, then items.tsv: linkedout.recommend.split_files'
+    digest, the "sha256" of split.json."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for i, name in enumerate(("interactions.tsv", "items.tsv")):
+        if i:
+            h.update(b"\0")
+        with open(split_dir / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 
@@ -231,7 +253,8 @@ def sha256_file(path: Path) -> str:
 
 
 class SplitMismatch(SystemExit):
-    pass
+    def __init__(self, message: str):
+        super().__init__(f"RecBole's split differs from ours: {message}")
 
 
 def _inverse(id_token: np.ndarray, what: str) -> dict[str, int]:
@@ -259,7 +282,9 @@ def verify_split(split: Split, dataset, phases: dict) -> dict:
             f"RecBole's items ({len(item_id) - 1}) are not items.tsv ({len(split.items)})"
         )
     if set(user_id) - {"[PAD]"} != set(split.users):
-        raise SplitMismatch(f"RecBole's users ({len(user_id) - 1}) are not ours ({len(split.users)})")
+        raise SplitMismatch(
+            f"RecBole's users ({len(user_id) - 1}) are not ours ({len(split.users)})"
+        )
 
     # Our sequences in RecBole's internal ids, flattened per RecBole user id.
     n_users_rb = len(uid_tok)
@@ -292,15 +317,15 @@ def verify_split(split: Split, dataset, phases: dict) -> dict:
             i = int(np.flatnonzero(bad)[0])
             raise SplitMismatch(
                 f"{phase}: {int(bad.sum())} RecBole targets at the wrong position, e.g. user "
-                f"{uid_tok[u[i]]!r} position {pos[i]} of {n[i]} (RecBole's leave-one-out gives "
-                "users with 3 interactions no valid target)"
+                f"{str(uid_tok[u[i]])!r} position {pos[i]} of {n[i]} (RecBole's leave-one-out "
+                "gives users with 3 interactions no valid target)"
             )
         flat_idx = offsets[u] + pos
         if np.any(flat[flat_idx] != target):
             i = int(np.flatnonzero(flat[flat_idx] != target)[0])
             raise SplitMismatch(
-                f"{phase}: target differs for user {uid_tok[u[i]]!r} at position {pos[i]}: "
-                f"RecBole {iid_tok[target[i]]!r}"
+                f"{phase}: target differs for user {str(uid_tok[u[i]])!r} at position {pos[i]}: "
+                f"RecBole {str(iid_tok[target[i]])!r}"
             )
         np.add.at(seen, flat_idx, 1)
         # History: RecBole left-aligns the last min(p, 50) items and pads with 0 after them.
@@ -314,7 +339,7 @@ def verify_split(split: Split, dataset, phases: dict) -> dict:
         if np.any(hist != want_hist):
             i = int(np.flatnonzero((hist != want_hist).any(axis=1))[0])
             raise SplitMismatch(
-                f"{phase}: history differs for user {uid_tok[u[i]]!r} before position {pos[i]}"
+                f"{phase}: history differs for user {str(uid_tok[u[i]])!r} before position {pos[i]}"
             )
         report[phase] = len(u)
 
@@ -389,7 +414,11 @@ def score_ranks(model, eval_data, histories: dict[int, np.ndarray], n_items: int
         above[torch.from_numpy(r), torch.from_numpy(c)] = False
         above[rows, targets] = False
         masked.add(above.sum(dim=1) + 1)
-    return {"history_unmasked": unmasked.result(), "history_masked": masked.result(), "n": unmasked.n}
+    return {
+        "history_unmasked": unmasked.result(),
+        "history_masked": masked.result(),
+        "n": unmasked.n,
+    }
 
 
 def recbole_result(result) -> dict[str, float]:
@@ -403,7 +432,11 @@ def recbole_result(result) -> dict[str, float]:
 
 def agreement(mine: dict[str, float], theirs: dict[str, float]) -> dict:
     diff = max(abs(mine[k] - theirs[k]) for k in theirs)
-    return {"agree": bool(diff <= AGREE_TOL), "max_abs_diff": round(diff, 6), "tolerance": AGREE_TOL}
+    return {
+        "agree": bool(diff <= AGREE_TOL),
+        "max_abs_diff": round(diff, 6),
+        "tolerance": AGREE_TOL,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -423,6 +456,8 @@ def prepare_workdir(out: Path) -> Path:
         shutil.rmtree(work)  # stale datasets/checkpoints: RecBole would silently reload them
     work.mkdir(parents=True)
     (work / WORKDIR_MARKER).write_text("recbole_sasrec.py work dir; deleted on the next run\n")
+    # The work dir holds a copy of the interactions (e.g. MicroLens): never let git pick it up.
+    (work / ".gitignore").write_text("*\n")
     return work
 
 
@@ -435,7 +470,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=2020, help="RecBole seed (its default 2020)")
     p.add_argument("--users", type=int, default=None, help="only the first N users (smoke test)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument(
+        "--verify-only", action="store_true", help="build and verify RecBole's split, no training"
+    )
+    p.add_argument(
+        "--keep-anomaly-detection",
+        action="store_true",
+        help="leave on the autograd anomaly detection RecBole's sine.py enables (stock speed)",
+    )
     args = p.parse_args(argv)
+    if args.epochs < 1 or args.max_minutes <= 0 or (args.users is not None and args.users < 1):
+        p.error("--epochs, --max-minutes and --users must be positive")
 
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
@@ -452,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     work = prepare_workdir(out)
     split = read_split(args.split, args.users)
+    digest, recorded = split_digest(args.split), split.meta.get("sha256")
+    if digest != recorded:
+        raise SystemExit(f"{args.split}: the files' sha256 {digest} is not split.json's {recorded}")
     n_inter = sum(len(s) for s in split.seqs)
     log(f"split {args.split}: {len(split.users)} users, {len(split.items)} items, {n_inter} rows")
     write_atomic(split, work / DATASET)
@@ -463,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         "USER_ID_FIELD": "user_id",
         "ITEM_ID_FIELD": "item_id",
         "TIME_FIELD": "timestamp",
+        "encoding": "utf-8",  # RecBole opens atomic files with config["encoding"] (else locale)
         "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id"]},
         # Keep every user, item and interaction we hand over.
         "rm_dup_inter": None,
@@ -506,18 +555,34 @@ def main(argv: list[str] | None = None) -> int:
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
-    log(f"RecBole dataset built in {time.perf_counter() - t_start:.1f}s: {dataset.user_num - 1} "
-        f"users, {dataset.item_num - 1} items, {dataset.inter_num} augmented rows")
+    log(
+        f"RecBole dataset built in {time.perf_counter() - t_start:.1f}s: {dataset.user_num - 1} "
+        f"users, {dataset.item_num - 1} items, {dataset.inter_num} augmented rows"
+    )
     verified = verify_split(
         split,
         dataset,
         {"train": train_data._dataset, "valid": valid_data._dataset, "test": test_data._dataset},
     )
     log(f"split verified: RecBole's train/valid/test rows {verified['rows']} equal ours")
+    if args.verify_only:
+        return 0
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    # Importing recbole.model.sequential_recommender runs sine.py, whose module level calls
+    # torch.autograd.set_detect_anomaly(True) for the whole process: a debug mode that records a
+    # stack trace per op and NaN-checks every gradient (~2x slower epoch on CPU). It changes no
+    # value (RecBole's Trainer still stops on a NaN loss), so it is switched off unless asked.
+    if torch.is_anomaly_enabled() and not args.keep_anomaly_detection:
+        torch.autograd.set_detect_anomaly(False)
+        SHIMS.append(
+            "anomaly detection off: importing RecBole's sequential models runs sine.py, which "
+            "calls torch.autograd.set_detect_anomaly(True) process-wide (a ~2x slower debug mode "
+            "that changes no value); --keep-anomaly-detection keeps RecBole's stock behaviour"
+        )
+    anomaly_detection = torch.is_anomaly_enabled()
 
     # Time RecBole's own epoch functions; stop via fit's callback once the budget is spent.
     epochs: list[dict] = []
@@ -620,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": config["seed"],
             "device": str(config["device"]),
             "threads": threads,
+            "autograd_anomaly_detection": anomaly_detection,
             "user_inter_num_interval": config["user_inter_num_interval"],
             "item_inter_num_interval": config["item_inter_num_interval"],
             "rm_dup_inter": config["rm_dup_inter"],
@@ -627,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         "split": {
             "dir": str(args.split.resolve()),
             "sha256": split.meta.get("sha256"),
-            "interactions_tsv_sha256": sha256_file(args.split / "interactions.tsv"),
+            "sha256_matches_files": True,
             "users": len(split.users),
             "users_in_split": split.meta.get("users"),
             "subset": args.users is not None and len(split.users) < int(split.meta.get("users", 0)),

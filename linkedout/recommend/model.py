@@ -83,11 +83,18 @@ class CrossLayerMoE(nn.Module):
 
 
 class SequenceEncoder(nn.Module):
-    """SASRec: learned positions and causal pre-norm Transformer blocks; returns every state."""
+    """SASRec: learned positions, an input norm, causal pre-norm Transformer blocks; returns
+    every state. Pads are hidden from real positions, so a state does not depend on how much
+    padding its batch needed (training pads to the batch's longest, ranking to `max_len`)."""
 
     def __init__(self, d_model: int, blocks: int, heads: int, dropout: float, max_len: int):
         super().__init__()
+        self.heads = heads
         self.position = nn.Embedding(max_len, d_model)
+        nn.init.normal_(self.position.weight, std=0.02)
+        # Content vectors and ID embeddings come at different scales: normalise their sum
+        # with the position, as RecBole's SASRec does.
+        self.input_norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
             d_model,
@@ -103,11 +110,14 @@ class SequenceEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:  # [B, S, d]
         s = x.shape[1]
-        # As in SASRec: pads are zero vectors under a causal mask. A key-padding mask would
-        # leave all-pad prefixes attending to nothing, and their NaNs would leak through values.
-        x = x.masked_fill(padding[..., None], 0.0) + self.position.weight[-s:]
-        causal = torch.triu(torch.ones(s, s, dtype=torch.bool, device=x.device), 1)
-        return self.norm(self.blocks(self.dropout(x), mask=causal))
+        x = self.dropout(self.input_norm(x + self.position.weight[-s:]))
+        step = torch.arange(s, device=x.device)
+        later = step[None, :] > step[:, None]  # [S, S] keys after the query
+        other = step[None, :] != step[:, None]
+        # Every position may attend to itself, so pad rows (never read) keep one key and
+        # never turn into NaN that would leak through the values.
+        blocked = later[None] | (padding[:, None, :] & other[None])  # [B, S, S]
+        return self.norm(self.blocks(x, mask=blocked.repeat_interleave(self.heads, 0)))
 
 
 class LinkedOut(nn.Module):
@@ -123,7 +133,13 @@ class LinkedOut(nn.Module):
         if self.content:
             self.compressor = LayerTokenCompressor(layers, dim, d)
             self.moe = CrossLayerMoE(layers, d, config.top_k)
-        self.ids = nn.Embedding(num_items, d, padding_idx=0) if config.ids else None
+        self.ids = None
+        if config.ids:
+            # Small, as in SASRec: N(0, 1) vectors would make the first logits ~sqrt(d) wide
+            # and the softmax saturate on random items.
+            self.ids = nn.Embedding(num_items, d, padding_idx=0)
+            nn.init.normal_(self.ids.weight, std=0.02)
+            self.ids.weight.data[0] = 0
         self.encoder = SequenceEncoder(
             d, config.blocks, config.heads, config.dropout, config.max_len
         )
@@ -153,7 +169,7 @@ class LinkedOut(nn.Module):
 
     # -- users ------------------------------------------------------------------------------
     def user_states(self, history_vectors: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        return self.encoder(history_vectors * math.sqrt(self.config.d_model), padding)
+        return self.encoder(history_vectors, padding)
 
     def user_gate(self, h: torch.Tensor) -> torch.Tensor:
         """`[..., d]` -> `[..., L]`: how much each depth counts for this user right now."""
@@ -176,6 +192,21 @@ class LinkedOut(nn.Module):
             scores = user @ experts.reshape(len(experts), -1).T
         if id_vectors is not None:
             scores = scores + h @ id_vectors.T
+        return scores
+
+    def score_pairs(
+        self,
+        h: torch.Tensor,
+        gate: torch.Tensor | None,
+        experts: torch.Tensor | None,
+        id_vectors: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Row i of `h [P, d]` against candidate i only (`experts [P, L, d]`) -> `[P]`."""
+        scores = 0
+        if experts is not None:
+            scores = torch.einsum("pl,pd,pld->p", gate, h, experts)
+        if id_vectors is not None:
+            scores = scores + (h * id_vectors).sum(-1)
         return scores
 
     def layer_contributions(

@@ -42,6 +42,7 @@ class LinkedOutModule(L.LightningModule):
         # Filled by `attach`: the item tokens are data (read from the store), not weights.
         self.register_buffer("item_tokens", torch.zeros(0), persistent=False)
         self.register_buffer("log_q", torch.zeros(num_items), persistent=False)
+        self.register_buffer("unseen", torch.zeros(num_items, dtype=torch.bool), persistent=False)
         self.metrics = RankingMetrics()
         self._catalog: Catalog | None = None
         self._histories: list[list[int]] | None = None
@@ -66,9 +67,12 @@ class LinkedOutModule(L.LightningModule):
             del self.item_tokens
             self.item_tokens = item_tokens
         if train_counts is not None:
-            q = (train_counts + 1.0) ** 0.75  # word2vec's smoothing: frequent, not only popular
-            q[0] = 0.0
-            self.log_q = torch.log(q / q.sum()).clamp_min(-1e4)
+            # Items no training sequence holds are left out of the training softmax, as items
+            # that arrive after training would be: pushed down as ever-negatives, their content
+            # would be learned as "never relevant" and cold-start ranking would be lost.
+            self.unseen = train_counts == 0
+            q = train_counts.double() ** 0.75  # word2vec's smoothing: frequent, not only popular
+            self.log_q = torch.log(q / q.sum()).float().clamp_min(-1e4)
         self._histories = histories
 
     # -- shared by training, evaluation and serving -----------------------------------------
@@ -116,19 +120,20 @@ class LinkedOutModule(L.LightningModule):
             else None
         )
         where = torch.searchsorted(needed, inputs)
+        # index_select rather than `tensor[index]` here and below: under deterministic=True the
+        # backward of advanced indexing takes a sort-based path that made an epoch 5x slower.
         vectors = self.model.item_inputs(
-            None if experts is None else experts[where.flatten()], inputs.flatten()
+            None if experts is None else experts.index_select(0, where.flatten()), inputs.flatten()
         ).reshape(*inputs.shape, -1)
         h = self.model.user_states(vectors, padding)[valid]  # [P, d] positions with a target
         gate = self.model.user_gate(h)
-        ids = self.model.ids.weight[needed] if self.model.ids is not None else None
-        logits = self.model.score(h, gate, experts, ids)  # [P, |needed|]
+        ids = self.model.ids.weight.index_select(0, needed) if self.model.ids is not None else None
         target_col = torch.searchsorted(needed, targets[valid])
         if self.sampled:
-            loss = self._sampled_softmax(logits, target_col, needed, negatives)
+            loss = self._sampled_softmax(h, gate, experts, ids, target_col, needed, negatives)
         else:
-            logits[:, 0] = float("-inf")
-            loss = F.cross_entropy(logits, target_col)
+            logits = self.model.score(h, gate, experts, ids)  # [P, N]
+            loss = F.cross_entropy(logits.masked_fill(self.unseen, float("-inf")), target_col)
         if not torch.isfinite(loss):
             raise LinkedOutError(
                 f"the loss became {loss.item()} at step {self.global_step}: lower --lr, or "
@@ -139,13 +144,20 @@ class LinkedOutModule(L.LightningModule):
             loss = loss + self.config.balance_weight * balance_loss(gate)
         return loss
 
-    def _sampled_softmax(self, logits, target_col, needed, negatives) -> torch.Tensor:
+    def _sampled_softmax(self, h, gate, experts, ids, target_col, needed, negatives):
         """Softmax over the target and shared negatives drawn from q, with logQ correction, so
-        the estimate is unbiased for the full softmax; a negative equal to the target is masked."""
+        the estimate is unbiased for the full softmax; a negative equal to the target is masked.
+        Scores only those candidates, not every item the batch needed for its inputs."""
         neg_col = torch.searchsorted(needed, negatives)
         log_q = self.log_q[needed]
-        pos = logits.gather(1, target_col[:, None]) - log_q[target_col][:, None]
-        neg = logits[:, neg_col] - log_q[neg_col]
+
+        def rows(col: torch.Tensor, table: torch.Tensor | None) -> torch.Tensor | None:
+            return None if table is None else table.index_select(0, col)
+
+        pos = self.model.score_pairs(h, gate, rows(target_col, experts), rows(target_col, ids))
+        neg = self.model.score(h, gate, rows(neg_col, experts), rows(neg_col, ids))
+        pos = pos[:, None] - log_q[target_col][:, None]
+        neg = neg - log_q[neg_col]
         neg = neg.masked_fill(neg_col[None, :] == target_col[:, None], float("-inf"))
         full = torch.cat([pos, neg], 1)
         return F.cross_entropy(full, torch.zeros(len(full), dtype=torch.long, device=full.device))

@@ -19,7 +19,8 @@ from linkedout.recommend.split_files import digest, read_split, write_split
 def make_split(users: int = 300, seed: int = 0) -> SequenceSplit:
     g = torch.Generator().manual_seed(seed)
     # Mostly short histories with a long tail, like real logs.
-    lengths = (torch.distributions.Exponential(0.15).sample((users,)) + 5).long().clamp(max=120)
+    exponential = -torch.log(torch.rand(users, generator=g)) / 0.05
+    lengths = (exponential + 5).long().clamp(max=120)
     seqs = [torch.randint(1, 41, (int(n),), generator=g).tolist() for n in lengths]
     return SequenceSplit(
         item_ids=[f"v{i}" for i in range(1, 41)],

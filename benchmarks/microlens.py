@@ -1,0 +1,369 @@
+"""MicroLens-50K through LinkedOut's own commands: ranking quality of every fusion beside
+popularity and ID-only SASRec, and the recommender's speed on real data.
+
+1. The item titles through the real all-MiniLM-L6-v2 (embedding output + 6 layers) into Lance,
+   with `linkedout extract --texts`: the path a video catalog takes, the title as the modality.
+2. One `linkedout train` per row and seed. Every run must produce the same split (its sha256 is
+   checked); the split is copied to OUT/split for other libraries (`make benchmark-peers`).
+3. Speed: training seconds per epoch and sequences/s (from each run's epochs.json), one
+   full-ranking evaluation pass, and `recommend` latency over the whole catalog.
+
+    python benchmarks/microlens.py [--quick] [--out out/benchmark] [--seeds 1,2,3]
+
+Writes OUT/microlens.json. Finished runs are kept and reused when the command is run again
+(an interrupted benchmark resumes); `--fresh` starts over. MicroLens is found (or downloaded
+once) by `linkedout.datasets.microlens_50k` and never copied into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import write_json  # noqa: E402
+from linkedout.datasets import MICROLENS_FILES, microlens_50k  # noqa: E402
+from linkedout.errors import LinkedOutError  # noqa: E402
+
+PAIRS, TITLES = MICROLENS_FILES
+LINKEDOUT = [sys.executable, "-m", "linkedout.cli"]
+TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEPTHS = range(7)  # MiniLM: the embedding output and its 6 blocks
+METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    name: str
+    args: tuple[str, ...]
+    main: bool
+    """Main rows run for every seed; the others for the first seed."""
+
+
+ROWS = (
+    Row("ids", "SASRec, ID only", ("--fusion", "none", "--ids"), True),
+    Row("moe", "LinkedOut MoE (content only)", ("--fusion", "moe"), True),
+    Row("moe+ids", "LinkedOut MoE + IDs", ("--fusion", "moe", "--ids"), True),
+    Row("last", "last layer only", ("--fusion", "last"), False),
+    Row("mean", "mean of layers", ("--fusion", "mean"), False),
+    *(Row(f"layer:{k}", f"layer {k} only", ("--fusion", f"layer:{k}"), False) for k in DEPTHS),
+)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    users: int | None
+    """First N users of the pairs file (None: all 50,000)."""
+    seeds: tuple[int, ...]
+    epochs: int
+    patience: int
+    batch_size: int = 256
+    lr: float = 2e-3
+    val_users: int | None = 10_000
+    tokens_per_layer: int = 3
+
+    def train_args(self, seed: int) -> list[str]:
+        args = [
+            f"--epochs={self.epochs}",
+            f"--patience={self.patience}",
+            f"--batch-size={self.batch_size}",
+            f"--lr={self.lr}",
+            f"--seed={seed}",
+        ]
+        return args + ([f"--val-users={self.val_users}"] if self.val_users else [])
+
+
+# Sized so that `make benchmark` stays under 45 minutes on 2 cores: content rows are still
+# improving at 5 epochs (see the training curves); `--epochs` trains longer.
+FULL = Protocol(users=None, seeds=(1, 2, 3), epochs=5, patience=2, val_users=5_000)
+QUICK = Protocol(users=3_000, seeds=(1,), epochs=5, patience=2, val_users=None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3,000 users and one seed")
+    parser.add_argument("--out", type=Path, default=None, help="default out/benchmark[-quick]")
+    parser.add_argument("--seeds", help="comma-separated seeds for the main rows")
+    parser.add_argument("--epochs", type=int, help="most epochs per run")
+    parser.add_argument("--fresh", action="store_true", help="discard earlier runs in --out")
+    args = parser.parse_args()
+    protocol = QUICK if args.quick else FULL
+    if args.seeds:
+        protocol = _replace(protocol, seeds=tuple(int(s) for s in args.seeds.split(",")))
+    if args.epochs:
+        protocol = _replace(protocol, epochs=args.epochs)
+    out = args.out or REPO / "out" / ("benchmark-quick" if args.quick else "benchmark")
+    if args.fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    try:
+        data = microlens_50k()
+    except LinkedOutError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs, titles = inputs(data, out, protocol.users)
+    extraction = extract_titles(out, titles, protocol.tokens_per_layer)
+    features = out / "titles.lance"
+
+    plan = [
+        (row, seed)
+        for row in ROWS
+        for seed in protocol.seeds
+        if row.main or seed == min(protocol.seeds)
+    ]
+    results: dict[str, list[dict]] = {}
+    split_sha = None
+    for n, (row, seed) in enumerate(plan, 1):
+        run = out / "runs" / f"{row.key.replace(':', '')}-seed{seed}"
+        record = train_row(run, row, seed, protocol, features, pairs)
+        if split_sha is None:
+            split_sha = record["split_sha256"]
+            shutil.copytree(run / "split", out / "split", dirs_exist_ok=True)
+        elif record["split_sha256"] != split_sha:
+            sys.exit(f"{run} trained on another split than the first run: the benchmark is void")
+        results.setdefault(row.key, []).append(record)
+        test = record["test"]["model"]
+        print(
+            f"[{n}/{len(plan)}] {row.name}, seed {seed}: test HR@10 {test['HR@10']:.4f}, "
+            f"NDCG@10 {test['NDCG@10']:.4f} ({record['epochs']} epochs, "
+            f"{record['wall_seconds']:.0f} s)",
+            flush=True,
+        )
+
+    first = results["moe"][0]
+    figures = {
+        "dataset": {
+            "name": "MicroLens-50K",
+            "source": str(data),
+            "users_taken": protocol.users or "all",
+            "quick": args.quick,
+            "split": json.loads((out / "split" / "split.json").read_text()),
+        },
+        "protocol": _asdict(protocol)
+        | {"command": "linkedout train --features F --interactions I"},
+        "extraction": extraction,
+        "popularity": {k: v["popularity"] for k, v in first["views"].items()},
+        "rows": [summarise(row, results[row.key]) for row in ROWS if row.key in results],
+        "speed": speed(out, results),
+    }
+    write_json(out / "microlens.json", figures)
+
+
+def inputs(data: Path, out: Path, users: int | None) -> tuple[Path, Path]:
+    """The pairs and titles files to use: the originals, or the first `users` users' slice
+    (written under `out`, which git ignores)."""
+    if users is None:
+        return data / PAIRS, data / TITLES
+    lines = (data / PAIRS).read_text().splitlines()[:users]
+    pairs = out / "data" / "pairs.tsv"
+    pairs.parent.mkdir(parents=True, exist_ok=True)
+    pairs.write_text("\n".join(lines) + "\n")
+    items = {i for line in lines for i in line.split("\t")[1].split()}
+    titles = out / "data" / "titles.csv"
+    with open(data / TITLES, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["item"] in items]
+    with open(titles, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["item", "title"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return pairs, titles
+
+
+def extract_titles(out: Path, titles: Path, tokens_per_layer: int) -> dict:
+    """Run `linkedout extract --texts`; time it when it did the work (a re-run only resumes)."""
+    record = out / "extraction.json"
+    fresh = not (out / "titles.lance").exists()
+    command = [
+        *LINKEDOUT,
+        "extract",
+        "--texts",
+        str(titles),
+        "--model",
+        TEXT_MODEL,
+        "--layers",
+        "all",
+        f"--tokens-per-layer={tokens_per_layer}",
+        "--batch-size=64",
+        "--out",
+        str(out / "titles.lance"),
+        "--quiet",
+    ]
+    print("$ linkedout " + " ".join(command[3:]), flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    seconds = time.perf_counter() - start
+    if fresh or not record.exists():
+        with open(titles, newline="", encoding="utf-8") as f:
+            count = sum(1 for _ in csv.DictReader(f))
+        figures = {
+            "model": TEXT_MODEL,
+            "layers": list(DEPTHS),
+            "tokens_per_layer": tokens_per_layer,
+            "titles": count,
+            "seconds": seconds,
+            "titles_per_s": count / seconds,
+            "note": "wall time of the command, model load and Lance writes included",
+        }
+        record.write_text(json.dumps(figures, indent=2) + "\n")
+    return json.loads(record.read_text())
+
+
+def train_row(
+    run: Path, row: Row, seed: int, protocol: Protocol, features: Path, pairs: Path
+) -> dict:
+    """Train (or reuse a finished run of the same command) and collect its figures."""
+    command = [
+        *LINKEDOUT,
+        "train",
+        "--features",
+        str(features),
+        "--interactions",
+        str(pairs),
+        "--out",
+        str(run),
+        *row.args,
+        *protocol.train_args(seed),
+        "--quiet",
+    ]
+    stamp = run / "benchmark-command.json"
+    done = (run / "metrics.json").exists() and stamp.exists()
+    if done and json.loads(stamp.read_text())["command"] == command[3:]:
+        return collect(run, row, seed, json.loads(stamp.read_text())["wall_seconds"])
+    shutil.rmtree(run, ignore_errors=True)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    print("$ linkedout " + " ".join(command[3:]), flush=True)
+    start = time.perf_counter()
+    with open(run.parent / f"{run.name}.log", "w") as log:
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        sys.exit(f"training failed: see {run.parent / f'{run.name}.log'}")
+    wall = time.perf_counter() - start
+    stamp.write_text(json.dumps({"command": command[3:], "wall_seconds": wall}) + "\n")
+    return collect(run, row, seed, wall)
+
+
+def collect(run: Path, row: Row, seed: int, wall: float) -> dict:
+    metrics = json.loads((run / "metrics.json").read_text())
+    epochs = json.loads((run / "epochs.json").read_text())["epochs"]
+    best = max(epochs, key=lambda e: e["val_NDCG@10"])
+    train_seconds = [e["train_seconds"] for e in epochs]
+    sequences = epochs[0]["train_sequences"]
+    return {
+        "row": row.key,
+        "seed": seed,
+        "run": str(run),
+        "split_sha256": json.loads((run / "split" / "split.json").read_text())["sha256"],
+        "test": metrics["test"],
+        "views": {k: v for k, v in metrics.items() if k.startswith(("valid", "test"))},
+        "gate": metrics.get("gate"),
+        "epochs": len(epochs),
+        "best_epoch": best["epoch"],
+        "curve": epochs,
+        "train_seconds_per_epoch": statistics.median(train_seconds),
+        "val_seconds_per_epoch": statistics.median(e["val_seconds"] for e in epochs),
+        "sequences_per_s": sequences / statistics.median(train_seconds),
+        "wall_seconds": wall,
+    }
+
+
+def summarise(row: Row, records: list[dict]) -> dict:
+    """Per-seed figures and their mean and standard deviation for each view and metric."""
+    views = records[0]["views"].keys()
+    mean, std = {}, {}
+    for view in views:
+        values = {m: [r["views"][view]["model"][m] for r in records] for m in METRICS}
+        mean[view] = {m: statistics.fmean(v) for m, v in values.items()}
+        std[view] = {m: statistics.stdev(v) if len(v) > 1 else None for m, v in values.items()}
+    gates = [r["gate"]["mean"] for r in records if r["gate"]]
+    return {
+        "key": row.key,
+        "name": row.name,
+        "args": list(row.args),
+        "seeds": [r["seed"] for r in records],
+        "mean": mean,
+        "std": std,
+        "gate": (
+            {
+                "layers": records[0]["gate"]["layers"],
+                "mean": [statistics.fmean(g) for g in zip(*gates)],
+            }
+            if gates
+            else None
+        ),
+        "runs": [{k: v for k, v in r.items() if k not in ("row",)} for r in records],
+    }
+
+
+def speed(out: Path, results: dict[str, list[dict]]) -> dict:
+    """Training throughput of the MoE and ID-only rows, one full-ranking evaluation pass and
+    `recommend` latency, on the first seed's runs."""
+    from linkedout.recommend.evaluate import TrainedRun, evaluate_run
+    from linkedout.recommend.serve import recommend
+
+    figures: dict = {"train": {}}
+    for key in ("moe", "moe+ids", "ids"):
+        r = results[key][0]
+        figures["train"][key] = {
+            "seconds_per_epoch": r["train_seconds_per_epoch"],
+            "sequences_per_s": r["sequences_per_s"],
+            "validation_seconds_per_epoch": r["val_seconds_per_epoch"],
+        }
+    for key in ("moe", "ids"):
+        run = Path(results[key][0]["run"])
+        start = time.perf_counter()
+        evaluated = evaluate_run(run, splits=("test",))
+        seconds = time.perf_counter() - start
+        trained = TrainedRun(run)
+        users = min(1000, len(trained.split.users))
+        histories = [
+            [trained.item_ids[i - 1] for i in trained.split.history(u, "test")]
+            for u in range(users)
+        ]
+        for history in histories[:20]:
+            recommend(trained, history, k=10)  # warm up
+        latencies = []
+        for history in histories:
+            start = time.perf_counter()
+            recommend(trained, history, k=10)
+            latencies.append((time.perf_counter() - start) * 1000)
+        q = statistics.quantiles(latencies, n=100)
+        figures[f"evaluate_{key}"] = {
+            "seconds": seconds,
+            "users": evaluated["test"]["model"]["users"],
+            "items": len(trained.item_ids),
+            "note": "test split: model and popularity ranks, masked and unmasked, cold slice",
+        }
+        figures[f"recommend_{key}"] = {
+            "p50_ms": q[49],
+            "p99_ms": q[98],
+            "requests": users,
+            "items": len(trained.item_ids),
+        }
+    return figures
+
+
+def _replace(protocol: Protocol, **changes) -> Protocol:
+    from dataclasses import replace
+
+    return replace(protocol, **changes)
+
+
+def _asdict(protocol: Protocol) -> dict:
+    from dataclasses import asdict
+
+    return asdict(protocol)
+
+
+if __name__ == "__main__":
+    main()
