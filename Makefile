@@ -45,10 +45,11 @@ benchmark-quick: install
 	$(PY) benchmarks/report.py out/benchmark-quick --into out/benchmark-quick
 
 # RecBole's SASRec in its own venv on the split `make benchmark` wrote, then the report again.
+PEER_MINUTES ?= 30
 benchmark-peers: install
 	@test -f $(BENCH)/split/split.json || { echo "no split in $(BENCH): run make benchmark first"; exit 2; }
 	bash benchmarks/peers/setup.sh
-	.venv-peers/bin/python benchmarks/peers/recbole_sasrec.py --split $(BENCH)/split --out $(BENCH)/peers/recbole_sasrec.json
+	.venv-peers/bin/python benchmarks/peers/recbole_sasrec.py --split $(BENCH)/split --out $(BENCH)/peers/recbole_sasrec.json --max-minutes $(PEER_MINUTES)
 	$(PY) benchmarks/report.py $(BENCH)
 
 clean:

@@ -148,7 +148,7 @@ def render(figures: dict, results: Path, plots: Path, base: Path) -> str:
     if layer_rows:
         out += _layer_table(layer_rows, rows, _rel(plots / "gates.png", base))
     if "peer_recbole_sasrec" in figures:
-        out += _peer_table(figures["peer_recbole_sasrec"], rows, pop)
+        out += _peer_table(figures["peer_recbole_sasrec"], rows, pop, protocol["epochs"])
     else:
         out += [
             "### Beside RecBole",
@@ -211,7 +211,8 @@ def _layer_table(layer_rows: list[dict], rows: dict, gates_png: str) -> list[str
     out += [
         "",
         "Gate weight: the content-only MoE's mean per-user gate over test users (mean over "
-        "seeds). Depth 0 is the embedding output, depth k the output of block k.",
+        "seeds). Depth 0 is the embedding output, depth k the output of block k. In the plot, "
+        "bars are means over seeds and whiskers ± half their range.",
         "",
         f"![Per-depth gate weights]({gates_png})",
         "",
@@ -219,7 +220,7 @@ def _layer_table(layer_rows: list[dict], rows: dict, gates_png: str) -> list[str
     return out
 
 
-def _peer_table(peer: dict, rows: dict, pop: dict) -> list[str]:
+def _peer_table(peer: dict, rows: dict, pop: dict, our_epochs: int) -> list[str]:
     cols = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
     out = [
         "### Beside RecBole's SASRec (the field's reference implementation)",
@@ -229,8 +230,9 @@ def _peer_table(peer: dict, rows: dict, pop: dict) -> list[str]:
         f"ours: {'verified' if peer['split_verified'] else 'NOT verified'}). Same width, depth, "
         f"heads, dropout and history length as ours; {peer['epochs_trained']} epochs "
         f"(stopped by {peer['stopped_by'].replace('_', ' ')}, best epoch {peer['best_epoch']}). "
-        "RecBole ranks without masking the user's earlier items; both rules are shown. "
-        "Ours: mean over seeds.",
+        f"{peer['train_seconds'] / 60:.0f} min of training. Ours: mean over seeds, at most "
+        f"{our_epochs} epochs. RecBole ranks without masking the user's earlier items; both "
+        "rules are shown.",
         "",
         "| model | rule | " + " | ".join(cols) + " | train s/epoch |",
         "|---|---|" + "---|" * (len(cols) + 1),
@@ -243,7 +245,7 @@ def _peer_table(peer: dict, rows: dict, pop: dict) -> list[str]:
         out.append(
             f"| RecBole SASRec (ID) | {rule} | "
             + " | ".join(f"{p[c]:.4f}" for c in cols)
-            + f" | {peer['seconds_per_epoch']:.0f} |"
+            + f" | {peer['seconds_per_epoch']:.1f} |"
         )
         for key in MAIN:
             if key in rows:
@@ -252,7 +254,7 @@ def _peer_table(peer: dict, rows: dict, pop: dict) -> list[str]:
                 out.append(
                     f"| {r['name']} | {rule} | "
                     + " | ".join(f"{r['mean'][view][c]:.4f}" for c in cols)
-                    + f" | {s:.0f} |"
+                    + f" | {s:.1f} |"
                 )
         pv = pop[view]
         out.append(
@@ -399,6 +401,10 @@ def plot_all(ml: dict, folder: Path) -> None:
         epochs = [e["epoch"] + 1 for e in curve]
         left.plot(epochs, [e["val_NDCG@10"] for e in curve], marker="o", label=rows[key]["name"])
         right.plot(epochs, [e["train_loss"] for e in curve], marker="o", label=rows[key]["name"])
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set(title="validation NDCG@10", xlabel="epoch")
     right.set(title="training loss (sampled softmax)", xlabel="epoch")
     left.legend(fontsize=8)

@@ -9,7 +9,7 @@ import torch
 
 from linkedout.errors import LinkedOutError
 from linkedout.recommend.data import left_pad
-from linkedout.recommend.metrics import RankingMetrics, history_mask, rank_of_target
+from linkedout.recommend.metrics import RankingMetrics, history_mask, target_ranks
 from linkedout.recommend.module import Catalog, LinkedOutModule
 from linkedout.recommend.split_files import read_split
 
@@ -73,17 +73,15 @@ def evaluate_run(
             targets = torch.tensor([split.target(u, name) for u in users])
             scores, _, gate = run.scores(histories)
             exclude = history_mask(histories, split.num_items, "cpu")
-            ranks = rank_of_target(scores, targets, exclude)
-            pop_ranks = rank_of_target(popularity.expand(len(users), -1), targets, exclude)
+            ranks, ranks_unmasked = target_ranks(scores, targets, exclude)
+            pop_ranks, pop_unmasked = target_ranks(
+                popularity.expand(len(users), -1), targets, exclude
+            )
             _update(acc[""], ranks, pop_ranks)
             if name == "test":
                 cold = ~seen[targets]
                 _update(acc["_cold_start"], ranks[cold], pop_ranks[cold])
-                _update(
-                    acc["_unmasked"],
-                    rank_of_target(scores, targets, None),
-                    rank_of_target(popularity.expand(len(users), -1), targets, None),
-                )
+                _update(acc["_unmasked"], ranks_unmasked, pop_unmasked)
                 if run.module.model.content:
                     gates.append(gate)
         for view, (model, pop) in acc.items():

@@ -7,7 +7,6 @@ to rank as RecBole does.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -26,18 +25,37 @@ def rank_of_target(
     counts even when `exclude` marks it. A NaN score ranks below every real score, so a
     diverged model cannot place its targets first.
     """
+    return target_ranks(scores, targets, exclude)[0]
+
+
+def target_ranks(
+    scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rank_of_target` with `exclude` applied and without it, from one comparison over the
+    catalog: ranking is memory-bound, and full evaluation ranks every user several ways."""
     if scores.dim() != 2 or targets.shape != scores.shape[:1]:
         raise ValueError(f"scores {tuple(scores.shape)} and targets {tuple(targets.shape)}")
     if exclude is not None and exclude.shape != scores.shape:
         raise ValueError(f"exclude {tuple(exclude.shape)} differs from scores")
-    if scores.is_floating_point():
-        scores = torch.nan_to_num(scores, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
-    target_scores = scores.gather(1, targets.long().unsqueeze(1))
-    above = scores >= target_scores
-    above.scatter_(1, targets.long().unsqueeze(1), False)  # the target does not outrank itself
-    if exclude is not None:
-        above &= ~exclude
-    return above.sum(dim=1) + 1
+    column = targets.long().unsqueeze(1)
+    target_scores = scores.gather(1, column)
+    above = scores >= target_scores  # a NaN distractor compares False: it never outranks
+    if target_scores.is_floating_point():
+        nan_target = target_scores.isnan()
+        if nan_target.any():  # a NaN target ranks below everything, NaN distractors included
+            above |= nan_target
+    # The target does not outrank itself.
+    unmasked = _count(above) - above.gather(1, column).squeeze(1).long() + 1
+    if exclude is None:
+        return unmasked, unmasked
+    hidden = above & exclude
+    masked = unmasked - _count(hidden) + hidden.gather(1, column).squeeze(1).long()
+    return masked, unmasked
+
+
+def _count(mask: torch.Tensor) -> torch.Tensor:
+    """True entries per row, as long: summing the bytes is twice as fast as a bool sum."""
+    return mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
 
 
 def history_mask(

@@ -9,6 +9,7 @@ from linkedout.recommend.metrics import (
     history_mask,
     popularity_scores,
     rank_of_target,
+    target_ranks,
 )
 
 
@@ -196,3 +197,25 @@ def test_popularity_ranking_with_masked_history():
     # User 0 unmasked: items 0 and 1 beat item 2 -> rank 3. User 1 has seen item 0 -> rank 2.
     exclude = history_mask([[], [0]], num_items=4, device="cpu")
     assert rank_of_target(scores, targets, exclude).tolist() == [3, 2]
+
+
+def test_masked_and_unmasked_ranks_from_one_pass_equal_two_calls():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (50, 40), generator=g).float()  # many ties
+    scores[3, 7] = float("nan")
+    scores[4, :] = float("nan")
+    targets = torch.randint(0, 40, (50,), generator=g)
+    exclude = torch.rand(50, 40, generator=g) < 0.3
+    masked, unmasked = target_ranks(scores, targets, exclude)
+    assert torch.equal(masked, rank_of_target(scores, targets, exclude))
+    assert torch.equal(unmasked, rank_of_target(scores, targets, None))
+    assert (masked <= unmasked).all() and (masked >= 1).all()
+    for b in range(50):  # by hand: other, unmasked items scoring at least the target's
+        t = targets[b]
+        nan_target = bool(torch.isnan(scores[b, t]))
+        others = [
+            j
+            for j in range(40)
+            if j != t and not exclude[b, j] and (nan_target or scores[b, j] >= scores[b, t])
+        ]
+        assert masked[b] == 1 + len(others)
