@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,9 +100,9 @@ def main() -> None:
     args = parser.parse_args()
     protocol = QUICK if args.quick else FULL
     if args.seeds:
-        protocol = _replace(protocol, seeds=tuple(int(s) for s in args.seeds.split(",")))
+        protocol = replace(protocol, seeds=tuple(int(s) for s in args.seeds.split(",")))
     if args.epochs:
-        protocol = _replace(protocol, epochs=args.epochs)
+        protocol = replace(protocol, epochs=args.epochs)
     out = args.out or REPO / "out" / ("benchmark-quick" if args.quick else "benchmark")
     if args.fresh:
         shutil.rmtree(out, ignore_errors=True)
@@ -133,7 +133,7 @@ def main() -> None:
         elif record["split_sha256"] != split_sha:
             sys.exit(f"{run} trained on another split than the first run: the benchmark is void")
         results.setdefault(row.key, []).append(record)
-        test = record["test"]["model"]
+        test = record["views"]["test"]["model"]
         print(
             f"[{n}/{len(plan)}] {row.name}, seed {seed}: test HR@10 {test['HR@10']:.4f}, "
             f"NDCG@10 {test['NDCG@10']:.4f} ({record['epochs']} epochs, "
@@ -150,8 +150,7 @@ def main() -> None:
             "quick": args.quick,
             "split": json.loads((out / "split" / "split.json").read_text()),
         },
-        "protocol": _asdict(protocol)
-        | {"command": "linkedout train --features F --interactions I"},
+        "protocol": asdict(protocol) | {"command": "linkedout train --features F --interactions I"},
         "extraction": extraction,
         "popularity": {k: v["popularity"] for k, v in first["views"].items()},
         "rows": [summarise(row, results[row.key]) for row in ROWS if row.key in results],
@@ -264,7 +263,6 @@ def collect(run: Path, row: Row, seed: int, wall: float) -> dict:
         "seed": seed,
         "run": str(run),
         "split_sha256": json.loads((run / "split" / "split.json").read_text())["sha256"],
-        "test": metrics["test"],
         "views": {k: v for k, v in metrics.items() if k.startswith(("valid", "test"))},
         "gate": metrics.get("gate"),
         "epochs": len(epochs),
@@ -351,18 +349,6 @@ def speed(out: Path, results: dict[str, list[dict]]) -> dict:
             "items": len(trained.item_ids),
         }
     return figures
-
-
-def _replace(protocol: Protocol, **changes) -> Protocol:
-    from dataclasses import replace
-
-    return replace(protocol, **changes)
-
-
-def _asdict(protocol: Protocol) -> dict:
-    from dataclasses import asdict
-
-    return asdict(protocol)
 
 
 if __name__ == "__main__":

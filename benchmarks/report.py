@@ -13,6 +13,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import statistics
 import sys
 from pathlib import Path
 
@@ -250,7 +251,7 @@ def _peer_table(peer: dict, rows: dict, pop: dict, our_epochs: int) -> list[str]
         for key in MAIN:
             if key in rows:
                 r = rows[key]
-                s = statistics_mean([x["train_seconds_per_epoch"] for x in r["runs"]])
+                s = statistics.fmean(x["train_seconds_per_epoch"] for x in r["runs"])
                 out.append(
                     f"| {r['name']} | {rule} | "
                     + " | ".join(f"{r['mean'][view][c]:.4f}" for c in cols)
@@ -411,10 +412,6 @@ def plot_all(ml: dict, folder: Path) -> None:
     fig.tight_layout()
     fig.savefig(folder / "training_curves.png", dpi=110)
     plt.close(fig)
-
-
-def statistics_mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def _users_taken(taken) -> str:

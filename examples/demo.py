@@ -36,12 +36,6 @@ def hub_reachable() -> bool:
         return False
 
 
-# Without a network, huggingface_hub would retry for half a minute before failing: ask only the
-# local cache then. (Read at import, so set before anything imports transformers.)
-if "HF_HUB_OFFLINE" not in os.environ and not hub_reachable():
-    os.environ["HF_HUB_OFFLINE"] = "1"
-
-
 def run(*args: str) -> None:
     print(f"\n$ linkedout {' '.join(args)}", flush=True)
     subprocess.run([*CLI, *args], check=True)
@@ -64,6 +58,10 @@ def video_model_available() -> bool:
 
 
 def main() -> None:
+    # Without a network, huggingface_hub would retry for half a minute before failing: ask only
+    # the local cache then. (Read at import: set before anything imports transformers.)
+    if "HF_HUB_OFFLINE" not in os.environ and not hub_reachable():
+        os.environ["HF_HUB_OFFLINE"] = "1"
     from linkedout.datasets import microlens_50k
     from linkedout.errors import LinkedOutError
 

@@ -157,7 +157,6 @@ class TrainSequences(Dataset):
 
     def __init__(self, split: SequenceSplit, max_len: int):
         self.rows = [seq[-(max_len + 1) :] for seq in split.train if len(seq) >= 2]
-        self.max_len = max_len
 
     def __len__(self) -> int:
         return len(self.rows)
