@@ -9,7 +9,12 @@ import torch
 
 from linkedout.errors import LinkedOutError
 from linkedout.recommend.data import left_pad
-from linkedout.recommend.metrics import RankingMetrics, history_mask, target_ranks
+from linkedout.recommend.metrics import (
+    RankingMetrics,
+    fixed_score_ranks,
+    history_mask,
+    target_ranks,
+)
 from linkedout.recommend.module import Catalog, LinkedOutModule
 from linkedout.recommend.split_files import read_split
 
@@ -39,7 +44,10 @@ class TrainedRun:
     @torch.inference_mode()
     def scores(self, histories: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every item's score `[B, N]`, the user states `[B, d]` and gates `[B, L]`."""
-        padded = torch.tensor([left_pad(h, self.max_len) for h in histories])
+        # Padded to the longest history here, not to max_len: pads are hidden from real steps,
+        # so states are the same, and evaluation groups users by length to make this short.
+        length = max(1, min(self.max_len, max(len(h) for h in histories)))
+        padded = torch.tensor([left_pad(h, length) for h in histories])
         h, gate = self.module.encode(padded, self.catalog)
         scores = self.module.model.score(h, gate, self.catalog.experts, self.catalog.ids)
         scores[:, 0] = float("-inf")
@@ -63,20 +71,22 @@ def evaluate_run(
     seen = torch.zeros(split.num_items, dtype=torch.bool)
     seen[[i for seq in split.train for i in seq]] = True
     results: dict = {}
-    gates = []
+    gates, gate_users = [], []
     for name in splits:
         views = ("", "_cold_start", "_unmasked") if name == "test" else ("",)
         acc = {view: (RankingMetrics(), RankingMetrics()) for view in views}
-        for start in range(0, len(split.users), batch_size):
-            users = range(start, min(start + batch_size, len(split.users)))
-            histories = [split.history(u, name) for u in users]
+        histories = [split.history(u, name) for u in range(len(split.users))]
+        # Users of similar history length batched together: a batch's sequences are as short
+        # as its longest history. Metrics are sums, so the order does not change them.
+        order = sorted(range(len(histories)), key=lambda u: len(histories[u]))
+        for start in range(0, len(order), batch_size):
+            users = order[start : start + batch_size]
+            batch = [histories[u] for u in users]
             targets = torch.tensor([split.target(u, name) for u in users])
-            scores, _, gate = run.scores(histories)
-            exclude = history_mask(histories, split.num_items, "cpu")
+            scores, _, gate = run.scores(batch)
+            exclude = history_mask(batch, split.num_items, "cpu")
             ranks, ranks_unmasked = target_ranks(scores, targets, exclude)
-            pop_ranks, pop_unmasked = target_ranks(
-                popularity.expand(len(users), -1), targets, exclude
-            )
+            pop_ranks, pop_unmasked = fixed_score_ranks(popularity, targets, batch)
             _update(acc[""], ranks, pop_ranks)
             if name == "test":
                 cold = ~seen[targets]
@@ -84,15 +94,17 @@ def evaluate_run(
                 _update(acc["_unmasked"], ranks_unmasked, pop_unmasked)
                 if run.module.model.content:
                     gates.append(gate)
+                    gate_users.extend(users)
         for view, (model, pop) in acc.items():
             if model.count:
                 results[name + view] = {"model": model.compute(), "popularity": pop.compute()}
     if gates:
-        results["gate"] = {"layers": run.layers, "mean": torch.cat(gates).mean(0).tolist()}
+        gates = torch.cat(gates)[torch.argsort(torch.tensor(gate_users))]  # back in user order
+        results["gate"] = {"layers": run.layers, "mean": gates.mean(0).tolist()}
     if write:
         (run.path / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-        if gates and len(run.layers) > 1:
-            plot_gates(run.layers, torch.cat(gates), run.path / "gates.png")
+        if len(gates) and len(run.layers) > 1:
+            plot_gates(run.layers, gates, run.path / "gates.png")
     return results
 
 

@@ -58,6 +58,31 @@ def _count(mask: torch.Tensor) -> torch.Tensor:
     return mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
 
 
+def fixed_score_ranks(
+    scores: torch.Tensor, targets: torch.Tensor, histories: list[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`target_ranks` for a ranker that gives every user the same scores `[N]` (popularity),
+    with each user's `histories` masked, without a `[B, N]` comparison: one sort of the catalog,
+    then a lookup per user and a comparison per history item. Scores must not be NaN."""
+    if scores.dim() != 1 or targets.dim() != 1:
+        raise ValueError(f"scores {tuple(scores.shape)} must be [N] and targets [B]")
+    if scores.isnan().any():
+        raise ValueError("fixed_score_ranks needs NaN-free scores: use target_ranks")
+    target_scores = scores[targets]
+    ordered = scores.sort().values
+    # Items scoring at least the target's score, the target itself included: the target's
+    # 1-based rank when ties count against it.
+    unmasked = len(scores) - torch.searchsorted(ordered, target_scores, side="left")
+    lengths = torch.tensor([len(h) for h in histories], dtype=torch.long)
+    rows = torch.repeat_interleave(torch.arange(len(histories)), lengths)
+    cols = torch.tensor([i for h in histories for i in h], dtype=torch.long)
+    pairs = torch.unique(rows * len(scores) + cols)  # an item watched twice is masked once
+    rows, cols = pairs // len(scores), pairs % len(scores)
+    hidden = (scores[cols] >= target_scores[rows]) & (cols != targets[rows])
+    masked = unmasked - torch.bincount(rows[hidden], minlength=len(targets))
+    return masked, unmasked
+
+
 def history_mask(
     histories: list[list[int]], num_items: int, device: torch.device | str
 ) -> torch.Tensor:

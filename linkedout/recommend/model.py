@@ -53,10 +53,16 @@ class LayerTokenCompressor(nn.Module):
         self.bias = nn.Parameter(torch.zeros(layers, d_model))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [N, L, T, D] -> [N, L, d]
-        x = self.norm(tokens.float())
-        attn = torch.einsum("nltd,ld->nlt", x, self.query) / math.sqrt(x.shape[-1])
-        pooled = torch.einsum("nlt,nltd->nld", attn.softmax(-1), x)
-        return torch.einsum("nld,ldk->nlk", pooled, self.proj) + self.bias
+        n, layers, t, dim = tokens.shape
+        # The cast to fp32 copies the tokens anyway; the same copy makes them layer-major, so
+        # every product below is a batched matmul over layers on views. Einsum over [N, L, ...]
+        # would permute (copy) this, the largest tensor of a training step, once more.
+        x = torch.empty((layers, n, t, dim), dtype=torch.float32, device=tokens.device)
+        x = self.norm(x.copy_(tokens.transpose(0, 1)))
+        logits = torch.bmm(x.view(layers, n * t, dim), self.query[:, :, None]) / math.sqrt(dim)
+        attn = logits.view(layers * n, 1, t).softmax(-1)
+        pooled = torch.bmm(attn, x.view(layers * n, t, dim)).view(layers, n, dim)
+        return torch.baddbmm(self.bias[:, None, :], pooled, self.proj).transpose(0, 1)
 
 
 class CrossLayerMoE(nn.Module):

@@ -6,6 +6,7 @@ import torch
 from linkedout.recommend.metrics import (
     KS,
     RankingMetrics,
+    fixed_score_ranks,
     history_mask,
     popularity_scores,
     rank_of_target,
@@ -219,3 +220,18 @@ def test_masked_and_unmasked_ranks_from_one_pass_equal_two_calls():
             if j != t and not exclude[b, j] and (nan_target or scores[b, j] >= scores[b, t])
         ]
         assert masked[b] == 1 + len(others)
+
+
+def test_fixed_score_ranks_equal_the_full_comparison():
+    """Popularity's shortcut must rank exactly as comparing every user against the catalog."""
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 5, (30,), generator=g).float()  # many ties
+    scores[0] = float("-inf")  # the padding item
+    targets = torch.randint(1, 30, (40,), generator=g)
+    histories = [torch.randint(1, 30, (n,), generator=g).tolist() for n in range(40)]
+    histories[5] = [int(targets[5])] * 3  # the target itself, watched before, several times
+    masked, unmasked = fixed_score_ranks(scores, targets, histories)
+    full = target_ranks(scores.expand(40, -1), targets, history_mask(histories, 30, "cpu"))
+    assert torch.equal(masked, full[0]) and torch.equal(unmasked, full[1])
+    with pytest.raises(ValueError, match="NaN"):
+        fixed_score_ranks(torch.tensor([0.0, float("nan")]), torch.tensor([1]), [[]])
