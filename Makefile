@@ -31,7 +31,7 @@ demo: install
 	$(PY) examples/demo.py
 
 # Quality and speed on MicroLens-50K beside baselines -> BENCHMARKS.md, benchmarks/results/,
-# benchmarks/figures/ (53 min measured on 2 cores). Interrupted, it resumes from finished runs.
+# benchmarks/figures/ (40 min measured on 2 cores). Interrupted, it resumes from finished runs.
 BENCH ?= out/benchmark
 benchmark: install
 	$(PY) benchmarks/storage.py --json $(BENCH)/storage.json
