@@ -80,7 +80,7 @@ def full_extract(videos: Path, model: str, args, out: Path, backbone=None) -> fl
         max_pixels=args.max_pixels,
         device="cpu",
         dtype=args.dtype,
-        decode_workers=args.workers,
+        decode_threads=args.decode_threads,
     )
     summary = extract(config, backbone=backbone)
     if summary.failed:
@@ -111,9 +111,7 @@ def big_backbone(tiny: Path, dtype: torch.dtype, max_pixels: int) -> QwenVLBackb
     )
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
-    return QwenVLBackbone(
-        model, small.tokenizer, small.settings, "random Qwen2.5-VL-3B shape", None
-    )
+    return QwenVLBackbone(model, small.packer, "random Qwen2.5-VL-3B shape", None)
 
 
 def main() -> None:
@@ -121,7 +119,7 @@ def main() -> None:
     parser.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "data" / "videos")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--max-pixels", type=int, default=448 * 448)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--decode-threads", type=int, default=2)
     parser.add_argument("--dtype", default="fp32", help="tiny model compute dtype")
     parser.add_argument("--big-videos", type=int, default=2)
     parser.add_argument("--big-dtype", default="bf16", choices=["bf16", "fp32"])
@@ -134,14 +132,15 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(
         f"extraction benchmark: {len(clips)} clips from {args.videos}, {args.frames} frames, "
-        f"max_pixels {args.max_pixels}, {args.workers} decode threads, torch threads {threads}"
+        f"max_pixels {args.max_pixels}, {args.decode_threads} decode threads, "
+        f"torch threads {threads}"
     )
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tiny = build_tiny_qwen("qwen2_5_vl", tmp / "tiny")
         decode_only(clips[:1], args.frames, 1)  # warm the codecs
-        t_decode = decode_only(clips, args.frames, args.workers)
+        t_decode = decode_only(clips, args.frames, args.decode_threads)
         t_full = full_extract(args.videos, str(tiny), args, tmp / "tiny.lance")
         print(f"\n1. pipeline overhead (tiny Qwen2.5-VL, {len(clips)} videos)")
         print(f"   decode only     {t_decode:7.2f} s   {len(clips) / t_decode:6.2f} videos/s")

@@ -14,6 +14,7 @@ import typer
 import typer.core
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -39,7 +40,10 @@ class _Group(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except LinkedOutError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            # Escaped: messages quote flags and extras like `linkedout[distributed]`.
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True
+            )
             raise SystemExit(2) from None
 
 
@@ -167,14 +171,37 @@ def extract(
             "fragments."
         ),
     ] = 16,
-    workers: Annotated[
-        int, typer.Option(help="Background threads decoding and packing videos.")
+    decode_threads: Annotated[
+        int, typer.Option(help="Threads decoding and packing videos ahead of the model (local).")
     ] = 2,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local: this process. ray: Ray Data over a cluster (decoding in CPU tasks, "
+            "one model per worker); needs `pip install 'linkedout[distributed]'`."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to join: auto (the running one) or HOST:PORT. Default: start one "
+            "on this machine."
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Model replicas for --engine ray, one weights load each.")
+    ] = 1,
+    gpus_per_worker: Annotated[
+        float, typer.Option(help="GPUs per model replica (--engine ray; 0 runs on CPU).")
+    ] = 0.0,
+    cpus_per_worker: Annotated[
+        float, typer.Option(help="CPUs per model replica (--engine ray).")
+    ] = 1.0,
     storage_option: StorageOptions = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Read every video (or text) once with a Video LLM and store multi-layer hidden states."""
-    from linkedout.extract.pipeline import ExtractConfig
+    from linkedout.extract.pipeline import ExtractConfig, RayOptions
     from linkedout.extract.pipeline import extract as run_extract
     from linkedout.storage.uri import parse_storage_options
 
@@ -199,16 +226,18 @@ def extract(
         shard=_parse_shard(shard) if shard else None,
         limit=limit,
         overwrite=overwrite,
-        decode_workers=workers,
+        decode_threads=decode_threads,
         write_batch=commit_every,
         storage_options=parse_storage_options(storage_option),
+        engine=engine,
+        ray=RayOptions(ray_address, workers, gpus_per_worker, cpus_per_worker),
     )
     _quiet_libraries(quiet)
     with _progress_bar(quiet, "videos" if texts is None else "texts") as on_progress:
         summary = run_extract(config, on_progress=on_progress)
     for note in summary.notes:
-        err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
-    console.print(summary.line(), highlight=False, soft_wrap=True)
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    console.print(summary.line(), markup=False, highlight=False, soft_wrap=True)
 
 
 def _quiet_libraries(quiet: bool) -> None:
@@ -341,6 +370,17 @@ def train(
     accelerator: Annotated[
         str, typer.Option(help="Lightning accelerator: auto, cpu, gpu.")
     ] = "auto",
+    devices: Annotated[
+        int,
+        typer.Option(
+            help="Processes per node (one per GPU, or CPU processes): above 1 trains "
+            "data-parallel, each taking a slice of every batch."
+        ),
+    ] = 1,
+    num_nodes: Annotated[int, typer.Option(help="Machines taking part (Lightning num_nodes).")] = 1,
+    strategy: Annotated[
+        str, typer.Option(help="Lightning strategy: auto (ddp when several processes), ddp, ...")
+    ] = "auto",
     storage_option: StorageOptions = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -384,11 +424,15 @@ def train(
         seed=seed,
         feature_memory_gb=feature_memory_gb,
         accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
         storage_options=parse_storage_options(storage_option),
         progress=not quiet,
     )
     run = run_train(config)
-    _print_metrics(json.loads((run / "metrics.json").read_text()), title=str(run))
+    if run is not None:  # the other data-parallel ranks leave the report to the first
+        _print_metrics(json.loads((run / "metrics.json").read_text()), title=str(run))
 
 
 @app.command()

@@ -24,12 +24,13 @@ from linkedout.errors import LinkedOutError
 from linkedout.extract.backbones import (
     Backbone,
     ItemInput,
+    Packer,
     Prepared,
     inspect_model,
     load_backbone,
 )
 from linkedout.extract.capture import LayerCapture
-from linkedout.extract.decode import DecodedVideo, DecodeError, decode_video
+from linkedout.extract.decode import DecodeError, decode_video
 from linkedout.extract.defaults import DEFAULT_PROMPT, DEFAULT_VIDEO_MODEL
 from linkedout.extract.discover import CatalogItem, discover_videos, read_texts, read_titles
 from linkedout.extract.pool import PoolingRecipe
@@ -38,6 +39,28 @@ from linkedout.storage.columns import TORCH_DTYPES
 from linkedout.storage.rows import sha256_file, sha256_text
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RayOptions:
+    """Where and how wide `--engine ray` runs."""
+
+    address: str | None = None
+    """None starts a Ray cluster on this machine; `auto` joins the running one; or HOST:PORT."""
+    workers: int = 1
+    """Model replicas (Ray actors), one weights load each."""
+    gpus_per_worker: float = 0.0
+    """GPUs each replica holds (0: the model runs on CPU)."""
+    cpus_per_worker: float = 1.0
+    """CPUs each replica holds; decoding and packing run in separate one-CPU tasks."""
+
+    def validate(self) -> None:
+        if self.workers < 1:
+            raise LinkedOutError(f"--workers {self.workers}: run at least 1 model replica")
+        if self.gpus_per_worker < 0:
+            raise LinkedOutError(f"--gpus-per-worker {self.gpus_per_worker}: must be 0 or more")
+        if self.cpus_per_worker <= 0:
+            raise LinkedOutError(f"--cpus-per-worker {self.cpus_per_worker}: must be above 0")
 
 
 @dataclass
@@ -67,9 +90,13 @@ class ExtractConfig:
     """(index, count): this process takes the items whose id hashes to `index` modulo `count`."""
     limit: int | None = None
     overwrite: bool = False
-    decode_workers: int = 2
+    decode_threads: int = 2
     write_batch: int = 16
     storage_options: dict[str, str] = field(default_factory=dict)
+    engine: str = "local"
+    """local (this process, decoding in threads) or ray (Ray Data over a cluster)."""
+    ray: RayOptions = field(default_factory=RayOptions)
+    """Cluster, workers and GPUs of `engine="ray"`."""
 
     def validate(self) -> None:
         if (self.videos is None) == (self.texts is None):
@@ -88,6 +115,10 @@ class ExtractConfig:
                 raise LinkedOutError(f"--shard {index}/{count}: need 0 <= I < N")
         if self.limit is not None and self.limit < 0:
             raise LinkedOutError(f"--limit {self.limit}: must be 0 or more")
+        if self.engine not in ("local", "ray"):
+            raise LinkedOutError(f"--engine {self.engine!r}: use local or ray")
+        if self.engine == "ray":
+            self.ray.validate()
 
 
 @dataclass
@@ -176,22 +207,52 @@ def plan_items(config: ExtractConfig) -> tuple[list[CatalogItem], list[str]]:
     return items, notes
 
 
+@dataclass(frozen=True)
+class BackboneFacts:
+    """What the manifest says about the model: known from a loaded backbone, or (for a
+    cluster run, whose driver loads no weights) from the checkpoint's config and the device
+    the workers will use."""
+
+    model_id: str
+    kind: str
+    hidden_size: int
+    revision: str | None
+    dtype: torch.dtype
+    device: str
+
+    @classmethod
+    def of(cls, backbone: Backbone) -> BackboneFacts:
+        return cls(
+            backbone.model_id,
+            backbone.kind,
+            backbone.hidden_size,
+            backbone.revision,
+            backbone.dtype,
+            str(backbone.device),
+        )
+
+
 def build_manifest(
-    config: ExtractConfig, backbone: Backbone, layers: tuple[int, ...], recipe: PoolingRecipe
+    config: ExtractConfig,
+    facts: BackboneFacts,
+    layers: tuple[int, ...],
+    recipe: PoolingRecipe,
+    engine: dict[str, str] | None = None,
 ) -> Manifest:
-    is_video = backbone.kind == "video-llm"
-    compute = str(backbone.dtype).removeprefix("torch.")
+    """The manifest of this run; `engine` adds the cluster engine's name and versions."""
+    is_video = facts.kind == "video-llm"
+    compute = str(facts.dtype).removeprefix("torch.")
     recipe_facts = {"compute_dtype": compute, "new_tokens": str(config.new_tokens)}
     if is_video:
-        recipe_facts["max_pixels"] = str(getattr(backbone, "max_pixels", config.max_pixels))
+        recipe_facts["max_pixels"] = str(config.max_pixels)
     return Manifest(
-        backbone=backbone.model_id,
-        backbone_kind=backbone.kind,
+        backbone=facts.model_id,
+        backbone_kind=facts.kind,
         layers=layers,
         tokens_per_layer=config.tokens_per_layer,
-        hidden_size=backbone.hidden_size,
+        hidden_size=facts.hidden_size,
         dtype=config.store_dtype,
-        backbone_revision=backbone.revision,
+        backbone_revision=facts.revision,
         pooling=recipe.describe(),
         prompt=config.prompt if is_video else None,
         frames_per_video=config.frames if is_video else None,
@@ -200,30 +261,36 @@ def build_manifest(
             "engine": "transformers",
             "transformers": transformers.__version__,
             "torch": torch.__version__,
-            "device": str(backbone.device),
+            "device": facts.device,
             "linkedout": __version__,
+            **(engine or {}),
         },
     )
 
 
 # ------------------------------------------------------------------ per item
 @dataclass
-class _Ready:
+class PreparedItem:
+    """An item packed for the model. The decoded frames are not kept: only what the row
+    records of them, so items waiting for the model (or crossing a cluster) stay small."""
+
     item: CatalogItem
     sha: str
     prepared: Prepared
-    video: DecodedVideo | None
+    frame_indices: tuple[int, ...] | None = None
+    frame_seconds: tuple[float, ...] | None = None
 
 
-def _prepare(item: CatalogItem, sha: str, config: ExtractConfig, backbone: Backbone):
-    """Decode and pack one item (runs in a worker thread); failures come back as values."""
+def prepare_item(item: CatalogItem, sha: str, config: ExtractConfig, packer: Packer):
+    """Decode and pack one item (in a decode thread, or a Ray task); failures come back as
+    values, so a broken file is recorded once and never retried."""
     try:
         if item.source == "text":
-            return _Ready(item, sha, backbone.prepare(ItemInput(text=item.title or "")), None)
+            return PreparedItem(item, sha, packer.prepare(ItemInput(text=item.title or "")))
         video = decode_video(item.source, config.frames)
         text = fill_prompt(config.prompt, item.title)
-        prepared = backbone.prepare(ItemInput(text, video.frames, tuple(video.seconds)))
-        return _Ready(item, sha, prepared, video)
+        prepared = packer.prepare(ItemInput(text, video.frames, tuple(video.seconds)))
+        return PreparedItem(item, sha, prepared, video.indices, video.seconds)
     except (DecodeError, LinkedOutError) as e:
         return FailedItem(item.item_id, str(e), sha, item.source, item.title)
     except Exception as e:  # a broken file must not stop a catalog-sized run
@@ -254,48 +321,59 @@ def extract(
     on_progress: Callable[[int, int, int], None] | None = None,
     backbone: Backbone | None = None,
 ) -> ExtractSummary:
-    """Run one extraction. `on_progress(done, total, failed)` is called after every item."""
+    """Run one extraction. `on_progress(done, total, failed)` is called after every item.
+
+    The engines differ only in where `prepare_item` and `run_batch` run (threads and this
+    process, or Ray tasks and actors); planning, resuming and writing happen here, once."""
     config.validate()
     started = time.perf_counter()
     items, notes = plan_items(config)
+    info = None
     if backbone is None:
         # Check every flag against the config before paying for a weights load.
         info = inspect_model(config.model, "text" if config.texts is not None else "video-llm")
-        layers = parse_layers(config.layers, info.num_layers)
-        kind = "video-llm" if info.is_video else "text"
-        recipe = PoolingRecipe.make(kind, config.tokens_per_layer, config.new_tokens)
-        backbone = load_backbone(info, config.device, config.dtype, max_pixels=config.max_pixels)
+        num_layers, kind = info.num_layers, "video-llm" if info.is_video else "text"
+    elif config.engine == "ray":
+        raise ValueError("a preloaded backbone runs in this process: use engine='local'")
     else:
-        layers = parse_layers(config.layers, backbone.num_layers)
-        recipe = PoolingRecipe.make(backbone.kind, config.tokens_per_layer, config.new_tokens)
-    manifest = build_manifest(config, backbone, layers, recipe)
+        num_layers, kind = backbone.num_layers, backbone.kind
+    layers = parse_layers(config.layers, num_layers)
+    recipe = PoolingRecipe.make(kind, config.tokens_per_layer, config.new_tokens)
+    if config.engine == "ray":
+        from linkedout.extract.ray_engine import RayEngine
+
+        engine = RayEngine(config, info, layers, recipe)
+        manifest = engine.manifest
+    else:
+        if backbone is None:
+            backbone = load_backbone(
+                info, config.device, config.dtype, max_pixels=config.max_pixels
+            )
+        manifest = build_manifest(config, BackboneFacts.of(backbone), layers, recipe)
     store = FeatureStore.open_or_create(config.out, manifest, config.storage_options)
     summary = ExtractSummary(uri=store.uri, items=len(items), notes=notes)
 
-    with ThreadPoolExecutor(max(1, config.decode_workers), "linkedout-decode") as pool:
+    with ThreadPoolExecutor(max(1, config.decode_threads), "linkedout-decode") as pool:
         hashes = dict(zip((i.item_id for i in items), pool.map(_content_hash, items), strict=True))
         todo_ids = set(
             store.pending(
                 ((i.item_id, hashes[i.item_id], i.title) for i in items), overwrite=config.overwrite
             )
         )
-        todo = [i for i in items if i.item_id in todo_ids]
+        todo = [(i, hashes[i.item_id]) for i in items if i.item_id in todo_ids]
         if config.texts is not None:
             # Batches of similar length waste little compute on padding (2x on MicroLens titles).
-            todo.sort(key=lambda i: len(i.title or ""))
+            todo.sort(key=lambda pair: len(pair[0].title or ""))
         summary.skipped = len(items) - len(todo)
         if on_progress:
             on_progress(0, len(todo), 0)
-        window = config.batch_size * 2 + config.decode_workers
-        ready = _in_order(
-            pool, [(i, hashes[i.item_id], config, backbone) for i in todo], _prepare, window
-        )
+        if config.engine == "ray":
+            rows = engine.rows(todo)
+        else:
+            rows = _local_rows(pool, todo, backbone, layers, recipe, config)
         with store.writer(batch_size=config.write_batch, overwrite=config.overwrite) as writer:
-            done = 0
-            for batch in _batched(ready, config.batch_size):
-                for row in _run_batch(batch, backbone, layers, recipe, config):
-                    writer.add(row)
-                done += len(batch)
+            for done, row in enumerate(rows, 1):
+                writer.add(row)
                 if on_progress:
                     on_progress(done, len(todo), writer.stats.failed)
         stats = writer.stats
@@ -313,6 +391,21 @@ def extract(
     return summary
 
 
+def _local_rows(
+    pool: ThreadPoolExecutor,
+    todo: list[tuple[CatalogItem, str]],
+    backbone: Backbone,
+    layers: tuple[int, ...],
+    recipe: PoolingRecipe,
+    config: ExtractConfig,
+) -> Iterator[FeatureRow | FailedItem]:
+    """This process: decode threads prepare items ahead while the model runs batches."""
+    window = config.batch_size * 2 + config.decode_threads
+    work = [(item, sha, config, backbone.packer) for item, sha in todo]
+    for batch in _batched(_in_order(pool, work, prepare_item, window), config.batch_size):
+        yield from run_batch(batch, backbone, layers, recipe, config)
+
+
 def _batched(stream: Iterator, size: int) -> Iterator[list]:
     batch: list = []
     for x in stream:
@@ -324,15 +417,17 @@ def _batched(stream: Iterator, size: int) -> Iterator[list]:
         yield batch
 
 
-def _run_batch(
+def run_batch(
     batch: list,
     backbone: Backbone,
     layers: tuple[int, ...],
     recipe: PoolingRecipe,
     config: ExtractConfig,
 ) -> list[FeatureRow | FailedItem]:
+    """Forward one batch of prepared items with hooks and pool each item's states into a row;
+    items that failed to prepare, or whose forward fails, come back as `FailedItem`."""
     rows: list[FeatureRow | FailedItem] = [x for x in batch if isinstance(x, FailedItem)]
-    ready: list[_Ready] = [x for x in batch if isinstance(x, _Ready)]
+    ready: list[PreparedItem] = [x for x in batch if isinstance(x, PreparedItem)]
     if not ready:
         return rows
     start = time.perf_counter()
@@ -368,8 +463,8 @@ def _run_batch(
                 content_sha256=r.sha,
                 source=r.item.source,
                 title=r.item.title,
-                frame_indices=r.video.indices if r.video else None,
-                frame_seconds=r.video.seconds if r.video else None,
+                frame_indices=r.frame_indices,
+                frame_seconds=r.frame_seconds,
                 token_counts=r.prepared.token_counts,
                 extract_seconds=per_item,
             )

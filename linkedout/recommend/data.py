@@ -6,7 +6,6 @@ items without features (kept only with `allow_missing`) follow.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -181,16 +180,31 @@ class LengthGroupedBatches(Sampler[list[int]]):
     """Random batches of similar length. Interaction histories are mostly short with a long
     tail (MicroLens: median 6, up to 218), so a random batch pads nearly every row to the
     longest; sorting each window of `window` random batches by length before cutting it keeps
-    the Transformer's work close to the real number of steps (about 7x less on MicroLens)."""
+    the Transformer's work close to the real number of steps (about 7x less on MicroLens).
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 50):
+    Under data parallelism every rank draws the same batches (same seed) and takes its slice
+    of each: the processes together take the steps one process would, on the same rows."""
+
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        seed: int,
+        window: int = 50,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of {world_size}")
         self.lengths = torch.tensor(lengths)
         self.batch_size = batch_size
         self.window = window
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full + (rest >= self.world_size)
 
     def __iter__(self):
         order = torch.randperm(len(self.lengths), generator=self.generator)
@@ -199,7 +213,10 @@ class LengthGroupedBatches(Sampler[list[int]]):
             chunk = chunk[self.lengths[chunk].argsort(descending=True, stable=True)]
             batches.extend(chunk.split(self.batch_size))
         for b in torch.randperm(len(batches), generator=self.generator).tolist():
-            yield batches[b].tolist()
+            # A last batch too small to give every rank a row is left out on all of them:
+            # ranks must take the same number of steps, or their gradient exchange would hang.
+            if len(batches[b]) >= self.world_size:
+                yield batches[b].tensor_split(self.world_size)[self.rank].tolist()
 
 
 class RankingUsers(Dataset):
@@ -242,18 +259,32 @@ class SequenceData(L.LightningDataModule):
         self.seed = seed
         self.val_users = val_users
 
+    def _ranks(self) -> tuple[int, int]:
+        """(this process's rank, number of processes) of the running Trainer."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
         rows = TrainSequences(self.split, self.max_len)
-        return DataLoader(
-            rows,
-            batch_sampler=LengthGroupedBatches(rows.lengths(), self.batch_size, self.seed),
-            collate_fn=pad_batch,
+        rank, world = self._ranks()
+        if self.batch_size < world:
+            raise LinkedOutError(
+                f"--batch-size {self.batch_size} is split across {world} processes: "
+                f"use at least {world}"
+            )
+        batches = LengthGroupedBatches(
+            rows.lengths(), self.batch_size, self.seed, rank=rank, world_size=world
         )
+        return DataLoader(rows, batch_sampler=batches, collate_fn=pad_batch)
 
     def val_dataloader(self) -> DataLoader:
         users = RankingUsers(self.split, "valid", self.max_len)
+        chosen = range(len(users))
         if self.val_users is not None and self.val_users < len(users):
             # The same users every epoch, so epochs are compared on equal terms.
             sample = torch.randperm(len(users), generator=torch.Generator().manual_seed(self.seed))
-            users = Subset(users, sample[: self.val_users].sort().values.tolist())
-        return DataLoader(users, batch_size=self.eval_batch_size)
+            chosen = sample[: self.val_users].sort().values.tolist()
+        # Each rank ranks every world-th user, none twice (a DistributedSampler would pad with
+        # repeats); the module sums the metrics over ranks.
+        rank, world = self._ranks()
+        return DataLoader(Subset(users, chosen[rank::world]), batch_size=self.eval_batch_size)

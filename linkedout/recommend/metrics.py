@@ -124,12 +124,28 @@ class RankingMetrics:
             self._add(name, value)
         self.count += other.count
 
+    def names(self) -> list[str]:
+        return [f"{m}@{k}" for k in self.ks for m in ("HR", "NDCG")] + ["MRR"]
+
     def compute(self) -> dict[str, float]:
         """Means over users: `{"HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR", "users"}`."""
         if self.count == 0:
             raise ValueError("no ranks to average: update() was never given a user")
-        names = [f"{m}@{k}" for k in self.ks for m in ("HR", "NDCG")] + ["MRR"]
-        return {name: self.sums[name] / self.count for name in names} | {"users": self.count}
+        return {name: self.sums[name] / self.count for name in self.names()} | {"users": self.count}
+
+    def to_tensor(self) -> torch.Tensor:
+        """The sums and the count as one float64 vector, to add up across processes."""
+        return torch.tensor(
+            [self.sums.get(name, 0.0) for name in self.names()] + [self.count], dtype=torch.float64
+        )
+
+    @classmethod
+    def from_tensor(cls, vector: torch.Tensor, ks: tuple[int, ...] = KS) -> RankingMetrics:
+        metrics = cls(ks)
+        values = vector.tolist()
+        metrics.sums = dict(zip(metrics.names(), values[:-1], strict=True))
+        metrics.count = round(values[-1])
+        return metrics
 
     def _add(self, name: str, value: float) -> None:
         self.sums[name] = self.sums.get(name, 0.0) + value

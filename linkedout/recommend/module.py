@@ -180,6 +180,10 @@ class LinkedOutModule(L.LightningModule):
         self.metrics.update(rank_of_target(scores, target, exclude))
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.world_size > 1:  # each rank ranked its share of the users
+            mine = self.metrics.to_tensor().to(self.device)
+            summed = self.trainer.strategy.reduce(mine, reduce_op="sum")
+            self.metrics = RankingMetrics.from_tensor(summed.cpu(), self.metrics.ks)
         result = self.metrics.compute()
         for name in ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR"):
             self.log(f"val_{name}", result[name], prog_bar=name in ("HR@10", "NDCG@10"))

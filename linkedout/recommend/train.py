@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.accelerators import CPUAccelerator
 
 from linkedout.errors import LinkedOutError
 from linkedout.recommend.data import (
@@ -76,6 +79,10 @@ class TrainConfig:
     (default: half the free memory)."""
     accelerator: str = "auto"
     devices: int = 1
+    """Processes (GPUs, or CPU processes) per node; more than 1 trains data-parallel."""
+    num_nodes: int = 1
+    strategy: str = "auto"
+    """Lightning strategy: auto (ddp when devices x nodes > 1), ddp, ..."""
     storage_options: dict[str, str] = field(default_factory=dict)
     progress: bool = True
 
@@ -118,7 +125,9 @@ def item_tokens(
     return torch.cat([pad, tokens, missing])
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig) -> Path | None:
+    """Train, then evaluate the best checkpoint; returns the run directory (None on the other
+    ranks of a data-parallel run, which the first rank finishes)."""
     run = Path(config.out)
     if (run / "checkpoints" / "best.ckpt").exists():
         raise LinkedOutError(f"{run} already holds a trained run: choose a new --out")
@@ -152,18 +161,21 @@ def train(config: TrainConfig) -> Path:
     module.attach(
         tokens, split.train_counts(), [split.history(u, "valid") for u in range(len(split.users))]
     )
-    run.mkdir(parents=True, exist_ok=True)
-    _write_json(
-        run / "config.json",
-        {
-            "train": _jsonable(asdict(config)),
-            "layers": layers,
-            "manifest": asdict(store.manifest),
-            "features_version": store.version,
-            "split": asdict(split.report),
-        },
-    )
-    write_split(split, run / "split")
+    # Data-parallel ranks each build the same split (deterministic) but only the first writes;
+    # Lightning starts the other ranks by running this same command again.
+    if rank_zero_only.rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        _write_json(
+            run / "config.json",
+            {
+                "train": _jsonable(asdict(config)),
+                "layers": layers,
+                "manifest": asdict(store.manifest),
+                "features_version": store.version,
+                "split": asdict(split.report),
+            },
+        )
+        write_split(split, run / "split")
     data = SequenceData(
         split,
         config.model.max_len,
@@ -173,6 +185,10 @@ def train(config: TrainConfig) -> Path:
         config.val_users,
     )
     trainer = _trainer(config, run)
+    if trainer.num_devices > 1 and isinstance(trainer.accelerator, CPUAccelerator):
+        # Processes on one machine share its cores: a full set of threads each would
+        # oversubscribe them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // trainer.num_devices))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         try:
@@ -185,6 +201,8 @@ def train(config: TrainConfig) -> Path:
             log.warning("interrupted: finishing the run from the best checkpoint so far")
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignored it
+    if not trainer.is_global_zero:
+        return None  # the first rank finishes the run
     best = run / "checkpoints" / "best.ckpt"
     if not best.exists():
         raise LinkedOutError("training stopped before the first validation: nothing to keep")
@@ -212,6 +230,10 @@ def _trainer(config: TrainConfig, run: Path) -> L.Trainer:
         max_epochs=config.epochs,
         accelerator=config.accelerator,
         devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        # SequenceData shards batches and validation users across ranks itself.
+        use_distributed_sampler=False,
         logger=loggers,
         callbacks=[
             ModelCheckpoint(
@@ -256,7 +278,7 @@ class EpochSummary(L.Callback):
 
     def on_train_epoch_end(self, trainer, module) -> None:  # runs after the epoch's validation
         m = trainer.callback_metrics
-        if "val_HR@10" not in m:
+        if "val_HR@10" not in m or not trainer.is_global_zero:
             return
         seconds = time.perf_counter() - self._train_start
         record = {

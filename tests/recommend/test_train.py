@@ -214,3 +214,18 @@ def test_unmasked_ranking_is_never_better_and_epochs_are_recorded(runs):
     assert all(e["train_seconds"] > 0 and e["train_sequences"] == 300 for e in epochs)
     best = max(e["val_NDCG@10"] for e in epochs)
     assert abs(best - metrics["valid"]["model"]["NDCG@10"]) < 1e-4  # the kept checkpoint
+
+
+def test_training_reads_features_straight_from_s3(runs, planted, s3_bucket, tmp_path):
+    from linkedout.storage.share import export
+
+    bucket, options = s3_bucket
+    uri = f"s3://{bucket}/planted/features.lance"
+    export(planted.features, uri, dest_options=options)
+    remote = _train(
+        type(planted)(uri, planted.interactions, planted.signal_layer, planted.cold_items),
+        tmp_path,
+        storage_options=options,
+    )
+    assert _metrics(remote)["test"] == _metrics(runs["moe"])["test"]
+    assert json.loads((remote / "config.json").read_text())["train"]["features"] == uri

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig
 
 from linkedout.errors import LinkedOutError
-from linkedout.extract.backbones.base import Backbone, ItemInput, Prepared, Spans
+from linkedout.extract.backbones.base import Backbone, ItemInput, Packer, Prepared, Spans
 
 # Video LLM families the Qwen adapter packs frames for (config.model_type values). Qwen3-VL
 # interleaves text timestamps between frames, so its video tokens are not one span: not yet.
@@ -28,6 +28,9 @@ __all__ = [
     "Prepared",
     "Spans",
     "load_backbone",
+    "load_packer",
+    "backbone_revision",
+    "Packer",
     "resolve_device",
     "resolve_dtype",
     "VIDEO_MODEL_TYPES",
@@ -133,6 +136,27 @@ def load_backbone(
     from linkedout.extract.backbones.text import TextBackbone
 
     return TextBackbone.load(info.path, info.model_id, info.revision, torch_device, torch_dtype)
+
+
+def backbone_revision(info: ModelInfo) -> str | None:
+    """The revision a loaded backbone reports, known without loading it: the Hub commit, else
+    (a plain folder) the sha256 of a Video LLM's config.json."""
+    if info.revision is not None or not info.is_video:
+        return info.revision
+    from linkedout.extract.backbones.qwen_vl import _revision
+
+    return _revision(info.path)
+
+
+def load_packer(info: ModelInfo, max_pixels: int | None = None) -> Packer:
+    """The backbone's CPU half alone (tokenizer and preprocessing configs, no weights)."""
+    if info.is_video:
+        from linkedout.extract.backbones.qwen_vl import QwenVLPacker
+
+        return QwenVLPacker.load(info.path, max_pixels=max_pixels)
+    from linkedout.extract.backbones.text import TextPacker
+
+    return TextPacker.load(info.path)
 
 
 def _locate(model: str) -> tuple[str, str | None]:

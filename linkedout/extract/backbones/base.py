@@ -53,6 +53,13 @@ class Prepared:
     token_counts: dict[str, int] = field(default_factory=dict)
 
 
+class Packer(Protocol):
+    """The CPU half of a backbone: one item -> model inputs. Loads no weights, so decoding
+    workers can pack while the model runs elsewhere."""
+
+    def prepare(self, item: ItemInput) -> Prepared: ...
+
+
 class Backbone(Protocol):
     kind: Literal["video-llm", "text"]
     model_id: str
@@ -67,7 +74,11 @@ class Backbone(Protocol):
         """The decoder blocks, in order (hooks go on these)."""
         ...
 
-    def prepare(self, item: ItemInput) -> Prepared: ...
+    packer: Packer
+
+    def prepare(self, item: ItemInput) -> Prepared:
+        """`self.packer.prepare(item)`."""
+        ...
 
     def collate(self, batch: list[Prepared]) -> tuple[dict[str, torch.Tensor], list[int]]:
         """Pad a batch into one forward's inputs; returns them and each item's offset of its

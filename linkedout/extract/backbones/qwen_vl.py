@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -167,73 +168,42 @@ def _resize_bicubic(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     )
 
 
-class QwenVLBackbone:
-    """A Qwen2-VL / Qwen2.5-VL checkpoint reading one video and a prompt per item."""
+class QwenVLPacker:
+    """The CPU half of a Qwen-VL backbone: frames and a prompt -> model inputs and spans.
 
-    kind: Literal["video-llm", "text"] = "video-llm"
+    It needs the tokenizer and the configs, never the weights, so a decoding worker (a thread
+    here, a Ray task on a cluster) packs items while the model runs elsewhere."""
 
     def __init__(
         self,
-        model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         settings: PackSettings,
-        model_id: str,
-        revision: str | None,
+        family: str,
+        video_token_id: int,
     ):
-        self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
-        self.model_id = model_id
-        self.revision = revision
-        text_config = model.config.text_config
-        self.num_layers: int = text_config.num_hidden_layers
-        self.hidden_size: int = text_config.hidden_size
-        self.device: torch.device = model.device
-        self.dtype: torch.dtype = model.dtype
-        self.family: str = model.config.model_type
-        self._video_token_id: int = model.config.video_token_id
-        pad = tokenizer.pad_token_id
-        self._pad_id: int = pad if pad is not None else tokenizer.eos_token_id
+        self.family = family
+        self._video_token_id = video_token_id
 
     @classmethod
     def load(
-        cls,
-        model: str,
-        device: torch.device,
-        dtype: torch.dtype,
-        max_pixels: int | None = None,
-        min_pixels: int | None = None,
-        *,
-        model_id: str | None = None,
-        revision: str | None = None,
-    ) -> QwenVLBackbone:
-        """Load a Hub id or local checkpoint folder; `max_pixels`/`min_pixels` bound each frame
-        and override the checkpoint's preprocessor config. `model_id` and `revision` default to
-        `model` and the revision found from its files (a caller that resolved a Hub id to a
-        cached folder passes what it knows)."""
+        cls, model: str, max_pixels: int | None = None, min_pixels: int | None = None
+    ) -> QwenVLPacker:
         model_type = PretrainedConfig.get_config_dict(model)[0].get("model_type")
         if model_type not in SUPPORTED:
             supported = ", ".join(f"{name} ({key})" for key, (name, _) in SUPPORTED.items())
             raise LinkedOutError(
                 f"{model} is a {model_type or 'unknown'} model; supported video LLMs: {supported}"
             )
-        network = SUPPORTED[model_type][1].from_pretrained(model, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(model)
         if tokenizer.chat_template is None:
             tokenizer.chat_template = _processor_chat_template(model)
         settings = PackSettings.from_preprocessor_config(
             _preprocessor_config(model), min_pixels=min_pixels, max_pixels=max_pixels
         )
-        return cls(
-            network.to(device).eval(),
-            tokenizer,
-            settings,
-            model_id or model,
-            revision or _revision(model),
-        )
-
-    def decoder_layers(self) -> nn.ModuleList:
-        return self.model.model.language_model.layers
+        config = AutoConfig.from_pretrained(model)
+        return cls(tokenizer, settings, model_type, config.video_token_id)
 
     def prepare(self, item: ItemInput) -> Prepared:
         if item.frames is None:
@@ -270,6 +240,93 @@ class QwenVLBackbone:
                 [self._seconds_per_grid(item.frame_seconds, len(item.frames))]
             )
         return Prepared(inputs, spans, {"video": n_video, "prompt": len(pieces[3])})
+
+    def _scaffold(self, text: str) -> tuple[str, str, str]:
+        """The chat prompt around the video placeholder and `text`: (before the video,
+        between video and text, after the text)."""
+        if VIDEO_TOKEN in text:
+            raise LinkedOutError(f"the prompt must not contain {VIDEO_TOKEN}: {text!r}")
+        # A marker locates the text whatever it holds (it may repeat scaffolding characters).
+        chat = self._chat(_TEXT_MARKER)
+        if chat.count(_TEXT_MARKER) != 1 or chat.split(_TEXT_MARKER)[0].count(VIDEO_TOKEN) != 1:
+            raise ValueError(f"the chat template must put one {VIDEO_TOKEN} before the text")
+        before_text, tail = chat.split(_TEXT_MARKER)
+        head, mid = before_text.split(VIDEO_TOKEN)
+        if self._chat(text) != head + VIDEO_TOKEN + mid + text + tail:
+            raise ValueError("the chat template rewrites the prompt text")
+        return head, mid, tail
+
+    def _chat(self, text: str) -> str:
+        """The family's chat prompt: a user turn with the video, then `text`."""
+        content = [{"type": "video"}, {"type": "text", "text": text}]
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _seconds_per_grid(self, frame_seconds: tuple[float, ...], n_frames: int) -> float:
+        """Seconds spanned by one temporal patch; Qwen2.5-VL spaces temporal M-RoPE positions by
+        `tokens_per_second` times this. Its processor computes `temporal_patch_size / fps`."""
+        if len(frame_seconds) != n_frames:
+            raise ValueError(f"got {len(frame_seconds)} frame timestamps for {n_frames} frames")
+        if n_frames < 2:  # a single temporal patch sits at time 0 whatever the interval
+            return 0.0
+        interval = (frame_seconds[-1] - frame_seconds[0]) / (n_frames - 1)
+        return self.settings.temporal_patch_size * interval
+
+
+class QwenVLBackbone:
+    """A Qwen2-VL / Qwen2.5-VL checkpoint reading one video and a prompt per item."""
+
+    kind: Literal["video-llm", "text"] = "video-llm"
+
+    def __init__(
+        self, model: PreTrainedModel, packer: QwenVLPacker, model_id: str, revision: str | None
+    ):
+        self.model = model
+        self.packer = packer
+        self.tokenizer = packer.tokenizer
+        self.settings = packer.settings
+        self.model_id = model_id
+        self.revision = revision
+        text_config = model.config.text_config
+        self.num_layers: int = text_config.num_hidden_layers
+        self.hidden_size: int = text_config.hidden_size
+        self.device: torch.device = model.device
+        self.dtype: torch.dtype = model.dtype
+        self.family: str = model.config.model_type
+        pad = self.tokenizer.pad_token_id
+        self._pad_id: int = pad if pad is not None else self.tokenizer.eos_token_id
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_pixels: int | None = None,
+        min_pixels: int | None = None,
+        *,
+        model_id: str | None = None,
+        revision: str | None = None,
+    ) -> QwenVLBackbone:
+        """Load a Hub id or local checkpoint folder; `max_pixels`/`min_pixels` bound each frame
+        and override the checkpoint's preprocessor config. `model_id` and `revision` default to
+        `model` and the revision found from its files (a caller that resolved a Hub id to a
+        cached folder passes what it knows)."""
+        packer = QwenVLPacker.load(model, max_pixels=max_pixels, min_pixels=min_pixels)
+        network = SUPPORTED[packer.family][1].from_pretrained(model, dtype=dtype)
+        return cls(
+            network.to(device).eval(), packer, model_id or model, revision or _revision(model)
+        )
+
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.model.model.language_model.layers
+
+    def prepare(self, item: ItemInput) -> Prepared:
+        return self.packer.prepare(item)
 
     def collate(self, batch: list[Prepared]) -> tuple[dict[str, torch.Tensor], list[int]]:
         """Right-pads the per-token inputs; padded tokens are masked out of attention and of the
@@ -312,41 +369,6 @@ class QwenVLBackbone:
             extended[key] = torch.cat([inputs[key], torch.full_like(generated, fill)], dim=1)
         spans = replace(prepared.spans, generated=slice(length, length + n_new))
         return Prepared(extended, spans, {**prepared.token_counts, "generated": n_new})
-
-    def _scaffold(self, text: str) -> tuple[str, str, str]:
-        """The chat prompt around the video placeholder and `text`: (before the video,
-        between video and text, after the text)."""
-        if VIDEO_TOKEN in text:
-            raise LinkedOutError(f"the prompt must not contain {VIDEO_TOKEN}: {text!r}")
-        # A marker locates the text whatever it holds (it may repeat scaffolding characters).
-        chat = self._chat(_TEXT_MARKER)
-        if chat.count(_TEXT_MARKER) != 1 or chat.split(_TEXT_MARKER)[0].count(VIDEO_TOKEN) != 1:
-            raise ValueError(f"the chat template must put one {VIDEO_TOKEN} before the text")
-        before_text, tail = chat.split(_TEXT_MARKER)
-        head, mid = before_text.split(VIDEO_TOKEN)
-        if self._chat(text) != head + VIDEO_TOKEN + mid + text + tail:
-            raise ValueError("the chat template rewrites the prompt text")
-        return head, mid, tail
-
-    def _chat(self, text: str) -> str:
-        """The family's chat prompt: a user turn with the video, then `text`."""
-        content = [{"type": "video"}, {"type": "text", "text": text}]
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
-
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def _seconds_per_grid(self, frame_seconds: tuple[float, ...], n_frames: int) -> float:
-        """Seconds spanned by one temporal patch; Qwen2.5-VL spaces temporal M-RoPE positions by
-        `tokens_per_second` times this. Its processor computes `temporal_patch_size / fps`."""
-        if len(frame_seconds) != n_frames:
-            raise ValueError(f"got {len(frame_seconds)} frame timestamps for {n_frames} frames")
-        if n_frames < 2:  # a single temporal patch sits at time 0 whatever the interval
-            return 0.0
-        interval = (frame_seconds[-1] - frame_seconds[0]) / (n_frames - 1)
-        return self.settings.temporal_patch_size * interval
 
 
 def _preprocessor_config(model: str) -> dict:

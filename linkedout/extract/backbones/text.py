@@ -10,6 +10,27 @@ from linkedout.errors import LinkedOutError
 from linkedout.extract.backbones.base import ItemInput, Prepared, Spans
 
 
+class TextPacker:
+    """The CPU half: text -> token ids (the tokenizer only, never the weights)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)
+
+    @classmethod
+    def load(cls, path: str) -> TextPacker:
+        return cls(AutoTokenizer.from_pretrained(path))
+
+    def prepare(self, item: ItemInput) -> Prepared:
+        if not item.text.strip():
+            raise LinkedOutError("the text is empty")
+        encoded = self.tokenizer(
+            item.text, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        n = int(encoded["input_ids"].shape[1])
+        return Prepared(dict(encoded), Spans(prompt=slice(0, n)), {"prompt": n})
+
+
 class TextBackbone:
     kind = "text"
 
@@ -17,13 +38,13 @@ class TextBackbone:
         self.model_id = model_id
         self.revision = revision
         self.model = model
+        self.packer = TextPacker(tokenizer)
         self.tokenizer = tokenizer
         self.device = device
         self.dtype = dtype
         self._blocks = _find_blocks(model)
         self.num_layers = len(self._blocks)
         self.hidden_size = int(model.config.hidden_size)
-        self.max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)
 
     @classmethod
     def load(
@@ -42,13 +63,7 @@ class TextBackbone:
         return self._blocks
 
     def prepare(self, item: ItemInput) -> Prepared:
-        if not item.text.strip():
-            raise LinkedOutError("the text is empty")
-        encoded = self.tokenizer(
-            item.text, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        n = int(encoded["input_ids"].shape[1])
-        return Prepared(dict(encoded), Spans(prompt=slice(0, n)), {"prompt": n})
+        return self.packer.prepare(item)
 
     def collate(self, batch: list[Prepared]) -> tuple[dict[str, torch.Tensor], list[int]]:
         longest = max(p.inputs["input_ids"].shape[1] for p in batch)
