@@ -18,11 +18,12 @@ dies (a lost node, an out-of-memory kill) is restarted by Ray Data and its work 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from linkedout.extract.discover import CatalogItem
 from linkedout.extract.pipeline import (
     BackboneFacts,
     ExtractConfig,
+    RayOptions,
     build_manifest,
     prepare_item,
     run_batch,
@@ -113,24 +115,14 @@ class RayEngine:
             return
         ray, plan, options = self.ray, self.plan, self.plan.config.ray
         if not ray.is_initialized():
-            if options.address is None:
-                # A cluster on this machine. The actors hold their CPUs for the whole run, so
-                # the decode tasks get slots of their own or the pipeline would stall.
-                cpus = (os.cpu_count() or 1) + math.ceil(options.workers * options.cpus_per_worker)
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-            else:
-                try:
-                    ray.init(address=options.address, log_to_driver=False)
-                except (ConnectionError, RuntimeError, ValueError) as e:
-                    raise LinkedOutError(
-                        f"--ray-address {options.address}: no Ray cluster there "
-                        f"({str(e).splitlines()[0]}); start one with `ray start --head`, or "
-                        "leave --ray-address out to run one on this machine"
-                    ) from None
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # the CLI draws one bar for the whole run
+            self._start(options)
+        # The CLI draws one bar and one summary for the whole run: Ray Data's own bars, its
+        # notice that they are off and its per-dataset INFO lines would repeat them.
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        for handler in logging.getLogger("ray.data").handlers:  # children log through these
+            handler.addFilter(_no_progress_chatter)
         items = ray.data.from_items(
-            [{"item": item, "sha": sha} for item, sha in todo],
+            [asdict(item) | {"sha": sha} for item, sha in todo],  # plain Arrow columns
             override_num_blocks=min(len(todo), 4 * options.workers + 16),
         )
         prepared = items.map(
@@ -158,6 +150,33 @@ class RayEngine:
             for batch in states.iter_batches(batch_size=None, batch_format="numpy"):
                 yield from batch["row"]
 
+    def _start(self, options: RayOptions) -> None:
+        ray = self.ray
+        with warnings.catch_warnings():
+            # Ray starts its daemons by fork and exec; no Lance code runs in them.
+            warnings.filterwarnings("ignore", "lance is not fork-safe")
+            if options.address is None:
+                # A cluster on this machine. The actors hold their CPUs for the whole run, so
+                # the decode tasks get slots of their own or the pipeline would stall.
+                cpus = (os.cpu_count() or 1) + math.ceil(options.workers * options.cpus_per_worker)
+                ray.init(
+                    num_cpus=cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
+            else:
+                try:
+                    ray.init(
+                        address=options.address, log_to_driver=False, logging_level=logging.WARNING
+                    )
+                except (ConnectionError, RuntimeError, ValueError) as e:
+                    raise LinkedOutError(
+                        f"--ray-address {options.address}: no Ray cluster there "
+                        f"({str(e).splitlines()[0]}); start one with `ray start --head`, or "
+                        "leave --ray-address out to run one on this machine"
+                    ) from None
+
 
 @functools.lru_cache(maxsize=2)
 def _packer(info: ModelInfo, max_pixels: int | None):
@@ -167,7 +186,12 @@ def _packer(info: ModelInfo, max_pixels: int | None):
 
 def _prepare_row(row: dict, plan: ClusterPlan) -> dict:
     packer = _packer(plan.info, plan.config.max_pixels)
-    return {"ready": prepare_item(row["item"], row["sha"], plan.config, packer)}
+    item = CatalogItem(row["item_id"], row["source"], row["title"])
+    return {"ready": prepare_item(item, row["sha"], plan.config, packer)}
+
+
+def _no_progress_chatter(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING and "Progress bars disabled" not in record.msg
 
 
 class _Forward:
