@@ -7,6 +7,7 @@ items without features (kept only with `allow_missing`) follow.
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -134,6 +135,8 @@ class StreamedTokens:
         self.shape = (split.num_items, len(features.layers), *manifest.shape[1:])
         self.dtype = TORCH_DTYPES[manifest.dtype]
 
+        self._reader = ThreadPoolExecutor(1, "linkedout-read-ahead")
+
     def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
         if isinstance(index, slice):
             index = torch.arange(self.shape[0])[index]
@@ -143,6 +146,33 @@ class StreamedTokens:
         if real.any():
             out[real] = self.features.take([self.item_ids[i - 1] for i in index[real].tolist()])
         return out
+
+    def read_ahead(self, index: torch.Tensor) -> ReadAhead:
+        """Start reading these items in a background thread (Lance reads release the GIL, so
+        they overlap the training step running meanwhile)."""
+        items = torch.unique(index.cpu())
+        return ReadAhead(items, self._reader.submit(self.__getitem__, items))
+
+    def take(self, index: torch.Tensor, ahead: ReadAhead) -> torch.Tensor:
+        """`self[index]`, with the rows `ahead` already read taken from it."""
+        index = index.cpu()
+        items, rows = ahead.items, ahead.rows.result()
+        at = torch.searchsorted(items, index).clamp(max=len(items) - 1)
+        hit = items[at] == index
+        out = torch.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        out[hit] = rows[at[hit]]
+        if not bool(hit.all()):
+            out[~hit] = self[index[~hit]]
+        return out
+
+
+class ReadAhead:
+    """One batch's item tokens, being read from the store (a plain class: Lightning leaves it
+    as it is when it moves the batch to the device)."""
+
+    def __init__(self, items: torch.Tensor, rows: Future):
+        self.items = items  # sorted model item indices
+        self.rows = rows  # -> their tokens [len(items), L, T, D]
 
 
 def left_pad(seq: list[int], length: int) -> list[int]:
@@ -250,8 +280,10 @@ class SequenceData(L.LightningDataModule):
         eval_batch_size: int,
         seed: int,
         val_users: int | None = None,
+        streamed: StreamedTokens | None = None,
     ):
         super().__init__()
+        self.streamed = streamed
         self.split = split
         self.max_len = max_len
         self.batch_size = batch_size
@@ -275,7 +307,15 @@ class SequenceData(L.LightningDataModule):
         batches = LengthGroupedBatches(
             rows.lengths(), self.batch_size, self.seed, rank=rank, world_size=world
         )
-        return DataLoader(rows, batch_sampler=batches, collate_fn=pad_batch)
+        return DataLoader(rows, batch_sampler=batches, collate_fn=self._collate)
+
+    def _collate(self, rows: list[tuple[list[int], list[int]]]) -> tuple:
+        inputs, targets = pad_batch(rows)
+        if self.streamed is None:
+            return inputs, targets
+        # Lightning collates the next batch before it runs this one's step: the next batch's
+        # items are read from the store while this step computes.
+        return inputs, targets, self.streamed.read_ahead(torch.cat([inputs, targets], 1))
 
     def val_dataloader(self) -> DataLoader:
         users = RankingUsers(self.split, "valid", self.max_len)

@@ -104,7 +104,7 @@ class LinkedOutModule(L.LightningModule):
 
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        inputs, targets = batch
+        inputs, targets, *ahead = batch  # + a ReadAhead when tokens stream from the store
         padding = inputs == 0
         valid = targets != 0
         if self.sampled:
@@ -114,11 +114,10 @@ class LinkedOutModule(L.LightningModule):
             needed = torch.unique(torch.cat([inputs.flatten(), targets.flatten(), negatives]))
         else:
             needed = torch.arange(self.hparams.num_items, device=inputs.device)
-        experts = (
-            self.model.item_experts(self.item_tokens[needed].to(self.device))
-            if self.model.content
-            else None
-        )
+        experts = None
+        if self.model.content:
+            tokens = self.item_tokens.take(needed, ahead[0]) if ahead else self.item_tokens[needed]
+            experts = self.model.item_experts(tokens.to(self.device))
         where = torch.searchsorted(needed, inputs)
         # index_select rather than `tensor[index]` here and below: under deterministic=True the
         # backward of advanced indexing takes a sort-based path that made an epoch 5x slower.

@@ -183,6 +183,7 @@ def train(config: TrainConfig) -> Path | None:
         config.eval_batch_size,
         config.seed,
         config.val_users,
+        streamed=tokens if isinstance(tokens, StreamedTokens) else None,
     )
     trainer = _trainer(config, run)
     if trainer.num_devices > 1 and isinstance(trainer.accelerator, CPUAccelerator):

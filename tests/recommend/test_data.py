@@ -95,3 +95,24 @@ def test_ids_that_tsv_cannot_hold_are_refused(tmp_path):
     split.users[3] = "a\tb"
     with pytest.raises(LinkedOutError, match="tab or a newline"):
         write_split(split, tmp_path / "split")
+
+
+def test_read_ahead_serves_the_same_tokens_and_reads_only_what_it_lacks(tmp_path):
+    from linkedout.recommend.data import SplitConfig, StreamedTokens, build_split
+    from linkedout.recommend.interactions import read_interactions
+    from linkedout.storage import FeatureStore, StreamingFeatures
+    from tests.recommend.planted import make_planted
+
+    planted = make_planted(tmp_path)
+    store = FeatureStore.open(planted.features)
+    split = build_split(read_interactions(planted.interactions), store.ids(), SplitConfig())
+    features = StreamingFeatures(store, list(store.manifest.layers))
+    tokens = StreamedTokens(features, split)
+    ahead = tokens.read_ahead(torch.tensor([[0, 5, 9], [9, 30, 2]]))  # padding 0 included
+    ahead.rows.result()
+    reads = []
+    original = features.take
+    features.take = lambda ids: reads.append(list(ids)) or original(ids)
+    wanted = torch.tensor([9, 0, 5, 100, 2, 9])  # 100 was not read ahead
+    assert torch.equal(tokens.take(wanted, ahead), tokens[wanted])
+    assert reads[0] == [split.item_ids[99]]  # only the missing item came from the store
