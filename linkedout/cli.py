@@ -178,7 +178,7 @@ def extract(
         str,
         typer.Option(
             help="local: this process. ray: Ray Data over a cluster (decoding in CPU tasks, "
-            "one model per worker); needs `pip install 'linkedout[distributed]'`."
+            "one model per worker); needs `pip install 'linkedout\\[distributed]'`."
         ),
     ] = "local",
     ray_address: Annotated[
