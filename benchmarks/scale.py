@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -117,8 +116,8 @@ def main() -> None:
             f"{args.features} holds no feature dataset: run `make benchmark` (or pass "
             "--features with a titles dataset written by `linkedout extract --texts`)"
         )
-    tmp = Path(tempfile.mkdtemp(prefix="linkedout-scale-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="linkedout-scale-") as tmp_dir:
+        tmp = Path(tmp_dir)
         print(f"1. extraction: {args.frames} frames, at most {args.max_pixels} pixels", flush=True)
         figures = {"extraction": extraction(args.videos, tmp, args.frames, args.max_pixels)}
         print(
@@ -127,10 +126,7 @@ def main() -> None:
         )
         pairs, _ = inputs(microlens_50k(), tmp, args.users)
         figures["training"] = training(args.features, pairs, tmp, args.epochs)
-        figures["settings"] = vars(args) | {"features": str(args.features), "json": None}
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    figures["settings"] = {k: str(v) for k, v in figures["settings"].items()}
+    figures["settings"] = {k: str(v) for k, v in vars(args).items() if k != "json"}
     write_json(args.json, figures)
 
 

@@ -343,40 +343,35 @@ def extract(
         from linkedout.extract.ray_engine import RayEngine
 
         engine = RayEngine(config, info, layers, recipe)
-        manifest = engine.manifest
     else:
         if backbone is None:
             backbone = load_backbone(
                 info, config.device, config.dtype, max_pixels=config.max_pixels
             )
-        manifest = build_manifest(config, BackboneFacts.of(backbone), layers, recipe)
-    store = FeatureStore.open_or_create(config.out, manifest, config.storage_options)
+        engine = LocalEngine(config, backbone, layers, recipe)
+    store = FeatureStore.open_or_create(config.out, engine.manifest, config.storage_options)
     summary = ExtractSummary(uri=store.uri, items=len(items), notes=notes)
 
-    with ThreadPoolExecutor(max(1, config.decode_threads), "linkedout-decode") as pool:
+    with ThreadPoolExecutor(max(1, config.decode_threads), "linkedout-hash") as pool:
         hashes = dict(zip((i.item_id for i in items), pool.map(_content_hash, items), strict=True))
-        todo_ids = set(
-            store.pending(
-                ((i.item_id, hashes[i.item_id], i.title) for i in items), overwrite=config.overwrite
-            )
+    todo_ids = set(
+        store.pending(
+            ((i.item_id, hashes[i.item_id], i.title) for i in items), overwrite=config.overwrite
         )
-        todo = [(i, hashes[i.item_id]) for i in items if i.item_id in todo_ids]
-        if config.texts is not None:
-            # Batches of similar length waste little compute on padding (2x on MicroLens titles).
-            todo.sort(key=lambda pair: len(pair[0].title or ""))
-        summary.skipped = len(items) - len(todo)
-        if on_progress:
-            on_progress(0, len(todo), 0)
-        if config.engine == "ray":
-            rows = engine.rows(todo)
-        else:
-            rows = _local_rows(pool, todo, backbone, layers, recipe, config)
-        with store.writer(batch_size=config.write_batch, overwrite=config.overwrite) as writer:
-            for done, row in enumerate(rows, 1):
-                writer.add(row)
-                if on_progress:
-                    on_progress(done, len(todo), writer.stats.failed)
-        stats = writer.stats
+    )
+    todo = [(i, hashes[i.item_id]) for i in items if i.item_id in todo_ids]
+    if config.texts is not None:
+        # Batches of similar length waste little compute on padding (2x on MicroLens titles).
+        todo.sort(key=lambda pair: len(pair[0].title or ""))
+    summary.skipped = len(items) - len(todo)
+    if on_progress:
+        on_progress(0, len(todo), 0)
+    with store.writer(batch_size=config.write_batch, overwrite=config.overwrite) as writer:
+        for done, row in enumerate(engine.rows(todo), 1):
+            writer.add(row)
+            if on_progress:
+                on_progress(done, len(todo), writer.stats.failed)
+    stats = writer.stats
     summary.new, summary.replaced, summary.failed = stats.written, stats.replaced, stats.failed
     summary.skipped += stats.skipped
     if config.shard is None and stats.commits:
@@ -391,19 +386,26 @@ def extract(
     return summary
 
 
-def _local_rows(
-    pool: ThreadPoolExecutor,
-    todo: list[tuple[CatalogItem, str]],
-    backbone: Backbone,
-    layers: tuple[int, ...],
-    recipe: PoolingRecipe,
-    config: ExtractConfig,
-) -> Iterator[FeatureRow | FailedItem]:
+class LocalEngine:
     """This process: decode threads prepare items ahead while the model runs batches."""
-    window = config.batch_size * 2 + config.decode_threads
-    work = [(item, sha, config, backbone.packer) for item, sha in todo]
-    for batch in _batched(_in_order(pool, work, prepare_item, window), config.batch_size):
-        yield from run_batch(batch, backbone, layers, recipe, config)
+
+    def __init__(
+        self,
+        config: ExtractConfig,
+        backbone: Backbone,
+        layers: tuple[int, ...],
+        recipe: PoolingRecipe,
+    ):
+        self.config, self.backbone, self.layers, self.recipe = config, backbone, layers, recipe
+        self.manifest = build_manifest(config, BackboneFacts.of(backbone), layers, recipe)
+
+    def rows(self, todo: list[tuple[CatalogItem, str]]) -> Iterator[FeatureRow | FailedItem]:
+        config, backbone = self.config, self.backbone
+        window = config.batch_size * 2 + config.decode_threads
+        work = [(item, sha, config, backbone.packer) for item, sha in todo]
+        with ThreadPoolExecutor(max(1, config.decode_threads), "linkedout-decode") as pool:
+            for batch in _batched(_in_order(pool, work, prepare_item, window), config.batch_size):
+                yield from run_batch(batch, backbone, self.layers, self.recipe, config)
 
 
 def _batched(stream: Iterator, size: int) -> Iterator[list]:

@@ -148,8 +148,8 @@ class StreamedTokens:
         return out
 
     def read_ahead(self, index: torch.Tensor) -> ReadAhead:
-        """Start reading these items in a background thread (Lance reads release the GIL, so
-        they overlap the training step running meanwhile)."""
+        """Start reading these items in a background thread, beside the training step that
+        runs meanwhile (it pays where the step leaves cores idle, as on a GPU machine)."""
         items = torch.unique(index.cpu())
         return ReadAhead(items, self._reader.submit(self.__getitem__, items))
 

@@ -71,7 +71,7 @@ def evaluate_run(
     seen = torch.zeros(split.num_items, dtype=torch.bool)
     seen[[i for seq in split.train for i in seq]] = True
     results: dict = {}
-    gates, gate_users = [], []
+    gates = None  # [users, L], filled in user order
     for name in splits:
         views = ("", "_cold_start", "_unmasked") if name == "test" else ("",)
         acc = {view: (RankingMetrics(), RankingMetrics()) for view in views}
@@ -93,17 +93,17 @@ def evaluate_run(
                 _update(acc["_cold_start"], ranks[cold], pop_ranks[cold])
                 _update(acc["_unmasked"], ranks_unmasked, pop_unmasked)
                 if run.module.model.content:
-                    gates.append(gate)
-                    gate_users.extend(users)
+                    if gates is None:
+                        gates = gate.new_empty((len(histories), gate.shape[1]))
+                    gates[users] = gate
         for view, (model, pop) in acc.items():
             if model.count:
                 results[name + view] = {"model": model.compute(), "popularity": pop.compute()}
-    if gates:
-        gates = torch.cat(gates)[torch.argsort(torch.tensor(gate_users))]  # back in user order
+    if gates is not None:
         results["gate"] = {"layers": run.layers, "mean": gates.mean(0).tolist()}
     if write:
         (run.path / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-        if len(gates) and len(run.layers) > 1:
+        if gates is not None and len(run.layers) > 1:
             plot_gates(run.layers, gates, run.path / "gates.png")
     return results
 

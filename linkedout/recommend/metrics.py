@@ -73,9 +73,7 @@ def fixed_score_ranks(
     # Items scoring at least the target's score, the target itself included: the target's
     # 1-based rank when ties count against it.
     unmasked = len(scores) - torch.searchsorted(ordered, target_scores, side="left")
-    lengths = torch.tensor([len(h) for h in histories], dtype=torch.long)
-    rows = torch.repeat_interleave(torch.arange(len(histories)), lengths)
-    cols = torch.tensor([i for h in histories for i in h], dtype=torch.long)
+    rows, cols = history_entries(histories)
     pairs = torch.unique(rows * len(scores) + cols)  # an item watched twice is masked once
     rows, cols = pairs // len(scores), pairs % len(scores)
     hidden = (scores[cols] >= target_scores[rows]) & (cols != targets[rows])
@@ -88,11 +86,19 @@ def history_mask(
 ) -> torch.Tensor:
     """Bool `[B, N]`, True at each user's earlier items (the `exclude` of `rank_of_target`)."""
     mask = torch.zeros(len(histories), num_items, dtype=torch.bool, device=device)
+    rows, cols = history_entries(histories, device)
+    mask[rows, cols] = True
+    return mask
+
+
+def history_entries(
+    histories: list[list[int]], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, item) of every history entry, as two long tensors (repeats kept)."""
     lengths = torch.tensor([len(h) for h in histories], dtype=torch.long, device=device)
     rows = torch.repeat_interleave(torch.arange(len(histories), device=device), lengths)
     cols = torch.tensor([i for h in histories for i in h], dtype=torch.long, device=device)
-    mask[rows, cols] = True
-    return mask
+    return rows, cols
 
 
 @dataclass

@@ -25,7 +25,6 @@ import torch
 from PIL import Image
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -190,7 +189,8 @@ class QwenVLPacker:
     def load(
         cls, model: str, max_pixels: int | None = None, min_pixels: int | None = None
     ) -> QwenVLPacker:
-        model_type = PretrainedConfig.get_config_dict(model)[0].get("model_type")
+        config = PretrainedConfig.get_config_dict(model)[0]
+        model_type = config.get("model_type")
         if model_type not in SUPPORTED:
             supported = ", ".join(f"{name} ({key})" for key, (name, _) in SUPPORTED.items())
             raise LinkedOutError(
@@ -202,8 +202,8 @@ class QwenVLPacker:
         settings = PackSettings.from_preprocessor_config(
             _preprocessor_config(model), min_pixels=min_pixels, max_pixels=max_pixels
         )
-        config = AutoConfig.from_pretrained(model)
-        return cls(tokenizer, settings, model_type, config.video_token_id)
+        video_token_id = SUPPORTED[model_type][1].config_class.from_dict(config).video_token_id
+        return cls(tokenizer, settings, model_type, video_token_id)
 
     def prepare(self, item: ItemInput) -> Prepared:
         if item.frames is None:
@@ -296,7 +296,6 @@ class QwenVLBackbone:
         self.hidden_size: int = text_config.hidden_size
         self.device: torch.device = model.device
         self.dtype: torch.dtype = model.dtype
-        self.family: str = model.config.model_type
         pad = self.tokenizer.pad_token_id
         self._pad_id: int = pad if pad is not None else self.tokenizer.eos_token_id
 
@@ -321,6 +320,10 @@ class QwenVLBackbone:
         return cls(
             network.to(device).eval(), packer, model_id or model, revision or _revision(model)
         )
+
+    @property
+    def family(self) -> str:
+        return self.packer.family
 
     def decoder_layers(self) -> nn.ModuleList:
         return self.model.model.language_model.layers
