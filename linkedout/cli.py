@@ -363,8 +363,9 @@ def train(
     feature_memory_gb: Annotated[
         float | None,
         typer.Option(
-            help="Keep item features in memory up to this many GiB, else stream them "
-            "from the store (default: half the free memory)."
+            help="Keep item features, and the per-layer item embeddings validation ranks "
+            "against, in memory up to this many GiB; beyond it features stream from the store "
+            "and embeddings are ranked chunk by chunk from Lance (default: half the free memory)."
         ),
     ] = None,
     accelerator: Annotated[
@@ -435,18 +436,34 @@ def train(
         _print_metrics(json.loads((run / "metrics.json").read_text()), title=str(run))
 
 
+CatalogMemory = Annotated[
+    float | None,
+    typer.Option(
+        help="Load the run's per-layer item embeddings (catalog.lance) up to this many GiB, "
+        "else rank them chunk by chunk from disk (default: half the free memory)."
+    ),
+]
+
+
+def _gib(value: float | None) -> int | None:
+    if value is not None and value < 0:
+        raise LinkedOutError(f"--catalog-memory-gb {value}: give a size of 0 or more")
+    return None if value is None else int(value * 2**30)
+
+
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run directory written by `linkedout train`.")],
     split: Annotated[str, typer.Option(help="valid or test.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    catalog_memory_gb: CatalogMemory = None,
 ) -> None:
     """Full-ranking HR/NDCG/MRR of a trained run, beside popularity and the cold-start slice."""
     from linkedout.recommend.evaluate import evaluate_run
 
     if split not in ("valid", "test"):
         raise LinkedOutError(f"--split {split!r}: use valid or test")
-    results = evaluate_run(run, splits=(split,))
+    results = evaluate_run(run, splits=(split,), memory_budget=_gib(catalog_memory_gb))
     if as_json:
         typer.echo(json.dumps(results, indent=2))
     else:
@@ -465,6 +482,7 @@ def recommend(
         bool, typer.Option(help="Show the user's per-depth gate and each item's strongest depth.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    catalog_memory_gb: CatalogMemory = None,
 ) -> None:
     """Top-k items for a user or a watch history."""
     from linkedout.recommend.evaluate import TrainedRun
@@ -473,7 +491,7 @@ def recommend(
 
     if (user is None) == (history is None):
         raise LinkedOutError("pass exactly one of --user U or --history ID,ID,...")
-    trained = TrainedRun(run)
+    trained = TrainedRun(run, _gib(catalog_memory_gb))
     items = (
         user_history(trained, user)
         if user

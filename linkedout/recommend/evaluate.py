@@ -8,50 +8,60 @@ from pathlib import Path
 import torch
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.data import left_pad
-from linkedout.recommend.metrics import (
-    RankingMetrics,
-    fixed_score_ranks,
-    history_mask,
-    target_ranks,
+from linkedout.recommend.catalog import (
+    Catalog,
+    expert_chunks,
+    open_catalog,
+    write_catalog,
 )
-from linkedout.recommend.module import Catalog, LinkedOutModule
+from linkedout.recommend.data import left_pad
+from linkedout.recommend.metrics import RankingMetrics, fixed_score_ranks
+from linkedout.recommend.module import LinkedOutModule
+from linkedout.recommend.ranking import rank_targets
 from linkedout.recommend.split_files import read_split
+from linkedout.storage.features import default_memory_budget
 
 
 class TrainedRun:
-    """Checkpoint + cached per-layer item embeddings + split of one `linkedout train` run."""
+    """Checkpoint + per-layer item embeddings (`catalog.lance`) + split of one training run.
 
-    def __init__(self, path: str | Path):
+    The embeddings are loaded when they fit `memory_budget` bytes (default: half the free
+    memory), else ranked chunk by chunk from disk: same results, one read of the file per
+    ranking pass."""
+
+    def __init__(self, path: str | Path, memory_budget: int | None = None):
         self.path = Path(path)
         best = self.path / "checkpoints" / "best.ckpt"
-        if not best.exists() or not (self.path / "serving.pt").exists():
+        if not best.exists():
             raise LinkedOutError(
-                f"{self.path} holds no trained run (no checkpoints/best.ckpt and serving.pt): "
+                f"{self.path} holds no trained run (no checkpoints/best.ckpt): "
                 "train one with `linkedout train`"
             )
         self.config = json.loads((self.path / "config.json").read_text())
         self.module = LinkedOutModule.load_from_checkpoint(best, map_location="cpu").eval()
-        serving = torch.load(self.path / "serving.pt", map_location="cpu")
-        self.catalog = Catalog(serving["experts"], serving["ids"])
-        self.item_ids: list[str] = serving["item_ids"]
+        ids = self.module.model.ids.weight.detach() if self.module.model.ids is not None else None
+        budget = default_memory_budget() if memory_budget is None else memory_budget
+        self.catalog: Catalog = open_catalog(self.path / "catalog.lance", ids, budget)
+        self.split = read_split(self.path / "split")
+        self.item_ids: list[str] = self.split.item_ids
+        if self.catalog.num_items != self.split.num_items:
+            raise LinkedOutError(
+                f"{self.path}: catalog.lance holds {self.catalog.num_items} items, the split "
+                f"{self.split.num_items}: the run directory is damaged; train it again"
+            )
         self.index = {item: i + 1 for i, item in enumerate(self.item_ids)}
         self.layers: list[int] = self.config["layers"]
-        self.split = read_split(self.path / "split")
         self.user_index = {u: i for i, u in enumerate(self.split.users)}
         self.max_len = self.module.config.max_len
 
     @torch.inference_mode()
-    def scores(self, histories: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every item's score `[B, N]`, the user states `[B, d]` and gates `[B, L]`."""
+    def user_states(self, histories: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """User states `[B, d]` and gates `[B, L]` after these histories (model indices)."""
         # Padded to the longest history here, not to max_len: pads are hidden from real steps,
         # so states are the same, and evaluation groups users by length to make this short.
         length = max(1, min(self.max_len, max(len(h) for h in histories)))
         padded = torch.tensor([left_pad(h, length) for h in histories])
-        h, gate = self.module.encode(padded, self.catalog)
-        scores = self.module.model.score(h, gate, self.catalog.experts, self.catalog.ids)
-        scores[:, 0] = float("-inf")
-        return scores, h, gate
+        return self.module.encode(padded, self.catalog)
 
 
 @torch.inference_mode()
@@ -60,45 +70,35 @@ def evaluate_run(
     splits: tuple[str, ...] = ("valid", "test"),
     write: bool = False,
     batch_size: int = 1024,
+    memory_budget: int | None = None,
 ) -> dict:
     """Metrics of the model and of popularity on each split, plus two views of test: the
     cold-start slice (targets never seen in training) and `test_unmasked`, ranked without
     masking the user's earlier items (RecBole's rule, for side-by-side comparisons)."""
-    run = TrainedRun(path)
+    run = TrainedRun(path, memory_budget)
     split = run.split
     popularity = split.train_counts()
     popularity[0] = float("-inf")
     seen = torch.zeros(split.num_items, dtype=torch.bool)
     seen[[i for seq in split.train for i in seq]] = True
     results: dict = {}
-    gates = None  # [users, L], filled in user order
+    gates = None
     for name in splits:
-        views = ("", "_cold_start", "_unmasked") if name == "test" else ("",)
-        acc = {view: (RankingMetrics(), RankingMetrics()) for view in views}
         histories = [split.history(u, name) for u in range(len(split.users))]
-        # Users of similar history length batched together: a batch's sequences are as short
-        # as its longest history. Metrics are sums, so the order does not change them.
-        order = sorted(range(len(histories)), key=lambda u: len(histories[u]))
-        for start in range(0, len(order), batch_size):
-            users = order[start : start + batch_size]
-            batch = [histories[u] for u in users]
-            targets = torch.tensor([split.target(u, name) for u in users])
-            scores, _, gate = run.scores(batch)
-            exclude = history_mask(batch, split.num_items, "cpu")
-            ranks, ranks_unmasked = target_ranks(scores, targets, exclude)
-            pop_ranks, pop_unmasked = fixed_score_ranks(popularity, targets, batch)
-            _update(acc[""], ranks, pop_ranks)
-            if name == "test":
-                cold = ~seen[targets]
-                _update(acc["_cold_start"], ranks[cold], pop_ranks[cold])
-                _update(acc["_unmasked"], ranks_unmasked, pop_unmasked)
-                if run.module.model.content:
-                    if gates is None:
-                        gates = gate.new_empty((len(histories), gate.shape[1]))
-                    gates[users] = gate
-        for view, (model, pop) in acc.items():
-            if model.count:
-                results[name + view] = {"model": model.compute(), "popularity": pop.compute()}
+        targets = torch.tensor([split.target(u, name) for u in range(len(split.users))])
+        h, gate = _states(run, histories, batch_size)
+        ranks, ranks_unmasked = rank_targets(
+            run.module.model, run.catalog, h, gate, targets, histories, batch_size
+        )
+        pop_ranks, pop_unmasked = fixed_score_ranks(popularity, targets, histories)
+        results[name] = _metrics(ranks, pop_ranks)
+        if name == "test":
+            cold = ~seen[targets]
+            if cold.any():
+                results["test_cold_start"] = _metrics(ranks[cold], pop_ranks[cold])
+            results["test_unmasked"] = _metrics(ranks_unmasked, pop_unmasked)
+            if run.module.model.content:
+                gates = gate
     if gates is not None:
         results["gate"] = {"layers": run.layers, "mean": gates.mean(0).tolist()}
     if write:
@@ -108,27 +108,41 @@ def evaluate_run(
     return results
 
 
-def _update(acc: tuple[RankingMetrics, RankingMetrics], model: torch.Tensor, pop: torch.Tensor):
-    if len(model):
-        acc[0].update(model)
-        acc[1].update(pop)
+def _states(
+    run: TrainedRun, histories: list[list[int]], batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every user's state and gate, in user order. Users of similar history length are batched
+    together, so a batch's sequences are as short as its longest history."""
+    order = sorted(range(len(histories)), key=lambda u: len(histories[u]))
+    h = gate = None
+    for start in range(0, len(order), batch_size):
+        users = order[start : start + batch_size]
+        h_batch, gate_batch = run.user_states([histories[u] for u in users])
+        if h is None:
+            h = h_batch.new_empty((len(histories), h_batch.shape[1]))
+            gate = gate_batch.new_empty((len(histories), gate_batch.shape[1]))
+        h[users], gate[users] = h_batch, gate_batch
+    return h, gate
 
 
-def write_serving(run: Path, checkpoint: Path, item_tokens, item_ids: list[str]) -> None:
-    """Cache the best model's per-layer item embeddings: serving then costs one sequence
-    forward and L matrix-vector products, never the compressor over the catalog."""
+def _metrics(model: torch.Tensor, popularity: torch.Tensor) -> dict:
+    results = {}
+    for key, ranks in (("model", model), ("popularity", popularity)):
+        metrics = RankingMetrics()
+        metrics.update(ranks)
+        results[key] = metrics.compute()
+    return results
+
+
+def write_run_catalog(run: Path, checkpoint: Path, item_tokens, item_ids: list[str]) -> None:
+    """Write the best model's per-layer item embeddings to `run/catalog.lance`, chunk by chunk:
+    ranking and serving then never run the compressor over the catalog again."""
     module = LinkedOutModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    module.attach(item_tokens)
+    model = module.model
+    shape = (len(item_ids) + 1, model.layers, model.config.d_model)
     with torch.inference_mode():
-        catalog = module.catalog()
-    torch.save(
-        {
-            "item_ids": item_ids,
-            "experts": catalog.experts,
-            "ids": None if catalog.ids is None else catalog.ids.detach().clone(),
-        },
-        run / "serving.pt",
-    )
+        chunks = expert_chunks(model, item_tokens) if model.content else None
+        write_catalog(run / "catalog.lance", chunks, item_ids, shape)
 
 
 def plot_gates(layers: list[int], gates: torch.Tensor, path: Path, sample: int = 24) -> None:

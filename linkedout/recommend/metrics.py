@@ -35,22 +35,37 @@ def target_ranks(
     catalog: ranking is memory-bound, and full evaluation ranks every user several ways."""
     if scores.dim() != 2 or targets.shape != scores.shape[:1]:
         raise ValueError(f"scores {tuple(scores.shape)} and targets {tuple(targets.shape)}")
+    column = targets.long()
+    target_scores = scores.gather(1, column.unsqueeze(1)).squeeze(1)
+    masked, unmasked = count_outranking(scores, target_scores, column, exclude)
+    return masked + 1, unmasked + 1
+
+
+def count_outranking(
+    scores: torch.Tensor,
+    target_scores: torch.Tensor,
+    target_columns: torch.Tensor,
+    exclude: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Items of one slice of the catalog `scores [B, C]` that outrank each row's target (score at
+    least `target_scores [B]`), counted with `exclude [B, C]` applied and without it. The target's
+    own column (`target_columns [B]`, -1 where the target lies outside this slice) never counts.
+    Summed over the slices of a catalog, plus one, these are `target_ranks`."""
     if exclude is not None and exclude.shape != scores.shape:
         raise ValueError(f"exclude {tuple(exclude.shape)} differs from scores")
-    column = targets.long().unsqueeze(1)
-    target_scores = scores.gather(1, column)
-    above = scores >= target_scores  # a NaN distractor compares False: it never outranks
+    above = scores >= target_scores[:, None]  # a NaN distractor compares False: it never outranks
     if target_scores.is_floating_point():
         nan_target = target_scores.isnan()
         if nan_target.any():  # a NaN target ranks below everything, NaN distractors included
-            above |= nan_target
-    # The target does not outrank itself.
-    unmasked = _count(above) - above.gather(1, column).squeeze(1).long() + 1
+            above |= nan_target[:, None]
+    inside = target_columns >= 0
+    if inside.any():  # the target does not outrank itself
+        rows = torch.arange(len(scores), device=scores.device)[inside]
+        above[rows, target_columns[inside]] = False
+    unmasked = _count(above)
     if exclude is None:
         return unmasked, unmasked
-    hidden = above & exclude
-    masked = unmasked - _count(hidden) + hidden.gather(1, column).squeeze(1).long()
-    return masked, unmasked
+    return unmasked - _count(above & exclude), unmasked
 
 
 def _count(mask: torch.Tensor) -> torch.Tensor:

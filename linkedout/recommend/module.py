@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict
+from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.metrics import RankingMetrics, history_mask, rank_of_target
+from linkedout.recommend.catalog import Catalog, build_catalog
+from linkedout.recommend.metrics import RankingMetrics
 from linkedout.recommend.model import LinkedOut, ModelConfig, balance_loss
-
-
-class Catalog:
-    """Every item's per-layer expert embeddings and ID vectors, computed once for ranking."""
-
-    def __init__(self, experts: torch.Tensor | None, ids: torch.Tensor | None):
-        self.experts = experts  # [N, L, d] (row 0 = padding)
-        self.ids = ids  # [N, d]
+from linkedout.recommend.ranking import rank_targets
 
 
 class LinkedOutModule(L.LightningModule):
@@ -46,6 +42,9 @@ class LinkedOutModule(L.LightningModule):
         self.metrics = RankingMetrics()
         self._catalog: Catalog | None = None
         self._histories: list[list[int]] | None = None
+        self._states: list[tuple[torch.Tensor, ...]] = []
+        self._memory_budget: int | None = None
+        self._spill_dir: Path | None = None
 
     @classmethod
     def create(
@@ -58,9 +57,13 @@ class LinkedOutModule(L.LightningModule):
         item_tokens: torch.Tensor,
         train_counts: torch.Tensor | None = None,
         histories: list[list[int]] | None = None,
+        memory_budget: int | None = None,
+        spill_dir: Path | None = None,
     ) -> None:
         """Give the module its item tokens `[N, L, T, D]`, the training popularity (for the
-        sampled-softmax proposal) and each user's history (masked in validation ranking)."""
+        sampled-softmax proposal) and each user's history (masked in validation ranking).
+        Validation holds the catalog's embeddings in memory up to `memory_budget` bytes (no
+        limit when None), else writes them to a Lance dataset in `spill_dir`."""
         if isinstance(item_tokens, torch.Tensor):
             self.item_tokens = item_tokens  # a buffer: moves to the GPU with the module
         else:  # streamed from the store: stays a plain attribute, read batch by batch
@@ -74,33 +77,30 @@ class LinkedOutModule(L.LightningModule):
             q = train_counts.double() ** 0.75  # word2vec's smoothing: frequent, not only popular
             self.log_q = torch.log(q / q.sum()).float().clamp_min(-1e4)
         self._histories = histories
+        self._memory_budget = memory_budget
+        self._spill_dir = spill_dir
 
     # -- shared by training, evaluation and serving -----------------------------------------
-    def catalog(self, chunk: int = 4096) -> Catalog:
-        experts = None
-        if self.model.content:
-            parts = [
-                self.model.item_experts(self.item_tokens[i : i + chunk].to(self.device))
-                for i in range(0, self.item_tokens.shape[0], chunk)
-            ]
-            experts = torch.cat(parts)
+    def catalog(self) -> Catalog:
+        """The current model's catalog over the attached item tokens."""
         ids = self.model.ids.weight if self.model.ids is not None else None
-        return Catalog(experts, ids)
+        if self._memory_budget is None or self._spill_dir is None:
+            budget, spill = float("inf"), None
+        else:
+            budget, spill = self._memory_budget, self._spill_path()
+        return build_catalog(self.model, self.item_tokens, ids, budget, spill, self.device)
+
+    def _spill_path(self) -> Path:
+        # One per process: data-parallel ranks each rank their own users over the catalog.
+        return self._spill_dir / f"validation-catalog-rank{self.global_rank}.lance"
 
     def encode(self, history: torch.Tensor, catalog: Catalog) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded histories `[B, S]` -> last user state `[B, d]` and its gate `[B, L]`."""
         flat = history.reshape(-1)
-        experts = None if catalog.experts is None else catalog.experts[flat]
+        experts = catalog.experts_of(flat)
         vectors = self.model.item_inputs(experts, flat).reshape(*history.shape, -1)
         h = self.model.user_states(vectors, history == 0)[:, -1]
         return h, self.model.user_gate(h)
-
-    def rank_scores(self, history: torch.Tensor, catalog: Catalog) -> torch.Tensor:
-        """Scores of every item `[B, N]` (padding item at -inf)."""
-        h, gate = self.encode(history, catalog)
-        scores = self.model.score(h, gate, catalog.experts, catalog.ids)
-        scores[:, 0] = float("-inf")
-        return scores
 
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -170,15 +170,20 @@ class LinkedOutModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._catalog = self.catalog()
         self.metrics = RankingMetrics()
+        self._states = []
 
     def validation_step(self, batch, batch_idx):
         history, target, users = batch
-        scores = self.rank_scores(history, self._catalog)
-        seen = [self._histories[u] for u in users.tolist()] if self._histories else None
-        exclude = history_mask(seen, scores.shape[1], scores.device) if seen else None
-        self.metrics.update(rank_of_target(scores, target, exclude))
+        h, gate = self.encode(history, self._catalog)
+        self._states.append((h, gate, target, users))
 
     def on_validation_epoch_end(self) -> None:
+        if self._states:  # users' states first, then one pass over the catalog ranks them all
+            h, gate, target, users = (torch.cat(x) for x in zip(*self._states, strict=True))
+            seen = [self._histories[u] if self._histories else [] for u in users.tolist()]
+            masked, _ = rank_targets(self.model, self._catalog, h, gate, target, seen)
+            self.metrics.update(masked)
+            self._states = []
         if self.trainer.world_size > 1:  # each rank ranked its share of the users
             mine = self.metrics.to_tensor().to(self.device)
             summed = self.trainer.strategy.reduce(mine, reduce_op="sum")
@@ -187,3 +192,7 @@ class LinkedOutModule(L.LightningModule):
         for name in ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR"):
             self.log(f"val_{name}", result[name], prog_bar=name in ("HR@10", "NDCG@10"))
         self._catalog = None
+
+    def on_fit_end(self) -> None:
+        if self._spill_dir is not None:
+            shutil.rmtree(self._spill_path(), ignore_errors=True)

@@ -1,4 +1,5 @@
-"""`recommend(run, history) -> top-k`: one sequence forward plus L matrix-vector products."""
+"""`recommend(run, history) -> top-k`: one sequence forward, then the best items of each chunk
+of the catalog, merged."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from linkedout.errors import LinkedOutError
 from linkedout.recommend.evaluate import TrainedRun
+from linkedout.recommend.ranking import top_items
 
 
 @dataclass(frozen=True)
@@ -54,17 +56,17 @@ def recommend(
             f"none of the {len(history)} history item(s) is in this run's catalog "
             f"(e.g. {history[0]!r}): pass item ids the features hold"
         )
-    scores, h, gate = run.scores([known])
-    scores[0, known] = float("-inf")  # never recommend what the user already watched
-    top = scores[0].topk(min(k, int(torch.isfinite(scores[0]).sum())))
-    items = top.indices.tolist()
+    h, gate = run.user_states([known])
+    # Never recommend what the user already watched.
+    items, scores = top_items(run.module.model, run.catalog, h, gate, [known], k)
+    found = torch.isfinite(scores[0])
+    items, scores = items[0][found], scores[0][found]
     contributions = None
-    if explain and run.catalog.experts is not None:
-        contributions = run.module.model.layer_contributions(
-            h, gate, run.catalog.experts[top.indices]
-        )[0]
+    if explain and run.module.model.content:
+        experts = run.catalog.experts_of(items)
+        contributions = run.module.model.layer_contributions(h, gate, experts)[0]
     out = []
-    for j, (item, score) in enumerate(zip(items, top.values.tolist(), strict=True)):
+    for j, (item, score) in enumerate(zip(items.tolist(), scores.tolist(), strict=True)):
         if contributions is not None:
             per_layer = contributions[j].tolist()
             best = max(range(len(per_layer)), key=per_layer.__getitem__)

@@ -5,7 +5,8 @@ Run directory:
     checkpoints/best.ckpt  the best epoch by validation NDCG@10
     split/                 the leave-one-out split as TSV files (see split_files.py): any other
                            library can be trained and ranked on exactly this split
-    serving.pt             per-layer item embeddings of the best model, for ranking and serving
+    catalog.lance          per-layer item embeddings of the best model, for ranking and serving
+                           (layout in catalog.py)
     metrics.json           valid/test metrics, popularity baseline, cold-start slice
     epochs.json            per epoch: train loss, validation metrics, train and validation seconds
     gates.png              per-layer gate weights, overall and for a sample of users
@@ -42,7 +43,7 @@ from linkedout.recommend.model import ModelConfig
 from linkedout.recommend.module import LinkedOutModule
 from linkedout.recommend.split_files import write_split
 from linkedout.storage import FeatureStore
-from linkedout.storage.features import StreamingFeatures, open_features
+from linkedout.storage.features import StreamingFeatures, default_memory_budget, open_features
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,9 @@ class TrainConfig:
     full_softmax_max_items: int = 4096
     seed: int = 42
     feature_memory_gb: float | None = None
-    """Keep item features in memory up to this size, else stream them from the store
-    (default: half the free memory)."""
+    """Keep item features in memory up to this size, else stream them from the store; the
+    same budget holds the per-layer item embeddings validation and evaluation rank against,
+    else they are written to Lance and ranked chunk by chunk (default: half the free memory)."""
     accelerator: str = "auto"
     devices: int = 1
     """Processes (GPUs, or CPU processes) per node; more than 1 trains data-parallel."""
@@ -159,7 +161,11 @@ def train(config: TrainConfig) -> Path | None:
         full_softmax_max_items=config.full_softmax_max_items,
     )
     module.attach(
-        tokens, split.train_counts(), [split.history(u, "valid") for u in range(len(split.users))]
+        tokens,
+        split.train_counts(),
+        [split.history(u, "valid") for u in range(len(split.users))],
+        memory_budget=default_memory_budget() if budget is None else budget,
+        spill_dir=run,
     )
     # Data-parallel ranks each build the same split (deterministic) but only the first writes;
     # Lightning starts the other ranks by running this same command again.
@@ -207,10 +213,10 @@ def train(config: TrainConfig) -> Path | None:
     best = run / "checkpoints" / "best.ckpt"
     if not best.exists():
         raise LinkedOutError("training stopped before the first validation: nothing to keep")
-    from linkedout.recommend.evaluate import evaluate_run, write_serving
+    from linkedout.recommend.evaluate import evaluate_run, write_run_catalog
 
-    write_serving(run, best, tokens, split.item_ids)
-    evaluate_run(run, write=True)
+    write_run_catalog(run, best, tokens, split.item_ids)
+    evaluate_run(run, write=True, memory_budget=budget)
     return run
 
 

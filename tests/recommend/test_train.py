@@ -85,14 +85,22 @@ def test_content_ranks_unseen_items_and_ids_cannot(runs, planted):
     assert ids_only["HR@10"] < 2.5 * chance
 
 
+def _full_scores(run: TrainedRun, histories: list[list[int]]) -> torch.Tensor:
+    """Every item's score from one product over the whole in-memory catalog (the reference)."""
+    h, gate = run.user_states(histories)
+    scores = run.module.model.score(h, gate, run.catalog.experts, run.catalog.ids)
+    scores[:, 0] = float("-inf")
+    return scores
+
+
 def test_reloaded_run_reproduces_scores_and_recommend_agrees_with_evaluate(runs):
     a, b = TrainedRun(runs["moe"]), TrainedRun(runs["moe"])
     histories = [a.split.history(u, "test") for u in range(5)]
-    assert torch.equal(a.scores(histories)[0], b.scores(histories)[0])
+    assert torch.equal(_full_scores(a, histories), _full_scores(b, histories))
     assert evaluate_run(runs["moe"], splits=("test",))["test"] == _metrics(runs["moe"])["test"]
     user = a.split.users[3]
     history = user_history(a, user)
-    scores = a.scores([[a.index[i] for i in history]])[0][0].clone()
+    scores = _full_scores(a, [[a.index[i] for i in history]])[0]
     scores[[a.index[i] for i in history]] = float("-inf")
     top = recommend(a, history, k=5, explain=True)
     assert [r.item_id for r in top.items] == [a.item_ids[i - 1] for i in scores.topk(5).indices]
@@ -196,12 +204,27 @@ def test_ctrl_c_keeps_the_best_checkpoint_and_finishes_the_run(planted, tmp_path
     assert proc.returncode == 0, output
     assert "interrupted" in output
     assert json.loads((run / "metrics.json").read_text())["test"]["model"]["users"] == 300
-    assert TrainedRun(run).scores([[1, 2]])[0].shape[1] == 241
+    assert TrainedRun(run).catalog.num_items == 241
 
 
-def test_streaming_features_from_the_store_trains_the_same_model(runs, planted, tmp_path):
+def test_a_tiny_memory_budget_streams_features_and_embeddings_with_the_same_results(
+    runs, planted, tmp_path
+):
+    """Budget 0: item tokens stream from the store, validation ranks against embeddings spilled
+    to Lance, evaluation and serving read catalog.lance chunk by chunk; nothing changes."""
     streamed = _train(planted, tmp_path, "moe", False, feature_memory_gb=0.0)
-    assert _metrics(streamed)["test"] == _metrics(runs["moe"])["test"]
+    reference = runs["moe"]
+    assert _metrics(streamed) == _metrics(reference)
+    epochs = [json.loads((r / "epochs.json").read_text())["epochs"] for r in (streamed, reference)]
+    assert [e["val_NDCG@10"] for e in epochs[0]] == [e["val_NDCG@10"] for e in epochs[1]]
+    assert not list(streamed.glob("validation-catalog*"))  # the spill is cleaned up
+    on_disk = TrainedRun(streamed, memory_budget=0)
+    assert on_disk.catalog.__class__.__name__ == "LanceCatalog"
+    assert evaluate_run(streamed, memory_budget=0) == _metrics(reference)
+    history = user_history(on_disk, on_disk.split.users[7])
+    assert recommend(on_disk, history, k=8, explain=True) == recommend(
+        TrainedRun(reference), history, k=8, explain=True
+    )
 
 
 def test_unmasked_ranking_is_never_better_and_epochs_are_recorded(runs):

@@ -1,0 +1,197 @@
+"""The catalog a ranking runs over: every item's per-layer embeddings `E [N, L, d]` (from the
+compressor and the experts) and ID vectors `[N, d]` (model weights, always in memory).
+
+E is computed from the item tokens `CHUNK_ITEMS` items at a time and read back in the same
+chunks, whether it is held in memory or, when it is larger than the memory budget, stored in a
+Lance dataset: the same matrix products in the same shapes either way, so a ranking gives
+bitwise the same scores from memory and from disk.
+
+On-disk layout of a catalog dataset (`catalog.lance` in a run directory), one row per model item
+index, row 0 being the padding item:
+
+    item_id   string                                "" in row 0
+    experts   arrow.fixed_shape_tensor<float32>[L, d]   absent for ID-only models
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lance
+import pyarrow as pa
+import torch
+
+from linkedout.errors import LinkedOutError
+
+CHUNK_ITEMS = 4096
+"""Items per chunk, for computing E and for ranking against it: bounds the memory of both to
+CHUNK_ITEMS x (L·d + batch) floats, whatever the catalog's size."""
+
+
+@dataclass(frozen=True)
+class CatalogChunk:
+    start: int
+    """Model item index of the chunk's first row."""
+    experts: torch.Tensor | None  # [C, L, d]
+    ids: torch.Tensor | None  # [C, d]
+
+    @property
+    def width(self) -> int:
+        return len(self.experts if self.experts is not None else self.ids)
+
+
+class Catalog:
+    """Per-layer item embeddings wherever they live, plus the ID vectors."""
+
+    num_items: int
+    ids: torch.Tensor | None
+
+    def experts_of(self, items: torch.Tensor) -> torch.Tensor | None:
+        """`E[items]`: `[*items.shape, L, d]` (None for ID-only models)."""
+        raise NotImplementedError
+
+    def ids_of(self, items: torch.Tensor) -> torch.Tensor | None:
+        return None if self.ids is None else self.ids[items]
+
+    def chunks(self, width: int = CHUNK_ITEMS) -> Iterator[CatalogChunk]:
+        """The whole catalog, `width` items at a time, in item order."""
+        for start in range(0, self.num_items, width):
+            stop = min(start + width, self.num_items)
+            ids = None if self.ids is None else self.ids[start:stop]
+            yield CatalogChunk(start, self._experts_range(start, stop), ids)
+
+    def _experts_range(self, start: int, stop: int) -> torch.Tensor | None:
+        raise NotImplementedError
+
+
+class MemoryCatalog(Catalog):
+    def __init__(self, experts: torch.Tensor | None, ids: torch.Tensor | None):
+        self.experts = experts  # [N, L, d], row 0 = padding
+        self.ids = ids
+        self.num_items = len(experts if experts is not None else ids)
+
+    def experts_of(self, items: torch.Tensor) -> torch.Tensor | None:
+        return None if self.experts is None else self.experts[items]
+
+    def _experts_range(self, start: int, stop: int) -> torch.Tensor | None:
+        return None if self.experts is None else self.experts[start:stop]
+
+
+class LanceCatalog(Catalog):
+    """E read from a catalog dataset on demand: rows by index, or a chunk at a time."""
+
+    def __init__(self, path: str | Path, ids: torch.Tensor | None):
+        self.path = str(path)
+        self._ds = lance.dataset(self.path)
+        self.ids = ids
+        self.num_items = self._ds.count_rows()
+        self.content = "experts" in self._ds.schema.names
+
+    def experts_of(self, items: torch.Tensor) -> torch.Tensor | None:
+        if not self.content:
+            return None
+        # Lance reads sorted, distinct rows fastest; histories repeat popular items.
+        unique, inverse = torch.unique(items.cpu(), return_inverse=True)
+        table = self._ds.take(unique.numpy(), columns=["experts"])
+        return _experts(table)[inverse].to(items.device)
+
+    def _experts_range(self, start: int, stop: int) -> torch.Tensor | None:
+        if not self.content:
+            return None
+        table = self._ds.to_table(columns=["experts"], offset=start, limit=stop - start)
+        return _experts(table)
+
+
+def expert_chunks(model, tokens, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+    """`E` of every item, `CHUNK_ITEMS` rows at a time, from `tokens [N, L, T, D]` (a tensor,
+    or streamed from the store: only one chunk of tokens is held at a time)."""
+    for start in range(0, tokens.shape[0], CHUNK_ITEMS):
+        chunk = tokens[start : start + CHUNK_ITEMS].to(device)
+        yield model.item_experts(chunk)
+
+
+@torch.inference_mode()
+def build_catalog(
+    model, tokens, ids: torch.Tensor | None, memory_budget: int, spill: Path, device="cpu"
+) -> Catalog:
+    """The catalog of `model` over `tokens`: in memory when E fits `memory_budget` bytes, else
+    written chunk by chunk to the Lance dataset `spill` (replaced if present) and read from it."""
+    if not model.content:
+        return MemoryCatalog(None, ids)
+    shape = (tokens.shape[0], model.layers, model.config.d_model)
+    if catalog_bytes(shape) <= memory_budget:
+        return MemoryCatalog(torch.cat(list(expert_chunks(model, tokens, device))), ids)
+    write_catalog(spill, expert_chunks(model, tokens, device), None, shape)
+    return LanceCatalog(spill, ids)
+
+
+def catalog_bytes(shape: tuple[int, int, int]) -> int:
+    n, layers, d = shape
+    return n * layers * d * 4
+
+
+def write_catalog(
+    path: Path,
+    experts: Iterator[torch.Tensor] | None,
+    item_ids: list[str] | None,
+    shape: tuple[int, int, int],
+) -> None:
+    """Write a catalog dataset from E's chunks (None for ID-only models) without holding E.
+    `item_ids[i]` names model item i + 1, as in the split."""
+    n, layers, d = shape
+    fields = [pa.field("item_id", pa.string())]
+    if experts is not None:
+        fields.append(pa.field("experts", pa.fixed_shape_tensor(pa.float32(), [layers, d])))
+    schema = pa.schema(fields)
+    names = ["", *item_ids] if item_ids is not None else None
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        if experts is None:
+            for start in range(0, n, CHUNK_ITEMS):
+                yield pa.record_batch([_names(names, start, min(n, start + CHUNK_ITEMS))], schema)
+            return
+        start = 0
+        for chunk in experts:
+            values = chunk.detach().float().cpu().contiguous().numpy()
+            tensors = pa.FixedShapeTensorArray.from_numpy_ndarray(values)
+            stop = start + len(values)
+            yield pa.record_batch([_names(names, start, stop), tensors], schema)
+            start = stop
+        if start != n:
+            raise ValueError(f"catalog chunks held {start} items, expected {n}")
+
+    shutil.rmtree(path, ignore_errors=True)  # a stale spill would keep its old versions' files
+    reader = pa.RecordBatchReader.from_batches(schema, batches())
+    lance.write_dataset(reader, str(path), schema=schema, mode="create")
+
+
+def open_catalog(path: Path, ids: torch.Tensor | None, memory_budget: int) -> Catalog:
+    """A run's catalog dataset: loaded when it fits `memory_budget` bytes, else read on demand."""
+    if not path.exists():
+        raise LinkedOutError(
+            f"{path} is missing: this run was trained by an older linkedout; train it again"
+        )
+    catalog = LanceCatalog(path, ids)
+    if not catalog.content:
+        return MemoryCatalog(None, ids)
+    width = catalog._ds.schema.field("experts").type.shape
+    if catalog_bytes((catalog.num_items, *width)) > memory_budget:
+        return catalog
+    return MemoryCatalog(_experts(catalog._ds.to_table(columns=["experts"])), ids)
+
+
+def _names(names: list[str] | None, start: int, stop: int) -> pa.Array:
+    return pa.array(
+        names[start:stop] if names is not None else [None] * (stop - start), pa.string()
+    )
+
+
+def _experts(table: pa.Table) -> torch.Tensor:
+    column = table.column("experts").combine_chunks()
+    shape = column.type.shape
+    values = column.storage.flatten().to_numpy(zero_copy_only=False).reshape(len(column), *shape)
+    # Arrow's buffers are read-only; a tensor over them must not be written through.
+    return torch.from_numpy(values if values.flags.writeable else values.copy())
