@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -134,6 +135,8 @@ TRAIN = "train --features {features} --out {tmp}/r --interactions"
         ("recommend {run} --history x1,x2", "none of the 2 history item(s)"),
         ("recommend {tmp}", "exactly one of --user"),
         ("evaluate {tmp}", "holds no trained run"),
+        ("evaluate {run} --catalog-memory-gb -1", "give a size of 0 or more"),
+        ("recommend {old} --user u1", "trained by an older linkedout"),
         (f"{TRAIN} {{bad}}", "user column"),
         (f"{TRAIN} {{foreign}}", "have no stored features"),
         (f"{TRAIN} {{interactions}} --fusion layer:3", "depth 3 is not stored"),
@@ -145,7 +148,10 @@ def test_bad_input_is_one_line_and_exit_code_2(command, message, runs, planted, 
     bad.write_text("who,what\nu1,v0001\n")
     foreign = tmp_path / "foreign.csv"
     foreign.write_text("user,item\n" + "".join(f"u{i},x{i}\n" for i in range(50)))
+    old = tmp_path / "old-run"  # a run directory from before catalog.lance
+    shutil.copytree(runs["moe"], old, ignore=shutil.ignore_patterns("catalog.lance"))
     fill = dict(
+        old=old,
         run=runs["moe"],
         tmp=tmp_path,
         features=planted.features,
