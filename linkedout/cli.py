@@ -181,6 +181,14 @@ def extract(
             "one model per worker); needs `pip install 'linkedout\\[distributed]'`."
         ),
     ] = "local",
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="What runs the Video LLM: transformers (the reference) or vllm (a vLLM engine "
+            "batching many videos at once; same rows). vllm needs `pip install "
+            "'linkedout\\[vllm]'` on GPUs, or `make vllm-env` on CPUs."
+        ),
+    ] = "transformers",
     ray_address: Annotated[
         str | None,
         typer.Option(
@@ -230,6 +238,7 @@ def extract(
         write_batch=commit_every,
         storage_options=parse_storage_options(storage_option),
         engine=engine,
+        backend=backend,
         ray=RayOptions(ray_address, workers, gpus_per_worker, cpus_per_worker),
     )
     _quiet_libraries(quiet)

@@ -95,6 +95,9 @@ class ExtractConfig:
     storage_options: dict[str, str] = field(default_factory=dict)
     engine: str = "local"
     """local (this process, decoding in threads) or ray (Ray Data over a cluster)."""
+    backend: str = "transformers"
+    """What runs the model: transformers (the reference) or vllm (a vLLM engine per process;
+    Video LLMs only)."""
     ray: RayOptions = field(default_factory=RayOptions)
     """Cluster, workers and GPUs of `engine="ray"`."""
 
@@ -117,6 +120,8 @@ class ExtractConfig:
             raise LinkedOutError(f"--limit {self.limit}: must be 0 or more")
         if self.engine not in ("local", "ray"):
             raise LinkedOutError(f"--engine {self.engine!r}: use local or ray")
+        if self.backend not in ("transformers", "vllm"):
+            raise LinkedOutError(f"--backend {self.backend!r}: use transformers or vllm")
         if self.engine == "ray":
             self.ray.validate()
 
@@ -219,6 +224,9 @@ class BackboneFacts:
     revision: str | None
     dtype: torch.dtype
     device: str
+    backend: str = "transformers"
+    versions: tuple[tuple[str, str], ...] = ()
+    """(package, version) of the backend beyond transformers and torch, e.g. vllm."""
 
     @classmethod
     def of(cls, backbone: Backbone) -> BackboneFacts:
@@ -229,6 +237,8 @@ class BackboneFacts:
             backbone.revision,
             backbone.dtype,
             str(backbone.device),
+            getattr(backbone, "backend", "transformers"),
+            tuple(getattr(backbone, "versions", {}).items()),
         )
 
 
@@ -258,7 +268,8 @@ def build_manifest(
         frames_per_video=config.frames if is_video else None,
         recipe=recipe_facts,
         provenance={
-            "engine": "transformers",
+            "engine": facts.backend,
+            **dict(facts.versions),
             "transformers": transformers.__version__,
             "torch": torch.__version__,
             "device": facts.device,
@@ -346,7 +357,11 @@ def extract(
     else:
         if backbone is None:
             backbone = load_backbone(
-                info, config.device, config.dtype, max_pixels=config.max_pixels
+                info,
+                config.device,
+                config.dtype,
+                max_pixels=config.max_pixels,
+                backend=config.backend,
             )
         engine = LocalEngine(config, backbone, layers, recipe)
     store = FeatureStore.open_or_create(config.out, engine.manifest, config.storage_options)
@@ -419,6 +434,51 @@ def _batched(stream: Iterator, size: int) -> Iterator[list]:
         yield batch
 
 
+def _captured_states(
+    ready: list[PreparedItem],
+    backbone: Backbone,
+    layers: tuple[int, ...],
+    recipe: PoolingRecipe,
+    new_tokens: int,
+) -> dict[int, torch.Tensor]:
+    """transformers: one padded forward of the batch, each tapped layer pooled by a hook."""
+    if new_tokens:
+        for r in ready:
+            r.prepared = backbone.generate(r.prepared, new_tokens)
+    inputs, offsets = backbone.collate([r.prepared for r in ready])
+
+    def reduce(hidden: torch.Tensor) -> torch.Tensor:
+        return torch.stack(
+            [
+                recipe.pool(hidden[i, off:], r.prepared.spans)
+                for i, (off, r) in enumerate(zip(offsets, ready, strict=True))
+            ]
+        )
+
+    with LayerCapture(backbone.decoder_layers(), layers, reduce) as capture:
+        return capture.run(lambda: backbone.forward(inputs))
+
+
+def _vllm_states(
+    ready: list[PreparedItem],
+    backbone,
+    layers: tuple[int, ...],
+    recipe: PoolingRecipe,
+    new_tokens: int,
+) -> dict[int, torch.Tensor]:
+    """vLLM: the batch's requests in one engine call (generation included), then the same
+    pooling of each item's states."""
+    results = backbone.states([r.prepared for r in ready], layers, new_tokens)
+    for r, (prepared, _) in zip(ready, results, strict=True):
+        r.prepared = prepared
+    return {
+        x: torch.stack(
+            [recipe.pool(s[x], r.prepared.spans) for r, (_, s) in zip(ready, results, strict=True)]
+        )
+        for x in layers
+    }
+
+
 def run_batch(
     batch: list,
     backbone: Backbone,
@@ -434,21 +494,10 @@ def run_batch(
         return rows
     start = time.perf_counter()
     try:
-        if config.new_tokens:
-            for r in ready:
-                r.prepared = backbone.generate(r.prepared, config.new_tokens)
-        inputs, offsets = backbone.collate([r.prepared for r in ready])
-
-        def reduce(hidden: torch.Tensor) -> torch.Tensor:
-            return torch.stack(
-                [
-                    recipe.pool(hidden[i, off:], r.prepared.spans)
-                    for i, (off, r) in enumerate(zip(offsets, ready, strict=True))
-                ]
-            )
-
-        with LayerCapture(backbone.decoder_layers(), layers, reduce) as capture:
-            states = capture.run(lambda: backbone.forward(inputs))
+        if getattr(backbone, "backend", "transformers") == "vllm":
+            states = _vllm_states(ready, backbone, layers, recipe, config.new_tokens)
+        else:
+            states = _captured_states(ready, backbone, layers, recipe, config.new_tokens)
     except (RuntimeError, LinkedOutError) as e:  # e.g. out of memory on one huge video
         reason = f"forward failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         return rows + [

