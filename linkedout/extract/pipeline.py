@@ -490,6 +490,14 @@ def run_batch(
     items that failed to prepare, or whose forward fails, come back as `FailedItem`."""
     rows: list[FeatureRow | FailedItem] = [x for x in batch if isinstance(x, FailedItem)]
     ready: list[PreparedItem] = [x for x in batch if isinstance(x, PreparedItem)]
+    if hasattr(backbone, "refuse"):  # an engine that rejects whole requests (vLLM's length)
+        refused = {id(r): backbone.refuse(r.prepared, config.new_tokens) for r in ready}
+        rows += [
+            FailedItem(r.item.item_id, refused[id(r)], r.sha, r.item.source, r.item.title)
+            for r in ready
+            if refused[id(r)]
+        ]
+        ready = [r for r in ready if not refused[id(r)]]
     if not ready:
         return rows
     start = time.perf_counter()

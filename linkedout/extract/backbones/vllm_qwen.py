@@ -105,6 +105,7 @@ class VllmQwenBackbone:
         self._records = _Records()
         self._layers: tuple[int, ...] | None = None
         self._stop_ids = stop_ids
+        self.max_model_len: int = llm.llm_engine.model_config.max_model_len
 
     @classmethod
     def load(
@@ -219,16 +220,26 @@ class VllmQwenBackbone:
                     return self._records.by_request.pop(key)
         raise LinkedOutError(f"vLLM computed no states for request {request_id}")
 
+    def refuse(self, prepared: Prepared, new_tokens: int) -> str | None:
+        """Why the engine would reject this item (it fails alone, not its batch), or None."""
+        need = prepared.inputs["input_ids"].shape[1] + new_tokens + 1
+        if need > self.max_model_len:
+            return (
+                f"{need} tokens exceed the vLLM engine's {self.max_model_len}: "
+                "shorten the prompt or title, or lower --frames or --max-pixels"
+            )
+        return None
+
     def _install(self, layers: tuple[int, ...]) -> None:
         if self._layers == layers:
             return
-        if self._layers is not None:
-            raise LinkedOutError("a vLLM backbone taps one set of layers per process")
         records = self._records
 
         def install(worker) -> int:
             runner = worker.model_runner
             blocks = runner.model.language_model.model.layers
+            for handle in getattr(worker, "_linkedout_hooks", []):  # an earlier set of layers
+                handle.remove()
 
             def record(layer: int, states: torch.Tensor) -> None:
                 batch = runner.input_batch
@@ -250,11 +261,12 @@ class VllmQwenBackbone:
 
                 return hook
 
-            for layer in layers:
-                if layer == 0:
-                    blocks[0].register_forward_pre_hook(before_first, with_kwargs=True)
-                else:
-                    blocks[layer - 1].register_forward_hook(after(layer))
+            worker._linkedout_hooks = [
+                blocks[0].register_forward_pre_hook(before_first, with_kwargs=True)
+                if layer == 0
+                else blocks[layer - 1].register_forward_hook(after(layer))
+                for layer in layers
+            ]
             return len(layers)
 
         self.llm.collective_rpc(install)
