@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from linkedout.extract.defaults import DEFAULT_PROMPT
 from linkedout.extract.pipeline import ExtractConfig, extract
 from linkedout.storage import FeatureStore
 from tests.conftest import shared_data
@@ -75,6 +76,29 @@ def _free_engine() -> None:
     destroy_distributed_environment()
 
 
+def _generated_tokens(engine, model: Path, videos: Path) -> dict[str, list[list[int]]]:
+    """Each backend's greedy tokens for the same packed clips."""
+    from linkedout.extract.backbones import load_backbone
+    from linkedout.extract.backbones.base import ItemInput
+    from linkedout.extract.decode import decode_video
+    from linkedout.extract.pipeline import fill_prompt
+
+    reference = load_backbone(str(model), dtype="float32", max_pixels=28 * 28 * 12)
+    items = []
+    for clip in CLIPS:
+        decoded = decode_video(videos / clip, 4)
+        items.append(ItemInput(fill_prompt(DEFAULT_PROMPT, None), decoded.frames, decoded.seconds))
+    out: dict[str, list[list[int]]] = {"transformers": [], "vllm": []}
+    for item in items:
+        prepared = reference.generate(reference.prepare(item), 5)
+        out["transformers"].append(
+            prepared.inputs["input_ids"][0, prepared.spans.generated].tolist()
+        )
+    for prepared, _ in engine.states([engine.prepare(item) for item in items], (1,), 5):
+        out["vllm"].append(prepared.inputs["input_ids"][0, prepared.spans.generated].tolist())
+    return out
+
+
 @pytest.fixture(scope="module")
 def qwen2_runs(checkpoints, videos, tmp_path_factory):
     root = tmp_path_factory.mktemp("qwen2_vl")
@@ -103,13 +127,14 @@ def qwen2_runs(checkpoints, videos, tmp_path_factory):
     )
     summaries["too_long"] = extract(too_long, backbone=engine)
     runs["too_long"] = too_long
+    generated = _generated_tokens(engine, model, videos)
     del engine
     _free_engine()
-    return runs, summaries
+    return runs, summaries, generated
 
 
 def test_vllm_rows_equal_the_transformers_rows(qwen2_runs):
-    runs, summaries = qwen2_runs
+    runs, summaries, _ = qwen2_runs
     assert summaries["vllm_batch"].new == len(CLIPS)
     reference, served = _rows(runs["transformers"]), _rows(runs["vllm_batch"])
     assert sorted(reference) == sorted(served) == sorted(Path(c).stem for c in CLIPS)
@@ -119,7 +144,9 @@ def test_vllm_rows_equal_the_transformers_rows(qwen2_runs):
 
 
 def test_generated_tokens_and_counts_are_the_transformers_ones(qwen2_runs):
-    runs, _ = qwen2_runs
+    runs, _, generated = qwen2_runs
+    assert generated["vllm"] == generated["transformers"]
+    assert all(len(tokens) >= 1 for tokens in generated["vllm"])
     tables = [
         FeatureStore.open(runs[name].out).dataset.to_table(columns=["item_id", "token_counts"])
         for name in ("transformers", "vllm_batch")
@@ -130,21 +157,21 @@ def test_generated_tokens_and_counts_are_the_transformers_ones(qwen2_runs):
 
 
 def test_a_batch_of_six_gives_the_rows_of_six_single_requests(qwen2_runs):
-    runs, _ = qwen2_runs
+    runs, _, _ = qwen2_runs
     batched, single = _rows(runs["vllm_batch"]), _rows(runs["vllm_single"])
     for item_id, tokens in single.items():
         assert (batched[item_id] - tokens).abs().max() < TOLERANCE, item_id
 
 
 def test_an_item_longer_than_the_engine_takes_fails_alone(qwen2_runs):
-    runs, summaries = qwen2_runs
+    runs, summaries, _ = qwen2_runs
     assert (summaries["too_long"].new, summaries["too_long"].failed) == (len(CLIPS) - 1, 1)
     (failure,) = FeatureStore.open(runs["too_long"].out).failures()
     assert failure.item_id == "bikes" and "exceed the vLLM engine's 200" in failure.error
 
 
 def test_the_manifest_records_the_backend(qwen2_runs):
-    runs, _ = qwen2_runs
+    runs, _, _ = qwen2_runs
     provenance = FeatureStore.open(runs["vllm_batch"].out).manifest.provenance
     assert provenance["engine"] == "vllm" and provenance["vllm"] == vllm.__version__
     hf = dataclasses.asdict(FeatureStore.open(runs["transformers"].out).manifest)
@@ -177,7 +204,7 @@ def test_vllm_runs_inside_the_ray_pipeline_one_engine_per_worker(qwen2_runs, vid
     ray = pytest.importorskip("ray", reason="Ray is in the distributed extra")
     from linkedout.extract.pipeline import RayOptions
 
-    runs, _ = qwen2_runs
+    runs, _, _ = qwen2_runs
     config = dataclasses.replace(
         runs["vllm_batch"], out=str(tmp_path / "ray.lance"), engine="ray", ray=RayOptions()
     )
