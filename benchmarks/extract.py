@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -161,33 +162,24 @@ def backends(args, tmp: Path) -> dict:
     warm.mkdir()
     first = next(subset.iterdir())
     (warm / first.name).symlink_to(first.resolve())
+    base = ExtractConfig(
+        out="",
+        videos=subset,
+        model=str(model),
+        frames=args.backend_frames,
+        max_pixels=args.backend_max_pixels,
+        device="cpu",
+        dtype="float32",
+        batch_size=args.backend_batch,
+        decode_threads=args.decode_threads,
+    )
     for name, backbone in engines.items():  # first-call costs (processor loads) left out
-        config = ExtractConfig(
-            out=str(tmp / f"warm-{name}.lance"),
-            videos=warm,
-            model=str(model),
-            frames=args.backend_frames,
-            max_pixels=args.backend_max_pixels,
-            device="cpu",
-            dtype="float32",
-            backend=name,
-        )
-        extract(config, backbone=backbone)
+        warm_up = replace(base, out=str(tmp / f"warm-{name}.lance"), videos=warm, backend=name)
+        extract(warm_up, backbone=backbone)
     for new_tokens in (0, 8):
         for name, backbone in engines.items():
-            config = ExtractConfig(
-                out=str(tmp / f"{name}-{new_tokens}.lance"),
-                videos=subset,
-                model=str(model),
-                frames=args.backend_frames,
-                max_pixels=args.backend_max_pixels,
-                device="cpu",
-                dtype="float32",
-                new_tokens=new_tokens,
-                batch_size=args.backend_batch,
-                decode_threads=args.decode_threads,
-                backend=name,
-            )
+            out = str(tmp / f"{name}-{new_tokens}.lance")
+            config = replace(base, out=out, new_tokens=new_tokens, backend=name)
             summary = extract(config, backbone=backbone)
             rate = args.backend_videos / summary.seconds
             figures[f"{name}_new_tokens_{new_tokens}_videos_per_s"] = rate

@@ -303,11 +303,29 @@ def summarise(row: Row, records: list[dict]) -> dict:
     }
 
 
+def recommend_latency(trained, users: int, warm: int) -> dict[str, float]:
+    """p50/p99 milliseconds of `recommend` top 10 for the first `users` users' test histories,
+    after `warm` untimed requests."""
+    from linkedout.recommend.serve import recommend
+
+    histories = [
+        [trained.item_ids[i - 1] for i in trained.split.history(u, "test")] for u in range(users)
+    ]
+    for history in histories[:warm]:
+        recommend(trained, history, k=10)
+    latencies = []
+    for history in histories:
+        start = time.perf_counter()
+        recommend(trained, history, k=10)
+        latencies.append((time.perf_counter() - start) * 1000)
+    q = statistics.quantiles(latencies, n=100)
+    return {"p50_ms": q[49], "p99_ms": q[98]}
+
+
 def speed(out: Path, results: dict[str, list[dict]]) -> dict:
     """Training throughput of the MoE and ID-only rows, one full-ranking evaluation pass and
     `recommend` latency, on the first seed's runs."""
     from linkedout.recommend.evaluate import TrainedRun, evaluate_run
-    from linkedout.recommend.serve import recommend
 
     figures: dict = {"train": {}}
     for key in ("moe", "moe+ids", "ids"):
@@ -324,18 +342,7 @@ def speed(out: Path, results: dict[str, list[dict]]) -> dict:
         seconds = time.perf_counter() - start
         trained = TrainedRun(run)
         users = min(1000, len(trained.split.users))
-        histories = [
-            [trained.item_ids[i - 1] for i in trained.split.history(u, "test")]
-            for u in range(users)
-        ]
-        for history in histories[:20]:
-            recommend(trained, history, k=10)  # warm up
-        latencies = []
-        for history in histories:
-            start = time.perf_counter()
-            recommend(trained, history, k=10)
-            latencies.append((time.perf_counter() - start) * 1000)
-        q = statistics.quantiles(latencies, n=100)
+        latency = recommend_latency(trained, users, warm=20)
         figures[f"evaluate_{key}"] = {
             "seconds": seconds,
             "users": evaluated["test"]["model"]["users"],
@@ -343,8 +350,7 @@ def speed(out: Path, results: dict[str, list[dict]]) -> dict:
             "note": "test split: model and popularity ranks, masked and unmasked, cold slice",
         }
         figures[f"recommend_{key}"] = {
-            "p50_ms": q[49],
-            "p99_ms": q[98],
+            **latency,
             "requests": users,
             "items": len(trained.item_ids),
         }

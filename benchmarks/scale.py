@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tiny-checkpoint factory lives with the tests
 
 from benchmarks.common import write_json  # noqa: E402
-from benchmarks.microlens import inputs  # noqa: E402
+from benchmarks.microlens import inputs, recommend_latency  # noqa: E402
 from linkedout.datasets import microlens_50k  # noqa: E402
 from linkedout.extract.pipeline import ExtractConfig, RayOptions, extract  # noqa: E402
 from tests.extract.tiny_qwen import build_tiny_qwen  # noqa: E402
@@ -106,11 +106,9 @@ def training(features: Path, pairs: Path, tmp: Path, epochs: int) -> dict:
 
 
 def ranking(run: Path) -> dict:
-    import statistics
     import time
 
     from linkedout.recommend.evaluate import TrainedRun, evaluate_run
-    from linkedout.recommend.serve import recommend
 
     figures: dict = {}
     metrics = {}
@@ -119,24 +117,15 @@ def ranking(run: Path) -> dict:
         metrics[name] = evaluate_run(run, splits=("test",), memory_budget=budget)
         seconds = time.perf_counter() - start
         trained = TrainedRun(run, budget)
-        histories = [
-            [trained.item_ids[i - 1] for i in trained.split.history(u, "test")] for u in range(300)
-        ]
-        for history in histories[:10]:
-            recommend(trained, history, k=10)
-        latencies = []
-        for history in histories:
-            start = time.perf_counter()
-            recommend(trained, history, k=10)
-            latencies.append((time.perf_counter() - start) * 1000)
-        q = statistics.quantiles(latencies, n=100)
+        latency = recommend_latency(trained, users=300, warm=10)
         figures[name] = {
             "evaluate_test_seconds": seconds,
-            "recommend_p50_ms": q[49],
-            "recommend_p99_ms": q[98],
+            "recommend_p50_ms": latency["p50_ms"],
+            "recommend_p99_ms": latency["p99_ms"],
         }
+        p50 = latency["p50_ms"]
         print(
-            f"  {name:18s} {seconds:6.1f} s per evaluation pass  recommend p50 {q[49]:.2f} ms",
+            f"  {name:18s} {seconds:6.1f} s per evaluation pass  recommend p50 {p50:.2f} ms",
             flush=True,
         )
     figures["users"] = metrics["in_memory"]["test"]["model"]["users"]

@@ -1,14 +1,19 @@
-"""Fixture factories: small manifests and rows whose tensors are a pure function of the item id."""
+"""Fixture factories: small manifests and rows whose tensors are a pure function of the item id,
+and folders of the shared sample clips."""
 
 from __future__ import annotations
 
 import hashlib
+import shutil
+from collections.abc import Iterable
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
 from linkedout.storage import FeatureRow, Manifest
 from linkedout.storage.columns import TORCH_DTYPES
+from tests.conftest import shared_data
 
 
 def make_manifest(**overrides) -> Manifest:
@@ -56,3 +61,10 @@ def make_row(item_id: str, manifest: Manifest, version: int = 0) -> FeatureRow:
 
 def make_rows(n: int, manifest: Manifest, prefix: str = "item", start: int = 0) -> list[FeatureRow]:
     return [make_row(f"{prefix}{i:05d}", manifest) for i in range(start, start + n)]
+
+
+def clips_folder(folder: Path, names: Iterable[str]) -> Path:
+    """`folder` with copies of these shared sample clips (the test skips where they are absent)."""
+    for name in names:
+        shutil.copy(shared_data("videos", name), folder / name)
+    return folder

@@ -291,6 +291,9 @@ class PreparedItem:
     frame_indices: tuple[int, ...] | None = None
     frame_seconds: tuple[float, ...] | None = None
 
+    def failed(self, reason: str) -> FailedItem:
+        return FailedItem(self.item.item_id, reason, self.sha, self.item.source, self.item.title)
+
 
 def prepare_item(item: CatalogItem, sha: str, config: ExtractConfig, packer: Packer):
     """Decode and pack one item (in a decode thread, or a Ray task); failures come back as
@@ -490,27 +493,20 @@ def run_batch(
     items that failed to prepare, or whose forward fails, come back as `FailedItem`."""
     rows: list[FeatureRow | FailedItem] = [x for x in batch if isinstance(x, FailedItem)]
     ready: list[PreparedItem] = [x for x in batch if isinstance(x, PreparedItem)]
-    if hasattr(backbone, "refuse"):  # an engine that rejects whole requests (vLLM's length)
-        refused = {id(r): backbone.refuse(r.prepared, config.new_tokens) for r in ready}
-        rows += [
-            FailedItem(r.item.item_id, refused[id(r)], r.sha, r.item.source, r.item.title)
-            for r in ready
-            if refused[id(r)]
-        ]
-        ready = [r for r in ready if not refused[id(r)]]
+    vllm = getattr(backbone, "backend", "transformers") == "vllm"
+    if vllm:  # the engine rejects a request longer than it takes: that item fails alone
+        reasons = [backbone.refuse(r.prepared, config.new_tokens) for r in ready]
+        rows += [r.failed(why) for r, why in zip(ready, reasons, strict=True) if why]
+        ready = [r for r, why in zip(ready, reasons, strict=True) if not why]
     if not ready:
         return rows
     start = time.perf_counter()
+    states_of = _vllm_states if vllm else _captured_states
     try:
-        if getattr(backbone, "backend", "transformers") == "vllm":
-            states = _vllm_states(ready, backbone, layers, recipe, config.new_tokens)
-        else:
-            states = _captured_states(ready, backbone, layers, recipe, config.new_tokens)
+        states = states_of(ready, backbone, layers, recipe, config.new_tokens)
     except (RuntimeError, LinkedOutError) as e:  # e.g. out of memory on one huge video
         reason = f"forward failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        return rows + [
-            FailedItem(r.item.item_id, reason, r.sha, r.item.source, r.item.title) for r in ready
-        ]
+        return rows + [r.failed(reason) for r in ready]
     per_item = (time.perf_counter() - start) / len(ready)
     tokens = torch.stack([states[x] for x in layers], dim=1)  # [B, L, T, D]
     tokens = tokens.to(TORCH_DTYPES[config.store_dtype]).cpu()

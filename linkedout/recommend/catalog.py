@@ -90,6 +90,15 @@ class LanceCatalog(Catalog):
         self.num_items = self._ds.count_rows()
         self.content = "experts" in self._ds.schema.names
 
+    @property
+    def nbytes(self) -> int:
+        """Size of E once loaded."""
+        layers, d = self._ds.schema.field("experts").type.shape
+        return catalog_bytes((self.num_items, layers, d))
+
+    def load(self) -> MemoryCatalog:
+        return MemoryCatalog(_experts(self._ds.to_table(columns=["experts"])), self.ids)
+
     def experts_of(self, items: torch.Tensor) -> torch.Tensor | None:
         if not self.content:
             return None
@@ -175,12 +184,9 @@ def open_catalog(path: Path, ids: torch.Tensor | None, memory_budget: int) -> Ca
             f"{path} is missing: this run was trained by an older linkedout; train it again"
         )
     catalog = LanceCatalog(path, ids)
-    if not catalog.content:
-        return MemoryCatalog(None, ids)
-    width = catalog._ds.schema.field("experts").type.shape
-    if catalog_bytes((catalog.num_items, *width)) > memory_budget:
-        return catalog
-    return MemoryCatalog(_experts(catalog._ds.to_table(columns=["experts"])), ids)
+    if catalog.content and catalog.nbytes <= memory_budget:
+        return catalog.load()
+    return catalog if catalog.content else MemoryCatalog(None, ids)
 
 
 def _names(names: list[str] | None, start: int, stop: int) -> pa.Array:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from typer.testing import CliRunner
 from linkedout.cli import app
 from linkedout.extract.pipeline import ExtractConfig, RayOptions, extract
 from linkedout.storage import FeatureStore
-from tests.conftest import shared_data
+from tests.factories import clips_folder
 
 ray = pytest.importorskip(
     "ray", reason="Ray is in the distributed extra: pip install '.[distributed]'"
@@ -35,9 +34,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("videos")
-    for name in CLIPS:
-        shutil.copy(shared_data("videos", name), folder / name)
+    folder = clips_folder(tmp_path_factory.mktemp("videos"), CLIPS)
     (folder / "broken.mp4").write_text("this is not a video")
     return folder
 

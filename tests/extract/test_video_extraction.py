@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from linkedout.cli import app
 from linkedout.storage import FeatureStore
 from tests.conftest import shared_data
+from tests.factories import clips_folder
 
 REPO = Path(__file__).resolve().parents[2]
 LINKEDOUT = str(Path(sys.executable).with_name("linkedout"))
@@ -71,9 +72,7 @@ def qwen25(checkpoints) -> str:
 
 @pytest.fixture(scope="module")
 def small_videos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("small_videos")
-    for name in SMALL_CLIPS:
-        shutil.copy(shared_data("videos", name), folder / name)
+    folder = clips_folder(tmp_path_factory.mktemp("small_videos"), SMALL_CLIPS)
     return folder
 
 

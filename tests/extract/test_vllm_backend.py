@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import torch
 from linkedout.extract.defaults import DEFAULT_PROMPT
 from linkedout.extract.pipeline import ExtractConfig, extract
 from linkedout.storage import FeatureStore
-from tests.conftest import shared_data
+from tests.factories import clips_folder
 
 vllm = pytest.importorskip(
     "vllm", reason="vLLM is not installed here: `make vllm-env && make test-vllm` runs these"
@@ -38,9 +37,7 @@ TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("videos")
-    for name in CLIPS:
-        shutil.copy(shared_data("videos", name), folder / name)
+    folder = clips_folder(tmp_path_factory.mktemp("videos"), CLIPS)
     return folder
 
 
