@@ -366,8 +366,12 @@ def train(
         typer.Option(help="Sampled-softmax negatives (catalogs above --full-softmax-max-items)."),
     ] = 1024,
     full_softmax_max_items: Annotated[
-        int, typer.Option(help="Largest catalog trained with a full softmax.")
-    ] = 4096,
+        int,
+        typer.Option(
+            help="Largest catalog trained with a full softmax (every item a candidate at every "
+            "step); larger ones train with a sampled softmax of --negatives items."
+        ),
+    ] = 100_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     feature_memory_gb: Annotated[
         float | None,

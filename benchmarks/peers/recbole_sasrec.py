@@ -468,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=300, help="max epochs (RecBole's default 300)")
     p.add_argument("--max-minutes", type=float, default=40.0, help="wall-clock training budget")
     p.add_argument("--seed", type=int, default=2020, help="RecBole seed (its default 2020)")
+    p.add_argument(
+        "--stopping-step",
+        type=int,
+        default=10,
+        help="epochs without a better validation NDCG@10 before stopping (RecBole's default 10)",
+    )
     p.add_argument("--users", type=int, default=None, help="only the first N users (smoke test)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument(
@@ -479,8 +485,13 @@ def main(argv: list[str] | None = None) -> int:
         help="leave on the autograd anomaly detection RecBole's sine.py enables (stock speed)",
     )
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.max_minutes <= 0 or (args.users is not None and args.users < 1):
-        p.error("--epochs, --max-minutes and --users must be positive")
+    if (
+        args.epochs < 1
+        or args.max_minutes <= 0
+        or args.stopping_step < 1
+        or (args.users is not None and args.users < 1)
+    ):
+        p.error("--epochs, --max-minutes, --stopping-step and --users must be positive")
 
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
@@ -530,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         "topk": list(KS),
         "valid_metric": "NDCG@10",
         "valid_metric_bigger": True,
-        "stopping_step": 3,
+        "stopping_step": args.stopping_step,
         "eval_step": 1,
         "epochs": args.epochs,
         "seed": args.seed,

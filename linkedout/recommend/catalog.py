@@ -1,7 +1,8 @@
-"""The catalog a ranking runs over: every item's per-layer embeddings `E [N, L, d]` (from the
-compressor and the experts) and ID vectors `[N, d]` (model weights, always in memory).
+"""The catalog a ranking runs over: every item's per-depth expert outputs `e [N, L, r]` (from
+the compressor and the experts; the model's `keys`) and ID vectors `[N, d]` (model weights,
+always in memory).
 
-E is computed from the item tokens `CHUNK_ITEMS` items at a time and read back in the same
+e is computed from the item tokens `CHUNK_ITEMS` items at a time and read back in the same
 chunks, whether it is held in memory or, when it is larger than the memory budget, stored in a
 Lance dataset: the same matrix products in the same shapes either way, so a ranking gives
 bitwise the same scores from memory and from disk.
@@ -10,13 +11,13 @@ On-disk layout of a catalog dataset (`catalog.lance` in a run directory), one ro
 index, row 0 being the padding item:
 
     item_id   string                                "" in row 0
-    experts   arrow.fixed_shape_tensor<float32>[L, d]   absent for ID-only models
+    experts   arrow.fixed_shape_tensor<float32>[L, r]   absent for ID-only models
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import torch
 from linkedout.errors import LinkedOutError
 
 CHUNK_ITEMS = 4096
-"""Items per chunk, for computing E and for ranking against it: bounds the memory of both to
+"""Items per chunk, for computing e and for ranking against it: bounds the memory of both to
 CHUNK_ITEMS x (L·d + batch) floats, whatever the catalog's size."""
 
 
@@ -50,7 +51,7 @@ class Catalog:
     ids: torch.Tensor | None
 
     def experts_of(self, items: torch.Tensor) -> torch.Tensor | None:
-        """`E[items]`: `[*items.shape, L, d]` (None for ID-only models)."""
+        """`e[items]`: `[*items.shape, L, r]` (None for ID-only models)."""
         raise NotImplementedError
 
     def ids_of(self, items: torch.Tensor) -> torch.Tensor | None:
@@ -69,7 +70,7 @@ class Catalog:
 
 class MemoryCatalog(Catalog):
     def __init__(self, experts: torch.Tensor | None, ids: torch.Tensor | None):
-        self.experts = experts  # [N, L, d], row 0 = padding
+        self.experts = experts  # [N, L, r], row 0 = padding
         self.ids = ids
         self.num_items = len(experts if experts is not None else ids)
 
@@ -81,7 +82,7 @@ class MemoryCatalog(Catalog):
 
 
 class LanceCatalog(Catalog):
-    """E read from a catalog dataset on demand: rows by index, or a chunk at a time."""
+    """e read from a catalog dataset on demand: rows by index, or a chunk at a time."""
 
     def __init__(self, path: str | Path, ids: torch.Tensor | None):
         self.path = str(path)
@@ -92,7 +93,7 @@ class LanceCatalog(Catalog):
 
     @property
     def nbytes(self) -> int:
-        """Size of E once loaded."""
+        """Size of e once loaded."""
         layers, d = self._ds.schema.field("experts").type.shape
         return catalog_bytes((self.num_items, layers, d))
 
@@ -115,8 +116,8 @@ class LanceCatalog(Catalog):
 
 
 def expert_chunks(model, tokens, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
-    """`E` of every item, `CHUNK_ITEMS` rows at a time, from `tokens [N, L, T, D]` (a tensor,
-    or streamed from the store: only one chunk of tokens is held at a time)."""
+    """`e` of every item, `CHUNK_ITEMS` rows at a time, from stored tokens `[N, L, T, D]` (a
+    tensor, or streamed from the store: only one chunk of tokens is held at a time)."""
     for start in range(0, tokens.shape[0], CHUNK_ITEMS):
         chunk = tokens[start : start + CHUNK_ITEMS].to(device)
         yield model.item_experts(chunk)
@@ -124,16 +125,21 @@ def expert_chunks(model, tokens, device: torch.device | str = "cpu") -> Iterator
 
 @torch.inference_mode()
 def build_catalog(
-    model, tokens, ids: torch.Tensor | None, memory_budget: int, spill: Path, device="cpu"
+    model,
+    chunks: Callable[[], Iterator[torch.Tensor]],
+    ids: torch.Tensor | None,
+    memory_budget: float,
+    spill: Path | None,
 ) -> Catalog:
-    """The catalog of `model` over `tokens`: in memory when E fits `memory_budget` bytes, else
-    written chunk by chunk to the Lance dataset `spill` (replaced if present) and read from it."""
+    """The catalog of `model` from `chunks()`, its items' `e` in order: in memory when it fits
+    `memory_budget` bytes, else written chunk by chunk to the Lance dataset `spill` (replaced
+    if present) and read from it."""
     if not model.content:
         return MemoryCatalog(None, ids)
-    shape = (tokens.shape[0], model.layers, model.config.d_model)
-    if catalog_bytes(shape) <= memory_budget:
-        return MemoryCatalog(torch.cat(list(expert_chunks(model, tokens, device))), ids)
-    write_catalog(spill, expert_chunks(model, tokens, device), None, shape)
+    shape = (model.num_items, model.layers, model.expert_dim)
+    if catalog_bytes(shape) <= memory_budget or spill is None:
+        return MemoryCatalog(torch.cat(list(chunks())), ids)
+    write_catalog(spill, chunks(), None, shape)
     return LanceCatalog(spill, ids)
 
 
@@ -148,7 +154,7 @@ def write_catalog(
     item_ids: list[str] | None,
     shape: tuple[int, int, int],
 ) -> None:
-    """Write a catalog dataset from E's chunks (None for ID-only models) without holding E.
+    """Write a catalog dataset from e's chunks (None for ID-only models) without holding e.
     `item_ids[i]` names model item i + 1, as in the split."""
     n, layers, d = shape
     fields = [pa.field("item_id", pa.string())]

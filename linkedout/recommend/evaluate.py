@@ -8,12 +8,7 @@ from pathlib import Path
 import torch
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.catalog import (
-    Catalog,
-    expert_chunks,
-    open_catalog,
-    write_catalog,
-)
+from linkedout.recommend.catalog import Catalog, open_catalog, write_catalog
 from linkedout.recommend.data import left_pad
 from linkedout.recommend.metrics import RankingMetrics, fixed_score_ranks
 from linkedout.recommend.module import LinkedOutModule
@@ -134,14 +129,19 @@ def _metrics(model: torch.Tensor, popularity: torch.Tensor) -> dict:
     return results
 
 
-def write_run_catalog(run: Path, checkpoint: Path, item_tokens, item_ids: list[str]) -> None:
-    """Write the best model's per-layer item embeddings to `run/catalog.lance`, chunk by chunk:
-    ranking and serving then never run the compressor over the catalog again."""
-    module = LinkedOutModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+def write_run_catalog(
+    run: Path, checkpoint: Path, module: LinkedOutModule, item_ids: list[str]
+) -> None:
+    """Write the checkpoint's per-depth item vectors to `run/catalog.lance`, chunk by chunk,
+    from the training module's item table: ranking and serving then never run the item tower
+    over the catalog again."""
+    state = torch.load(checkpoint, map_location=module.device, weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+    module.eval()
     model = module.model
-    shape = (len(item_ids) + 1, model.layers, model.config.d_model)
+    shape = (len(item_ids) + 1, model.layers, model.expert_dim)
     with torch.inference_mode():
-        chunks = expert_chunks(model, item_tokens) if model.content else None
+        chunks = module.code_chunks() if model.content else None
         write_catalog(run / "catalog.lance", chunks, item_ids, shape)
 
 

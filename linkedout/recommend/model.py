@@ -1,13 +1,18 @@
 """The LinkedOut recommender, top to bottom.
 
-    item tokens [N, L, T, D] --LayerTokenCompressor--> c [N, L, d]   one vector per layer
-    c --CrossLayerMoE experts--> E [N, L, d]                          one expert per layer
-    history items: x_i = sum_l g_l(item i) E_l(i) (+ id(i)) + position
-    x --SequenceEncoder (causal Transformer)--> h_u                   the user state
-    score(u, i) = sum_l g_l(u) <h_u, E_l(i)> (+ <h_u, id(i)>)         gate personalised by h_u
+    item tokens [N, L, T, D] --Whitening (fitted once on the catalog, fixed)--> [L, N, T, k]
+    --LayerTokenCompressor: pool the T tokens, project k -> r, per depth--> c [N, L, r]
+    --DepthExperts: one residual MLP per depth--> e [N, L, r]            (catalog.lance holds e)
+    E_l(i) = U_l e_l(i) in R^d                                            depth l, model space
+    history items: x_i = sum_l a_l(i) E_l(i) (+ id(i)) + position         a: the item's gate
+    x --SequenceEncoder (SASRec)--> h_u                                   the user state
+    score(u, i) = <h_u, id(i)> + sum_l g_l(u) <U_l^T h_u, e_l(i)>         g: the user's gate
 
-Because the user side is `u_l = g_l(u) h_u`, ranking a whole catalog is one matrix product with
-the precomputed `E`, and the per-layer terms say which depth drove each recommendation.
+Scores are one product, `queries(h, g) @ keys(e, id).T`, of a `d + L·r` user vector with a
+`d + L·r` item vector: a whole catalog is ranked (and, in training, softmaxed over) in one
+matrix product, and the L per-depth terms of a score say which depth drove it. Each depth's
+expert lives in its own r-dimensional subspace of the model space (`U_l`), so the per-user
+gate costs L·r numbers per item rather than L·d.
 """
 
 from __future__ import annotations
@@ -19,19 +24,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from linkedout.recommend.softmax import full_softmax_loss
+from linkedout.recommend.whitening import Whitening
+
 FUSIONS = ("moe", "mean", "last", "layer:K", "none")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     d_model: int = 64
-    """Width of item vectors and of the sequence model."""
+    """Width of the sequence model and of the ID embeddings."""
     fusion: str = "moe"
-    """How layers combine: moe (personalised gate), mean, last, layer:K (one depth) or none."""
+    """How depths combine: moe (personalised gate), mean, last, layer:K (one depth) or none."""
     ids: bool = False
-    """Add a learned item-ID embedding to the content (content-only scores unseen items)."""
+    """Add a learned item-ID embedding to the content (content only scores unseen items)."""
+    expert_dim: int = 16
+    """Dimensions of each depth's expert (its subspace of the model space)."""
+    whiten: int = 64
+    """Principal directions kept per depth by the catalog-fitted whitening (0: LayerNorm the
+    tokens instead, at their full width)."""
     top_k: int = 0
-    """Gate keeps only the k largest layer weights (0 = soft gate over all layers)."""
+    """Gate keeps only the k largest depth weights (0 = soft gate over all depths)."""
     balance_weight: float = 0.01
     """Weight of the load-balancing term that keeps the gate from collapsing early."""
     blocks: int = 2
@@ -41,44 +54,49 @@ class ModelConfig:
 
 
 class LayerTokenCompressor(nn.Module):
-    """Per layer: attention pooling of the T tokens with a learned query, then a projection."""
+    """Per depth: attention pooling of the T tokens with a learned query, then a projection to
+    the expert width. Reads layer-major tokens `[L, N, T, k]` (the whitening's output)."""
 
-    def __init__(self, layers: int, dim: int, d_model: int):
+    def __init__(self, layers: int, dim: int, out: int, scale: float = 0.1):
         super().__init__()
-        # No learned affine: the projection after it learns any scale, and the tokens (data)
-        # then need no backward pass through the norm, the largest tensor of a training step.
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
         self.query = nn.Parameter(torch.zeros(layers, dim))
-        self.proj = nn.Parameter(torch.randn(layers, dim, d_model) / math.sqrt(dim))
-        self.bias = nn.Parameter(torch.zeros(layers, d_model))
+        # Small at first: content vectors start at the ID embeddings' scale, not 50x above it.
+        self.proj = nn.Parameter(torch.randn(layers, dim, out) * (scale / math.sqrt(dim)))
+        self.bias = nn.Parameter(torch.zeros(layers, out))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [N, L, T, D] -> [N, L, d]
-        n, layers, t, dim = tokens.shape
-        # The cast to fp32 copies the tokens anyway; the same copy makes them layer-major, so
-        # every product below is a batched matmul over layers on views. Einsum over [N, L, ...]
-        # would permute (copy) this, the largest tensor of a training step, once more.
-        x = torch.empty((layers, n, t, dim), dtype=torch.float32, device=tokens.device)
-        x = self.norm(x.copy_(tokens.transpose(0, 1)))
-        logits = torch.bmm(x.view(layers, n * t, dim), self.query[:, :, None]) / math.sqrt(dim)
-        attn = logits.view(layers * n, 1, t).softmax(-1)
-        pooled = torch.bmm(attn, x.view(layers * n, t, dim)).view(layers, n, dim)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [L, N, T, k] -> [N, L, r]
+        layers, n, t, dim = x.shape
+        if t == 1:
+            pooled = x.view(layers, n, dim)
+        else:
+            logits = torch.bmm(x.view(layers, n * t, dim), self.query[:, :, None])
+            attn = (logits / math.sqrt(dim)).view(layers * n, 1, t).softmax(-1)
+            pooled = torch.bmm(attn, x.view(layers * n, t, dim)).view(layers, n, dim)
         return torch.baddbmm(self.bias[:, None, :], pooled, self.proj).transpose(0, 1)
 
 
-class CrossLayerMoE(nn.Module):
-    """One expert MLP per layer, and gates over layers conditioned on a context vector."""
+class DepthExperts(nn.Module):
+    """One residual expert MLP per depth, its subspace `U_l` of the model space, and gates
+    over depths conditioned on a vector of the model space."""
 
-    def __init__(self, layers: int, d_model: int, top_k: int):
+    def __init__(self, layers: int, r: int, d_model: int, top_k: int):
         super().__init__()
-        self.w1 = nn.Parameter(torch.randn(layers, d_model, 2 * d_model) / math.sqrt(d_model))
-        self.w2 = nn.Parameter(torch.randn(layers, 2 * d_model, d_model) / math.sqrt(2 * d_model))
+        self.w1 = nn.Parameter(torch.randn(layers, r, 2 * r) / math.sqrt(r))
+        self.w2 = nn.Parameter(torch.randn(layers, 2 * r, r) / math.sqrt(2 * r))
+        self.lift = nn.Parameter(torch.randn(layers, d_model, r) / math.sqrt(r))  # U_l
         self.user_gate = nn.Linear(d_model, layers)
         self.item_gate = nn.Linear(d_model, layers)
         self.top_k = top_k
 
-    def experts(self, c: torch.Tensor) -> torch.Tensor:  # [N, L, d] -> [N, L, d]
-        hidden = F.gelu(torch.einsum("nld,ldk->nlk", c, self.w1))
-        return c + torch.einsum("nlk,lkd->nld", hidden, self.w2)
+    def forward(self, c: torch.Tensor) -> torch.Tensor:  # [N, L, r] -> [N, L, r]
+        x = c.transpose(0, 1)
+        return c + torch.bmm(F.gelu(torch.bmm(x, self.w1)), self.w2).transpose(0, 1)
+
+    def to_model_space(self, e: torch.Tensor) -> torch.Tensor:  # [N, L, r] -> [N, L, d]
+        return torch.bmm(e.transpose(0, 1), self.lift.transpose(1, 2)).transpose(0, 1)
+
+    def user_view(self, h: torch.Tensor) -> torch.Tensor:  # [B, d] -> [B, L, r]: U_l^T h
+        return torch.einsum("bd,ldr->blr", h, self.lift)
 
     def gate(self, context: torch.Tensor, which: nn.Linear) -> torch.Tensor:  # [..., d] -> [..., L]
         logits = which(context)
@@ -136,9 +154,17 @@ class LinkedOut(nn.Module):
         self.layers = layers
         d = config.d_model
         self.content = config.fusion != "none"
+        self.expert_dim = config.expert_dim if self.content else 0
         if self.content:
-            self.compressor = LayerTokenCompressor(layers, dim, d)
-            self.moe = CrossLayerMoE(layers, d, config.top_k)
+            if config.whiten:
+                self.whitening = Whitening(layers, dim, min(config.whiten, dim))
+                width = self.whitening.k
+            else:
+                self.whitening = None
+                self.token_norm = nn.LayerNorm(dim, elementwise_affine=False)
+                width = dim
+            self.compressor = LayerTokenCompressor(layers, width, config.expert_dim)
+            self.experts = DepthExperts(layers, config.expert_dim, d, config.top_k)
         self.ids = None
         if config.ids:
             # Small, as in SASRec: N(0, 1) vectors would make the first logits ~sqrt(d) wide
@@ -151,9 +177,20 @@ class LinkedOut(nn.Module):
         )
 
     # -- items ------------------------------------------------------------------------------
+    def reduce_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Stored tokens `[N, L, T, D]` -> what the compressor reads, layer-major `[L, N, T, k]`:
+        fixed (no parameters), so training computes it once for the whole catalog."""
+        if self.whitening is not None:
+            return self.whitening(tokens)
+        return self.token_norm(tokens.transpose(0, 1).float())
+
+    def item_codes(self, reduced: torch.Tensor) -> torch.Tensor:
+        """Reduced tokens `[L, N, T, k]` -> per-depth expert outputs `e [N, L, r]`."""
+        return self.experts(self.compressor(reduced))
+
     def item_experts(self, tokens: torch.Tensor) -> torch.Tensor:
-        """`[N, L, T, D]` -> per-layer item embeddings `E [N, L, d]`."""
-        return self.moe.experts(self.compressor(tokens))
+        """Stored tokens `[N, L, T, D]` -> `e [N, L, r]` (what catalog.lance stores)."""
+        return self.item_codes(self.reduce_tokens(tokens))
 
     def _fixed_gate(self, shape: torch.Size, device) -> torch.Tensor | None:
         """Gates of the non-learned fusions (None for moe)."""
@@ -161,13 +198,14 @@ class LinkedOut(nn.Module):
             return None
         return torch.full((*shape, self.layers), 1.0 / self.layers, device=device)
 
-    def item_inputs(self, experts: torch.Tensor | None, items: torch.Tensor) -> torch.Tensor:
+    def item_inputs(self, codes: torch.Tensor | None, items: torch.Tensor) -> torch.Tensor:
         """Sequence-input vectors of items: content mixed by an item-conditioned gate, + ID."""
         out = 0
-        if experts is not None:
-            gate = self._fixed_gate(items.shape[:1], experts.device)
+        if codes is not None:
+            experts = self.experts.to_model_space(codes)  # [n, L, d]
+            gate = self._fixed_gate(items.shape[:1], codes.device)
             if gate is None:
-                gate = self.moe.gate(experts.mean(1), self.moe.item_gate)
+                gate = self.experts.gate(experts.mean(1), self.experts.item_gate)
             out = torch.einsum("nl,nld->nd", gate, experts)
         if self.ids is not None:
             out = out + self.ids(items)
@@ -180,46 +218,90 @@ class LinkedOut(nn.Module):
     def user_gate(self, h: torch.Tensor) -> torch.Tensor:
         """`[..., d]` -> `[..., L]`: how much each depth counts for this user right now."""
         fixed = self._fixed_gate(h.shape[:-1], h.device)
-        return fixed if fixed is not None else self.moe.gate(h, self.moe.user_gate)
+        return fixed if fixed is not None else self.experts.gate(h, self.experts.user_gate)
+
+    # -- scores -----------------------------------------------------------------------------
+    def queries(self, h: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+        """User vectors `[B, d + L·r]`: h for the ID part, g_l U_l^T h for depth l."""
+        parts = [h] if self.ids is not None else []
+        if self.content:
+            parts.append((gate[..., None] * self.experts.user_view(h)).flatten(1))
+        return torch.cat(parts, 1)
+
+    def keys(self, codes: torch.Tensor | None, id_vectors: torch.Tensor | None) -> torch.Tensor:
+        """Item vectors `[C, d + L·r]` matching `queries`."""
+        parts = [id_vectors] if id_vectors is not None else []
+        if codes is not None:
+            parts.append(codes.flatten(1))
+        return torch.cat(parts, 1)
 
     def score(
         self,
         h: torch.Tensor,
         gate: torch.Tensor | None,
-        experts: torch.Tensor | None,
+        codes: torch.Tensor | None,
         id_vectors: torch.Tensor | None,
     ) -> torch.Tensor:
-        """`h [B, d]` against candidates (`experts [C, L, d]`, `id_vectors [C, d]`) -> `[B, C]`."""
-        scores = 0
-        if experts is not None:
-            # One [B, L*d] x [L*d, C] product on a view of `experts`: einsum would permute (copy)
-            # the whole catalog on every call.
-            user = (gate[..., None] * h[:, None, :]).reshape(len(h), -1)
-            scores = user @ experts.reshape(len(experts), -1).T
-        if id_vectors is not None:
-            scores = scores + h @ id_vectors.T
-        return scores
-
-    def score_pairs(
-        self,
-        h: torch.Tensor,
-        gate: torch.Tensor | None,
-        experts: torch.Tensor | None,
-        id_vectors: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Row i of `h [P, d]` against candidate i only (`experts [P, L, d]`) -> `[P]`."""
-        scores = 0
-        if experts is not None:
-            scores = torch.einsum("pl,pd,pld->p", gate, h, experts)
-        if id_vectors is not None:
-            scores = scores + (h * id_vectors).sum(-1)
-        return scores
+        """`h [B, d]` against candidates (`codes [C, L, r]`, `id_vectors [C, d]`) -> `[B, C]`."""
+        return self.queries(h, gate) @ self.keys(codes, id_vectors).T
 
     def layer_contributions(
-        self, h: torch.Tensor, gate: torch.Tensor, experts: torch.Tensor
+        self, h: torch.Tensor, gate: torch.Tensor, codes: torch.Tensor
     ) -> torch.Tensor:
-        """`[B, C, L]`: each layer's term of the score, for explanations."""
-        return torch.einsum("bl,bd,cld->bcl", gate, h, experts)
+        """`[B, C, L]`: each depth's term of the score, for explanations."""
+        return torch.einsum("bl,blr,clr->bcl", gate, self.experts.user_view(h), codes)
+
+    # -- training ---------------------------------------------------------------------------
+    def loss(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        needed: torch.Tensor,
+        reduced: torch.Tensor | None,
+        candidates: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+        log_q: torch.Tensor | None = None,
+        product_dtype: torch.dtype = torch.float32,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Next-item cross-entropy at every position of a batch (inputs and targets `[B, S]`,
+        0 = padding), and the user gates at those positions (for the balance term).
+
+        `needed`: sorted item indices whose vectors this step computes, holding every input,
+        target and candidate; `reduced`: their reduced tokens (None for ID-only models).
+        Give `candidates` (sorted items that compete) for a full softmax over them, or
+        `negatives` (items drawn with log-probabilities `log_q`) for a sampled softmax over
+        the target and those shared negatives, corrected by `log_q` so that it estimates the
+        full one; a negative equal to the target is masked."""
+        if (candidates is None) == (negatives is None):
+            raise ValueError("give either candidates (full softmax) or negatives (sampled)")
+        codes = self.item_codes(reduced) if reduced is not None else None
+        ids = self.ids.weight.index_select(0, needed) if self.ids is not None else None
+        # index_select rather than `tensor[index]`: under deterministic=True the backward of
+        # advanced indexing takes a sort-based path that made an epoch 5x slower.
+        where = torch.searchsorted(needed, inputs.flatten())
+        vectors = self.item_inputs(
+            None if codes is None else codes.index_select(0, where), inputs.flatten()
+        ).reshape(*inputs.shape, -1)
+        valid = targets != 0
+        h = self.user_states(vectors, inputs == 0)[valid]  # [P, d] positions with a target
+        gate = self.user_gate(h)
+        queries = self.queries(h, gate)
+        keys = self.keys(codes, ids)  # [n, d + L·r], one row per needed item
+        if candidates is not None:
+            keys = keys.index_select(0, torch.searchsorted(needed, candidates))
+            target_col = torch.searchsorted(candidates, targets[valid])
+            return full_softmax_loss(queries, keys, target_col, product_dtype), gate
+        target_col = torch.searchsorted(needed, targets[valid])
+        neg_col = torch.searchsorted(needed, negatives)
+        pos = (queries * keys.index_select(0, target_col)).sum(1, keepdim=True)
+        neg = queries @ keys.index_select(0, neg_col).T
+        log_q = log_q.index_select(0, needed)
+        pos = pos - log_q[target_col][:, None]
+        neg = neg - log_q[neg_col]
+        neg = neg.masked_fill(neg_col[None, :] == target_col[:, None], float("-inf"))
+        full = torch.cat([pos, neg], 1)
+        zeros = torch.zeros(len(full), dtype=torch.long, device=full.device)
+        return F.cross_entropy(full, zeros), gate
 
 
 def balance_loss(gate: torch.Tensor) -> torch.Tensor:

@@ -1,20 +1,22 @@
-"""The LightningModule: losses, full-catalog validation, and the ranking evaluate and serve use."""
+"""The LightningModule: the item table, the training step around the model's loss, and
+full-catalog validation."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.catalog import Catalog, build_catalog
+from linkedout.recommend.catalog import CHUNK_ITEMS, Catalog, build_catalog
 from linkedout.recommend.metrics import RankingMetrics
 from linkedout.recommend.model import LinkedOut, ModelConfig, balance_loss
 from linkedout.recommend.ranking import rank_targets
+from linkedout.recommend.softmax import product_dtype
 
 
 class LinkedOutModule(L.LightningModule):
@@ -28,7 +30,7 @@ class LinkedOutModule(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         negatives: int = 1024,
-        full_softmax_max_items: int = 4096,
+        full_softmax_max_items: int = 100_000,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -36,9 +38,10 @@ class LinkedOutModule(L.LightningModule):
         self.model = LinkedOut(self.config, num_items, layers, tokens, dim)
         self.sampled = num_items > full_softmax_max_items
         # Filled by `attach`: the item tokens are data (read from the store), not weights.
-        self.register_buffer("item_tokens", torch.zeros(0), persistent=False)
+        self.register_buffer("item_table", torch.zeros(0), persistent=False)
+        self._streamed = None
         self.register_buffer("log_q", torch.zeros(num_items), persistent=False)
-        self.register_buffer("unseen", torch.zeros(num_items, dtype=torch.bool), persistent=False)
+        self.register_buffer("candidates", torch.arange(1, num_items), persistent=False)
         self.metrics = RankingMetrics()
         self._catalog: Catalog | None = None
         self._histories: list[list[int]] | None = None
@@ -54,31 +57,85 @@ class LinkedOutModule(L.LightningModule):
 
     def attach(
         self,
-        item_tokens: torch.Tensor,
+        item_tokens,
         train_counts: torch.Tensor | None = None,
         histories: list[list[int]] | None = None,
         memory_budget: int | None = None,
         spill_dir: Path | None = None,
     ) -> None:
-        """Give the module its item tokens `[N, L, T, D]`, the training popularity (for the
-        sampled-softmax proposal) and each user's history (masked in validation ranking).
-        Validation holds the catalog's embeddings in memory up to `memory_budget` bytes (no
-        limit when None), else writes them to a Lance dataset in `spill_dir`."""
-        if isinstance(item_tokens, torch.Tensor):
-            self.item_tokens = item_tokens  # a buffer: moves to the GPU with the module
-        else:  # streamed from the store: stays a plain attribute, read batch by batch
-            del self.item_tokens
-            self.item_tokens = item_tokens
+        """Give the module its item tokens `[N, L, T, D]` (a tensor, or streamed from the store),
+        the training popularity (candidates and the sampled-softmax proposal) and each user's
+        history (masked in validation ranking). The whitening is fitted on the tokens, and
+        their reduced form is kept in memory when it fits `memory_budget` bytes (no limit when
+        None), else the tokens are read and reduced batch by batch. Validation holds the
+        catalog's embeddings in memory up to the same budget, else writes them to a Lance
+        dataset in `spill_dir`."""
+        budget = float("inf") if memory_budget is None else memory_budget
+        if self.model.content:
+            if self.model.whitening is not None:
+                self.model.whitening.fit(item_tokens)
+            self._attach_tokens(item_tokens, budget)
         if train_counts is not None:
-            # Items no training sequence holds are left out of the training softmax, as items
-            # that arrive after training would be: pushed down as ever-negatives, their content
-            # would be learned as "never relevant" and cold-start ranking would be lost.
-            self.unseen = train_counts == 0
             q = train_counts.double() ** 0.75  # word2vec's smoothing: frequent, not only popular
             self.log_q = torch.log(q / q.sum()).float().clamp_min(-1e4)
+            if self.model.content:
+                # Items no training sequence holds are left out of the softmax, as items that
+                # arrive after training would be: pushed down as ever-negatives, their content
+                # would be learned as "never relevant" and cold-start ranking would be lost.
+                # They are scored by content alone (an ID never trained stays at zero).
+                unseen = train_counts == 0
+                self.candidates = torch.nonzero(~unseen[1:])[:, 0] + 1
+                if self.model.ids is not None:
+                    with torch.no_grad():
+                        self.model.ids.weight[unseen] = 0
         self._histories = histories
         self._memory_budget = memory_budget
         self._spill_dir = spill_dir
+
+    def _attach_tokens(self, item_tokens, budget: float) -> None:
+        n, layers, t, _ = item_tokens.shape
+        width = self.model.whitening.k if self.model.whitening is not None else item_tokens.shape[3]
+        if layers * n * t * width * 4 <= budget:
+            with torch.no_grad():
+                chunks = [
+                    self.model.reduce_tokens(item_tokens[start : start + CHUNK_ITEMS])
+                    for start in range(0, n, CHUNK_ITEMS)
+                ]
+            self.item_table = torch.cat(chunks, 1)  # [L, N, T, k], a buffer: moves with .to()
+            self._streamed = None
+        else:  # read from the store batch by batch and reduced in the step
+            self._streamed = item_tokens
+            if not self.sampled:
+                raise LinkedOutError(
+                    "the item features do not fit the memory budget, and a full softmax scores "
+                    "every item at every step: raise --feature-memory-gb, or train with a "
+                    "sampled softmax (--full-softmax-max-items 0)"
+                )
+
+    # -- the item table ---------------------------------------------------------------------
+    @property
+    def streamed_tokens(self):
+        """The stored tokens, when they are read from the store batch by batch (else None)."""
+        return self._streamed
+
+    def reduced_tokens(self, items: torch.Tensor, ahead=None) -> torch.Tensor:
+        """Reduced tokens `[L, n, T, k]` of these item indices."""
+        if self._streamed is None:
+            if len(items) == self.item_table.shape[1]:  # the whole catalog: no copy
+                return self.item_table
+            return self.item_table.index_select(1, items)
+        raw = self._streamed.take(items, ahead) if ahead is not None else self._streamed[items]
+        return self.model.reduce_tokens(raw.to(self.device))
+
+    def code_chunks(self) -> Iterator[torch.Tensor]:
+        """`e` of every item, `CHUNK_ITEMS` rows at a time (the catalog being built)."""
+        n = self.hparams.num_items
+        for start in range(0, n, CHUNK_ITEMS):
+            items = torch.arange(start, min(start + CHUNK_ITEMS, n), device=self.device)
+            if self._streamed is None:
+                yield self.model.item_codes(self.item_table[:, start : start + len(items)])
+            else:
+                yield self.model.item_codes(self.reduced_tokens(items))
 
     # -- shared by training, evaluation and serving -----------------------------------------
     def catalog(self) -> Catalog:
@@ -88,7 +145,7 @@ class LinkedOutModule(L.LightningModule):
             budget, spill = float("inf"), None
         else:
             budget, spill = self._memory_budget, self._spill_path()
-        return build_catalog(self.model, self.item_tokens, ids, budget, spill, self.device)
+        return build_catalog(self.model, self.code_chunks, ids, budget, spill)
 
     def _spill_path(self) -> Path:
         # One per process: data-parallel ranks each rank their own users over the catalog.
@@ -97,69 +154,45 @@ class LinkedOutModule(L.LightningModule):
     def encode(self, history: torch.Tensor, catalog: Catalog) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded histories `[B, S]` -> last user state `[B, d]` and its gate `[B, L]`."""
         flat = history.reshape(-1)
-        experts = catalog.experts_of(flat)
-        vectors = self.model.item_inputs(experts, flat).reshape(*history.shape, -1)
+        codes = catalog.experts_of(flat)
+        vectors = self.model.item_inputs(codes, flat).reshape(*history.shape, -1)
         h = self.model.user_states(vectors, history == 0)[:, -1]
         return h, self.model.user_gate(h)
 
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         inputs, targets, *ahead = batch  # + a ReadAhead when tokens stream from the store
-        padding = inputs == 0
-        valid = targets != 0
+        candidates = negatives = None
         if self.sampled:
             negatives = torch.multinomial(
                 self.log_q.exp(), self.hparams.negatives, replacement=True
             )
             needed = torch.unique(torch.cat([inputs.flatten(), targets.flatten(), negatives]))
         else:
+            candidates = self.candidates
             needed = torch.arange(self.hparams.num_items, device=inputs.device)
-        experts = None
+        reduced = None
         if self.model.content:
-            tokens = self.item_tokens.take(needed, ahead[0]) if ahead else self.item_tokens[needed]
-            experts = self.model.item_experts(tokens.to(self.device))
-        where = torch.searchsorted(needed, inputs)
-        # index_select rather than `tensor[index]` here and below: under deterministic=True the
-        # backward of advanced indexing takes a sort-based path that made an epoch 5x slower.
-        vectors = self.model.item_inputs(
-            None if experts is None else experts.index_select(0, where.flatten()), inputs.flatten()
-        ).reshape(*inputs.shape, -1)
-        h = self.model.user_states(vectors, padding)[valid]  # [P, d] positions with a target
-        gate = self.model.user_gate(h)
-        ids = self.model.ids.weight.index_select(0, needed) if self.model.ids is not None else None
-        target_col = torch.searchsorted(needed, targets[valid])
-        if self.sampled:
-            loss = self._sampled_softmax(h, gate, experts, ids, target_col, needed, negatives)
-        else:
-            logits = self.model.score(h, gate, experts, ids)  # [P, N]
-            loss = F.cross_entropy(logits.masked_fill(self.unseen, float("-inf")), target_col)
+            reduced = self.reduced_tokens(needed, ahead[0] if ahead else None)
+        loss, gate = self.model.loss(
+            inputs,
+            targets,
+            needed,
+            reduced,
+            candidates=candidates,
+            negatives=negatives,
+            log_q=self.log_q,
+            product_dtype=product_dtype(self.device),
+        )
         if not torch.isfinite(loss):
             raise LinkedOutError(
                 f"the loss became {loss.item()} at step {self.global_step}: lower --lr, or "
                 "check the features for NaN/inf (linkedout info)"
             )
-        self.log("train_loss", loss, prog_bar=True, batch_size=int(valid.sum()))
+        self.log("train_loss", loss, prog_bar=True, batch_size=int((targets != 0).sum()))
         if self.config.fusion == "moe" and self.config.balance_weight > 0:
             loss = loss + self.config.balance_weight * balance_loss(gate)
         return loss
-
-    def _sampled_softmax(self, h, gate, experts, ids, target_col, needed, negatives):
-        """Softmax over the target and shared negatives drawn from q, with logQ correction, so
-        the estimate is unbiased for the full softmax; a negative equal to the target is masked.
-        Scores only those candidates, not every item the batch needed for its inputs."""
-        neg_col = torch.searchsorted(needed, negatives)
-        log_q = self.log_q[needed]
-
-        def rows(col: torch.Tensor, table: torch.Tensor | None) -> torch.Tensor | None:
-            return None if table is None else table.index_select(0, col)
-
-        pos = self.model.score_pairs(h, gate, rows(target_col, experts), rows(target_col, ids))
-        neg = self.model.score(h, gate, rows(neg_col, experts), rows(neg_col, ids))
-        pos = pos[:, None] - log_q[target_col][:, None]
-        neg = neg - log_q[neg_col]
-        neg = neg.masked_fill(neg_col[None, :] == target_col[:, None], float("-inf"))
-        full = torch.cat([pos, neg], 1)
-        return F.cross_entropy(full, torch.zeros(len(full), dtype=torch.long, device=full.device))
 
     def configure_optimizers(self):
         return torch.optim.AdamW(

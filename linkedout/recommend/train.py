@@ -73,7 +73,9 @@ class TrainConfig:
     Model selection only; the final valid/test metrics always rank every user."""
     negatives: int = 1024
     """Sampled-softmax negatives per batch, when the catalog is too large for a full softmax."""
-    full_softmax_max_items: int = 4096
+    full_softmax_max_items: int = 100_000
+    """Largest catalog trained with a full softmax (every item a candidate at every step);
+    larger ones train with a sampled softmax of `negatives` items."""
     seed: int = 42
     feature_memory_gb: float | None = None
     """Keep item features in memory up to this size, else stream them from the store; the
@@ -146,15 +148,11 @@ def train(config: TrainConfig) -> Path | None:
         )
     L.seed_everything(config.seed, workers=True, verbose=False)
     budget = None if config.feature_memory_gb is None else int(config.feature_memory_gb * 2**30)
-    tokens = (
-        item_tokens(store, layers, split, budget)
-        if fusion != "none"
-        else torch.zeros((split.num_items, 1, 1, 1))
-    )
+    tokens = item_tokens(store, layers, split, budget) if fusion != "none" else None
     module = LinkedOutModule.create(
         config.model,
         split.num_items,
-        tuple(tokens.shape[1:]),
+        tuple(tokens.shape[1:]) if tokens is not None else (1, 1, 1),
         lr=config.lr,
         weight_decay=config.weight_decay,
         negatives=config.negatives,
@@ -189,7 +187,7 @@ def train(config: TrainConfig) -> Path | None:
         config.eval_batch_size,
         config.seed,
         config.val_users,
-        streamed=tokens if isinstance(tokens, StreamedTokens) else None,
+        streamed=module.streamed_tokens,
     )
     trainer = _trainer(config, run)
     if trainer.num_devices > 1 and isinstance(trainer.accelerator, CPUAccelerator):
@@ -215,7 +213,7 @@ def train(config: TrainConfig) -> Path | None:
         raise LinkedOutError("training stopped before the first validation: nothing to keep")
     from linkedout.recommend.evaluate import evaluate_run, write_run_catalog
 
-    write_run_catalog(run, best, tokens, split.item_ids)
+    write_run_catalog(run, best, module, split.item_ids)
     evaluate_run(run, write=True, memory_budget=budget)
     return run
 

@@ -1,4 +1,5 @@
-"""The training loss: sampled softmax over only the candidates it needs, and unseen items."""
+"""The training loss: full softmax over the candidates, sampled softmax over the items it needs,
+and items no training sequence holds."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import torch.nn.functional as F
 from linkedout.recommend.model import ModelConfig
 from linkedout.recommend.module import LinkedOutModule
 
+INPUTS = torch.tensor([[0, 1, 2, 3], [0, 0, 8, 9]])
+TARGETS = torch.tensor([[0, 2, 3, 4], [0, 0, 9, 10]])
 
-def _module(ids: bool, full_softmax_max_items: int) -> LinkedOutModule:
+
+def _module(ids: bool, full_softmax_max_items: int, fusion: str = "moe") -> LinkedOutModule:
     torch.manual_seed(0)
     module = LinkedOutModule.create(
-        ModelConfig(d_model=16, ids=ids, blocks=1, dropout=0.0, max_len=8),
+        ModelConfig(d_model=16, fusion=fusion, ids=ids, blocks=1, dropout=0.0, max_len=8),
         num_items=60,
         shape=(3, 2, 8),
         negatives=32,
@@ -20,39 +24,64 @@ def _module(ids: bool, full_softmax_max_items: int) -> LinkedOutModule:
     )
     counts = torch.arange(60.0) % 7  # items 0, 7, 14, ... never occur in training
     module.attach(torch.randn(60, 3, 2, 8), counts)
+    module.log = lambda *a, **k: None
     return module
+
+
+def _reference_states(module):
+    """User states and gates at the target positions, by the model's own pieces."""
+    model = module.model
+    codes = model.item_codes(module.item_table) if model.content else None
+    flat = INPUTS.flatten()
+    vectors = model.item_inputs(None if codes is None else codes[flat], flat)
+    h = model.user_states(vectors.reshape(*INPUTS.shape, -1), INPUTS == 0)[TARGETS != 0]
+    ids = model.ids.weight if model.ids is not None else None
+    return h, model.user_gate(h), codes, ids
+
+
+def test_full_softmax_equals_cross_entropy_over_the_candidates_scores():
+    for ids, fusion in ((False, "moe"), (True, "moe"), (True, "none")):
+        module = _module(ids, full_softmax_max_items=100, fusion=fusion)
+        needed = torch.arange(60)
+        reduced = module.item_table if module.model.content else None
+        loss, _ = module.model.loss(INPUTS, TARGETS, needed, reduced, candidates=module.candidates)
+        h, gate, codes, id_rows = _reference_states(module)
+        logits = module.model.score(h, gate, codes, id_rows)[:, module.candidates]
+        target_col = torch.searchsorted(module.candidates, TARGETS[TARGETS != 0])
+        torch.testing.assert_close(loss, F.cross_entropy(logits, target_col))
 
 
 def test_sampled_softmax_equals_the_formula_over_full_logits():
     for ids in (False, True):
         module = _module(ids, full_softmax_max_items=10)
-        h, gate = torch.randn(5, 16), torch.softmax(torch.randn(5, 3), -1)
-        needed = torch.arange(1, 60)
-        experts = module.model.item_experts(module.item_tokens[needed])
-        id_rows = module.model.ids.weight[needed] if ids else None
-        target_col = torch.tensor([0, 3, 5, 8, 20])
-        negatives = torch.tensor([2, 4, 9, 4, 30, 21])
-        loss = module._sampled_softmax(h, gate, experts, id_rows, target_col, needed, negatives)
-        logits = module.model.score(h, gate, experts, id_rows)
-        neg_col = torch.searchsorted(needed, negatives)
-        log_q = module.log_q[needed]
-        pos = logits.gather(1, target_col[:, None]) - log_q[target_col][:, None]
-        neg = (logits[:, neg_col] - log_q[neg_col]).masked_fill(
-            neg_col[None] == target_col[:, None], float("-inf")
+        needed = torch.arange(60)
+        negatives = torch.tensor([2, 4, 9, 4, 30, 21, 10])  # 4 twice; 10 is also a target
+        loss, _ = module.model.loss(
+            INPUTS, TARGETS, needed, module.item_table, negatives=negatives, log_q=module.log_q
+        )
+        h, gate, codes, id_rows = _reference_states(module)
+        logits = module.model.score(h, gate, codes, id_rows)
+        targets = TARGETS[TARGETS != 0]
+        log_q = module.log_q
+        pos = logits.gather(1, targets[:, None]) - log_q[targets][:, None]
+        neg = (logits[:, negatives] - log_q[negatives]).masked_fill(
+            negatives[None] == targets[:, None], float("-inf")
         )
         expected = F.cross_entropy(torch.cat([pos, neg], 1), torch.zeros(5, dtype=torch.long))
         torch.testing.assert_close(loss, expected)
 
 
-def test_items_no_training_sequence_holds_are_never_negatives():
+def test_items_no_training_sequence_holds_never_compete_with_content_and_do_with_ids_only():
     sampled = _module(ids=True, full_softmax_max_items=10)
     draws = torch.multinomial(sampled.log_q.exp(), 5000, replacement=True)
     assert not (draws % 7 == 0).any()
     full = _module(ids=True, full_softmax_max_items=100)
-    inputs = torch.tensor([[0, 1, 2, 3], [0, 0, 8, 9]])
-    targets = torch.tensor([[0, 2, 3, 4], [0, 0, 9, 10]])
-    full.log = lambda *a, **k: None
-    loss = full.training_step((inputs, targets), 0)
-    with torch.no_grad():  # raising unseen items' scores changes nothing
-        full.model.ids.weight[::7] += 100.0
-    assert torch.equal(full.training_step((inputs, targets), 0), loss)
+    assert not (full.candidates % 7 == 0).any() and len(full.candidates) == 59 - 8
+    assert not full.model.ids.weight[::7].any()  # an ID never trained stays at zero
+    loss = full.training_step((INPUTS, TARGETS), 0)
+    with torch.no_grad():  # raising unseen items' content changes nothing
+        full.item_table[:, ::7] += 100.0
+    assert torch.equal(full.training_step((INPUTS, TARGETS), 0), loss)
+    # ID-only is a faithful SASRec: every item competes, as in RecBole.
+    ids_only = _module(ids=True, full_softmax_max_items=100, fusion="none")
+    assert torch.equal(ids_only.candidates, torch.arange(1, 60))

@@ -11,6 +11,7 @@ from linkedout.recommend.catalog import (
     LanceCatalog,
     MemoryCatalog,
     build_catalog,
+    expert_chunks,
     open_catalog,
     write_catalog,
 )
@@ -27,10 +28,12 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     model = LinkedOut(ModelConfig(d_model=16, fusion="moe", ids=True), ITEMS, 3, 2, 8).eval()
     tokens = torch.randn(ITEMS, 3, 2, 8)
+    model.whitening.fit(tokens)
     ids = model.ids.weight.detach()
-    memory = build_catalog(model, tokens, ids, memory_budget=2**40, spill=None)
+    chunks = lambda: expert_chunks(model, tokens)  # noqa: E731
+    memory = build_catalog(model, chunks, ids, memory_budget=2**40, spill=None)
     spill = tmp_path_factory.mktemp("catalog") / "spill.lance"
-    on_disk = build_catalog(model, tokens, ids, memory_budget=0, spill=spill)
+    on_disk = build_catalog(model, chunks, ids, memory_budget=0, spill=spill)
     h = torch.randn(USERS, 16)
     gate = torch.softmax(torch.randn(USERS, 3), -1)
     generator = torch.Generator().manual_seed(1)
@@ -44,6 +47,7 @@ def setup(tmp_path_factory):
     return model, memory, on_disk, h, gate, histories, targets
 
 
+@torch.inference_mode()
 def _full_scores(model, catalog, h, gate):
     scores = model.score(h, gate, catalog.experts, catalog.ids)
     scores[:, 0] = float("-inf")
@@ -81,7 +85,7 @@ def test_chunked_ranks_equal_one_product_over_the_catalog(setup):
 def test_chunked_top_k_equals_the_top_of_the_whole_catalog(setup):
     model, memory, on_disk, h, gate, histories, _ = setup
     items, scores = top_items(model, memory, h, gate, histories, k=15)
-    full = _full_scores(model, memory, h, gate)
+    full = _full_scores(model, memory, h, gate).clone()
     full[history_mask(histories, ITEMS, "cpu")] = float("-inf")
     reference = full.topk(15)
     assert torch.equal(items, reference.indices)
@@ -95,7 +99,7 @@ def test_a_run_catalog_is_loaded_when_it_fits_and_read_on_demand_when_not(setup,
     model, memory, *_ = setup
     names = [f"v{i}" for i in range(1, ITEMS)]
     chunks = (memory.experts[s : s + CHUNK_ITEMS] for s in range(0, ITEMS, CHUNK_ITEMS))
-    write_catalog(tmp_path / "catalog.lance", chunks, names, (ITEMS, 3, 16))
+    write_catalog(tmp_path / "catalog.lance", chunks, names, (ITEMS, 3, model.expert_dim))
     fits = open_catalog(tmp_path / "catalog.lance", memory.ids, memory_budget=2**30)
     too_big = open_catalog(tmp_path / "catalog.lance", memory.ids, memory_budget=2**20)
     assert isinstance(fits, MemoryCatalog) and isinstance(too_big, LanceCatalog)
