@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import shutil
 import statistics
 import subprocess
@@ -55,9 +56,63 @@ ROWS = (
     Row("ids", "SASRec, ID only", ("--fusion", "none", "--ids"), True),
     Row("moe", "LinkedOut MoE (content only)", ("--fusion", "moe"), True),
     Row("moe+ids", "LinkedOut MoE + IDs", ("--fusion", "moe", "--ids"), True),
-    Row("last", "last layer only", ("--fusion", "last"), False),
     Row("mean", "mean of layers", ("--fusion", "mean"), False),
     *(Row(f"layer:{k}", f"layer {k} only", ("--fusion", f"layer:{k}"), False) for k in DEPTHS),
+)
+
+
+@dataclass(frozen=True)
+class Ablation:
+    key: str
+    name: str
+    reference: str
+    """The main row this one changes one thing of (its first seed is the comparison)."""
+    args: tuple[str, ...]
+    shuffled: bool = False
+    """Train on titles shuffled across items: content that says nothing about the item."""
+
+
+# `--ablations`: one thing changed at a time against a main row, first seed only. Each is a
+# reason the README gives for a setting; the shuffled-titles row checks that fusing content
+# costs nothing where the content is uninformative.
+ABLATIONS = (
+    Ablation(
+        "ids/batch-mean",
+        "SASRec, ID only, loss averaged per batch",
+        "ids",
+        ("--fusion", "none", "--ids", "--loss-weighting", "batch"),
+    ),
+    Ablation(
+        "ids/sampled",
+        "SASRec, ID only, sampled softmax (1,024 negatives)",
+        "ids",
+        ("--fusion", "none", "--ids", "--full-softmax-max-items", "0"),
+    ),
+    Ablation(
+        "moe+ids/sampled",
+        "MoE + IDs, sampled softmax (1,024 negatives)",
+        "moe+ids",
+        ("--fusion", "moe", "--ids", "--full-softmax-max-items", "0"),
+    ),
+    Ablation(
+        "moe+ids/no-whitening",
+        "MoE + IDs, LayerNorm instead of whitening",
+        "moe+ids",
+        ("--fusion", "moe", "--ids", "--whiten", "0"),
+    ),
+    Ablation(
+        "moe+ids/attention-pool",
+        "MoE + IDs, attention pooling of tokens",
+        "moe+ids",
+        ("--fusion", "moe", "--ids", "--token-pool", "attention"),
+    ),
+    Ablation(
+        "moe+ids/shuffled",
+        "MoE + IDs, titles shuffled across items",
+        "moe+ids",
+        ("--fusion", "moe", "--ids"),
+        shuffled=True,
+    ),
 )
 
 
@@ -84,10 +139,11 @@ class Protocol:
         return args + ([f"--val-users={self.val_users}"] if self.val_users else [])
 
 
-# Sized so that `make benchmark` stays under 45 minutes on 2 cores: content rows are still
-# improving at 5 epochs (see the training curves); `--epochs` trains longer.
-FULL = Protocol(users=None, seeds=(1, 2, 3), epochs=5, patience=2, val_users=5_000)
-QUICK = Protocol(users=3_000, seeds=(1,), epochs=5, patience=2, val_users=None)
+# Every row trains until validation NDCG@10 has not improved for `patience` epochs (the
+# curves flatten well before the epoch cap); validation ranks every user, so the stopping
+# epoch is not chosen on a noisy sample.
+FULL = Protocol(users=None, seeds=(1, 2, 3), epochs=60, patience=4, val_users=None)
+QUICK = Protocol(users=3_000, seeds=(1,), epochs=30, patience=3, val_users=None)
 
 
 def main() -> None:
@@ -97,6 +153,9 @@ def main() -> None:
     parser.add_argument("--seeds", help="comma-separated seeds for the main rows")
     parser.add_argument("--epochs", type=int, help="most epochs per run")
     parser.add_argument("--fresh", action="store_true", help="discard earlier runs in --out")
+    parser.add_argument(
+        "--ablations", action="store_true", help="also train the ablation rows (first seed)"
+    )
     args = parser.parse_args()
     protocol = QUICK if args.quick else FULL
     if args.seeds:
@@ -156,6 +215,8 @@ def main() -> None:
         "rows": [summarise(row, results[row.key]) for row in ROWS if row.key in results],
         "speed": speed(out, results),
     }
+    if args.ablations:
+        figures["ablations"] = run_ablations(out, protocol, features, pairs, titles, split_sha)
     write_json(out / "microlens.json", figures)
 
 
@@ -179,10 +240,11 @@ def inputs(data: Path, out: Path, users: int | None) -> tuple[Path, Path]:
     return pairs, titles
 
 
-def extract_titles(out: Path, titles: Path, tokens_per_layer: int) -> dict:
-    """Run `linkedout extract --texts`; time it when it did the work (a re-run only resumes)."""
-    record = out / "extraction.json"
-    fresh = not (out / "titles.lance").exists()
+def extract_titles(out: Path, titles: Path, tokens_per_layer: int, name: str = "titles") -> dict:
+    """Run `linkedout extract --texts` into OUT/NAME.lance; time it when it did the work (a
+    re-run only resumes)."""
+    record = out / f"extraction-{name}.json" if name != "titles" else out / "extraction.json"
+    fresh = not (out / f"{name}.lance").exists()
     command = [
         *LINKEDOUT,
         "extract",
@@ -195,7 +257,7 @@ def extract_titles(out: Path, titles: Path, tokens_per_layer: int) -> dict:
         f"--tokens-per-layer={tokens_per_layer}",
         "--batch-size=64",
         "--out",
-        str(out / "titles.lance"),
+        str(out / f"{name}.lance"),
         "--quiet",
     ]
     print("$ linkedout " + " ".join(command[3:]), flush=True)
@@ -216,6 +278,44 @@ def extract_titles(out: Path, titles: Path, tokens_per_layer: int) -> dict:
         }
         record.write_text(json.dumps(figures, indent=2) + "\n")
     return json.loads(record.read_text())
+
+
+def shuffled_titles(out: Path, titles: Path) -> Path:
+    """The titles file with its titles permuted across items (fixed seed): every item gets
+    some other item's title, so the content is real text that says nothing about the item."""
+    path = out / "data" / "titles-shuffled.csv"
+    with open(titles, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    texts = [r["title"] for r in rows]
+    random.Random(0).shuffle(texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["item", "title"])
+        writer.writeheader()
+        writer.writerows({"item": r["item"], "title": t} for r, t in zip(rows, texts))
+    return path
+
+
+def run_ablations(
+    out: Path, protocol: Protocol, features: Path, pairs: Path, titles: Path, split_sha: str
+) -> list[dict]:
+    """Every ABLATIONS row on the first seed, each beside its reference row's first seed."""
+    seed = min(protocol.seeds)
+    records = []
+    for n, ablation in enumerate(ABLATIONS, 1):
+        source = features
+        if ablation.shuffled:
+            extract_titles(out, shuffled_titles(out, titles), protocol.tokens_per_layer, "shuffled")
+            source = out / "shuffled.lance"
+        row = Row(ablation.key, ablation.name, ablation.args, False)
+        run = out / "ablations" / ablation.key.replace("/", "-").replace(":", "")
+        record = train_row(run, row, seed, protocol, source, pairs)
+        if record["split_sha256"] != split_sha:
+            sys.exit(f"{run} trained on another split than the main rows: the ablation is void")
+        record["reference"] = ablation.reference
+        records.append(record)
+        print(f"[ablation {n}/{len(ABLATIONS)}] {ablation.name}: {record['epochs']} epochs")
+    return records
 
 
 def train_row(

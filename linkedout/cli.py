@@ -328,6 +328,20 @@ def train(
     d_model: Annotated[
         int, typer.Option(help="Width of item vectors and of the sequence model.")
     ] = 64,
+    expert_dim: Annotated[
+        int, typer.Option(help="Dimensions of each depth's expert (its subspace of the model).")
+    ] = 16,
+    whiten: Annotated[
+        int,
+        typer.Option(
+            help="Principal directions kept per depth by the whitening fitted on the catalog "
+            "(0: LayerNorm the tokens at their full width instead)."
+        ),
+    ] = 64,
+    token_pool: Annotated[
+        str,
+        typer.Option(help="How a depth's stored tokens become one vector: mean or attention."),
+    ] = "mean",
     top_k: Annotated[
         int, typer.Option(help="Gate keeps the k largest layer weights (0 = soft gate).")
     ] = 0,
@@ -351,6 +365,13 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Users per training batch.")] = 128,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    loss_weighting: Annotated[
+        str,
+        typer.Option(
+            help="target: every predicted position weighs the same in an epoch; batch: each "
+            "batch's mean, so positions in batches of long histories weigh less."
+        ),
+    ] = "target",
     patience: Annotated[
         int, typer.Option(help="Epochs without a better validation NDCG@10 before stopping.")
     ] = 3,
@@ -414,6 +435,9 @@ def train(
             d_model=d_model,
             fusion=fusion,
             ids=ids,
+            expert_dim=expert_dim,
+            whiten=whiten,
+            token_pool=token_pool,
             top_k=top_k,
             balance_weight=balance_weight,
             blocks=blocks,
@@ -431,6 +455,7 @@ def train(
         batch_size=batch_size,
         lr=lr,
         weight_decay=weight_decay,
+        loss_weighting=loss_weighting,
         patience=patience,
         val_users=val_users,
         negatives=negatives,

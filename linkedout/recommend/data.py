@@ -197,6 +197,10 @@ class TrainSequences(Dataset):
     def lengths(self) -> list[int]:
         return [len(seq) - 1 for seq in self.rows]
 
+    def targets_per_batch(self, batch_size: int) -> float:
+        """Targets (predicted positions) in an average batch of `batch_size` rows."""
+        return sum(self.lengths()) / max(1, -(-len(self.rows) // batch_size))
+
 
 def pad_batch(rows: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad inputs and targets to the batch's longest row."""

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from linkedout.errors import LinkedOutError
 from linkedout.recommend.softmax import full_softmax_loss
 from linkedout.recommend.whitening import Whitening
 
@@ -43,6 +44,9 @@ class ModelConfig:
     whiten: int = 64
     """Principal directions kept per depth by the catalog-fitted whitening (0: LayerNorm the
     tokens instead, at their full width)."""
+    token_pool: str = "mean"
+    """How a depth's T stored tokens become one vector: mean (once, before training) or
+    attention (a learned query per depth)."""
     top_k: int = 0
     """Gate keeps only the k largest depth weights (0 = soft gate over all depths)."""
     balance_weight: float = 0.01
@@ -52,26 +56,34 @@ class ModelConfig:
     dropout: float = 0.2
     max_len: int = 50
 
+    def __post_init__(self) -> None:
+        if self.expert_dim < 1:
+            raise LinkedOutError(f"expert_dim {self.expert_dim}: give each depth 1+ dimensions")
+        if self.whiten < 0:
+            raise LinkedOutError(f"whiten {self.whiten}: keep 0 (no whitening) or more directions")
+        if self.token_pool not in ("mean", "attention"):
+            raise LinkedOutError(f"token_pool {self.token_pool!r}: use mean or attention")
+
 
 class LayerTokenCompressor(nn.Module):
-    """Per depth: attention pooling of the T tokens with a learned query, then a projection to
-    the expert width. Reads layer-major tokens `[L, N, T, k]` (the whitening's output)."""
+    """Per depth: attention pooling of the T tokens with a learned query (unless they were
+    mean-pooled already, T = 1), then a projection to the expert width. Reads layer-major
+    tokens `[L, N, T, k]` (the whitening's output)."""
 
-    def __init__(self, layers: int, dim: int, out: int, scale: float = 0.1):
+    def __init__(self, layers: int, dim: int, out: int, attention: bool, scale: float = 0.1):
         super().__init__()
-        self.query = nn.Parameter(torch.zeros(layers, dim))
+        self.query = nn.Parameter(torch.zeros(layers, dim)) if attention else None
         # Small at first: content vectors start at the ID embeddings' scale, not 50x above it.
         self.proj = nn.Parameter(torch.randn(layers, dim, out) * (scale / math.sqrt(dim)))
         self.bias = nn.Parameter(torch.zeros(layers, out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [L, N, T, k] -> [N, L, r]
         layers, n, t, dim = x.shape
-        if t == 1:
-            pooled = x.view(layers, n, dim)
+        if self.query is None:  # mean-pooled already
+            pooled = x.mean(2)
         else:
-            logits = torch.bmm(x.view(layers, n * t, dim), self.query[:, :, None])
-            attn = (logits / math.sqrt(dim)).view(layers * n, 1, t).softmax(-1)
-            pooled = torch.bmm(attn, x.view(layers * n, t, dim)).view(layers, n, dim)
+            logits = torch.matmul(x, self.query[:, None, :, None]) / math.sqrt(dim)  # [L,N,T,1]
+            pooled = torch.matmul(logits.transpose(2, 3).softmax(-1), x)[:, :, 0]  # [L, N, k]
         return torch.baddbmm(self.bias[:, None, :], pooled, self.proj).transpose(0, 1)
 
 
@@ -163,7 +175,8 @@ class LinkedOut(nn.Module):
                 self.whitening = None
                 self.token_norm = nn.LayerNorm(dim, elementwise_affine=False)
                 width = dim
-            self.compressor = LayerTokenCompressor(layers, width, config.expert_dim)
+            attention = config.token_pool == "attention"
+            self.compressor = LayerTokenCompressor(layers, width, config.expert_dim, attention)
             self.experts = DepthExperts(layers, config.expert_dim, d, config.top_k)
         self.ids = None
         if config.ids:
@@ -181,8 +194,10 @@ class LinkedOut(nn.Module):
         """Stored tokens `[N, L, T, D]` -> what the compressor reads, layer-major `[L, N, T, k]`:
         fixed (no parameters), so training computes it once for the whole catalog."""
         if self.whitening is not None:
-            return self.whitening(tokens)
-        return self.token_norm(tokens.transpose(0, 1).float())
+            x = self.whitening(tokens)
+        else:
+            x = self.token_norm(tokens.transpose(0, 1).float())
+        return x.mean(2, keepdim=True) if self.config.token_pool == "mean" else x
 
     def item_codes(self, reduced: torch.Tensor) -> torch.Tensor:
         """Reduced tokens `[L, N, T, k]` -> per-depth expert outputs `e [N, L, r]`."""

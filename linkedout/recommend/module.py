@@ -48,6 +48,7 @@ class LinkedOutModule(L.LightningModule):
         self._states: list[tuple[torch.Tensor, ...]] = []
         self._memory_budget: int | None = None
         self._spill_dir: Path | None = None
+        self._targets_per_batch: float | None = None
 
     @classmethod
     def create(
@@ -62,12 +63,15 @@ class LinkedOutModule(L.LightningModule):
         histories: list[list[int]] | None = None,
         memory_budget: int | None = None,
         spill_dir: Path | None = None,
+        targets_per_batch: float | None = None,
     ) -> None:
         """Give the module its item tokens `[N, L, T, D]` (a tensor, or streamed from the store),
-        the training popularity (candidates and the sampled-softmax proposal) and each user's
-        history (masked in validation ranking). The whitening is fitted on the tokens, and
-        their reduced form is kept in memory when it fits `memory_budget` bytes (no limit when
-        None), else the tokens are read and reduced batch by batch. Validation holds the
+        the training popularity (candidates and the sampled-softmax proposal), each user's
+        history (masked in validation ranking) and the targets an average training batch
+        holds (every target then weighs the same, see `training_step`). The whitening is
+        fitted on the tokens, and their reduced form is kept in memory when it fits
+        `memory_budget` bytes (no limit when None), else the tokens are read and reduced batch
+        by batch. Validation holds the
         catalog's embeddings in memory up to the same budget, else writes them to a Lance
         dataset in `spill_dir`."""
         budget = float("inf") if memory_budget is None else memory_budget
@@ -89,6 +93,7 @@ class LinkedOutModule(L.LightningModule):
                     with torch.no_grad():
                         self.model.ids.weight[unseen] = 0
         self._histories = histories
+        self._targets_per_batch = targets_per_batch
         self._memory_budget = memory_budget
         self._spill_dir = spill_dir
 
@@ -189,7 +194,16 @@ class LinkedOutModule(L.LightningModule):
                 f"the loss became {loss.item()} at step {self.global_step}: lower --lr, or "
                 "check the features for NaN/inf (linkedout info)"
             )
-        self.log("train_loss", loss, prog_bar=True, batch_size=int((targets != 0).sum()))
+        count = int((targets != 0).sum())
+        self.log("train_loss", loss, prog_bar=True, batch_size=count)
+        if self._targets_per_batch:
+            # The loss is a mean over this batch's targets, and batches are grouped by history
+            # length: a batch of long histories holds 10x the targets of a batch of short ones.
+            # Scaled by targets / average targets, every target weighs the same in an epoch, as
+            # in RecBole's one-target samples; a plain mean would weigh each target of a long
+            # history 10x less (that cost 9% validation HR@10 on MicroLens). Each of W
+            # data-parallel ranks holds 1/W of a batch, and gradients are averaged over ranks.
+            loss = loss * (count * self.trainer.world_size / self._targets_per_batch)
         if self.config.fusion == "moe" and self.config.balance_weight > 0:
             loss = loss + self.config.balance_weight * balance_loss(gate)
         return loss

@@ -36,6 +36,7 @@ from linkedout.recommend.data import (
     SequenceSplit,
     SplitConfig,
     StreamedTokens,
+    TrainSequences,
     build_split,
 )
 from linkedout.recommend.interactions import read_interactions
@@ -66,6 +67,10 @@ class TrainConfig:
     eval_batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 0.01
+    loss_weighting: str = "target"
+    """target: every predicted position weighs the same in an epoch (as in RecBole's one-target
+    samples); batch: each batch's loss is the mean over its own targets, so positions in
+    batches of long histories weigh less (batches group histories of similar length)."""
     patience: int = 3
     """Epochs without a better validation NDCG@10 before stopping."""
     val_users: int | None = None
@@ -136,6 +141,8 @@ def train(config: TrainConfig) -> Path | None:
     if (run / "checkpoints" / "best.ckpt").exists():
         raise LinkedOutError(f"{run} already holds a trained run: choose a new --out")
     fusion = config.model.fusion
+    if config.loss_weighting not in ("target", "batch"):
+        raise LinkedOutError(f"loss_weighting {config.loss_weighting!r}: use target or batch")
     if fusion == "none" and not config.model.ids:
         raise LinkedOutError("--fusion none uses no content: add --ids (the ID-only SASRec)")
     store = FeatureStore.open(config.features, config.storage_options)
@@ -164,6 +171,11 @@ def train(config: TrainConfig) -> Path | None:
         [split.history(u, "valid") for u in range(len(split.users))],
         memory_budget=default_memory_budget() if budget is None else budget,
         spill_dir=run,
+        targets_per_batch=(
+            TrainSequences(split, config.model.max_len).targets_per_batch(config.batch_size)
+            if config.loss_weighting == "target"
+            else None
+        ),
     )
     # Data-parallel ranks each build the same split (deterministic) but only the first writes;
     # Lightning starts the other ranks by running this same command again.
