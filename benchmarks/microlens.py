@@ -152,6 +152,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default out/benchmark[-quick]")
     parser.add_argument("--seeds", help="comma-separated seeds for the main rows")
     parser.add_argument("--epochs", type=int, help="most epochs per run")
+    parser.add_argument(
+        "--rows",
+        help="comma-separated row keys to train (default: all; ids, moe and moe+ids are needed "
+        "for the speed figures)",
+    )
     parser.add_argument("--fresh", action="store_true", help="discard earlier runs in --out")
     parser.add_argument(
         "--ablations", action="store_true", help="also train the ablation rows (first seed)"
@@ -175,9 +180,17 @@ def main() -> None:
     extraction = extract_titles(out, titles, protocol.tokens_per_layer)
     features = out / "titles.lance"
 
+    rows = ROWS
+    if args.rows:
+        wanted = set(args.rows.split(","))
+        if wanted - {r.key for r in ROWS} or not {"ids", "moe", "moe+ids"} <= wanted:
+            keys = ", ".join(r.key for r in ROWS)
+            print(f"--rows {args.rows}: give ids, moe, moe+ids and any of {keys}", file=sys.stderr)
+            sys.exit(2)
+        rows = tuple(r for r in ROWS if r.key in wanted)
     plan = [
         (row, seed)
-        for row in ROWS
+        for row in rows
         for seed in protocol.seeds
         if row.main or seed == min(protocol.seeds)
     ]
@@ -212,7 +225,7 @@ def main() -> None:
         "protocol": asdict(protocol) | {"command": "linkedout train --features F --interactions I"},
         "extraction": extraction,
         "popularity": {k: v["popularity"] for k, v in first["views"].items()},
-        "rows": [summarise(row, results[row.key]) for row in ROWS if row.key in results],
+        "rows": [summarise(row, results[row.key]) for row in rows],
         "speed": speed(out, results),
     }
     if args.ablations:

@@ -338,6 +338,13 @@ def train(
             "(0: LayerNorm the tokens at their full width instead)."
         ),
     ] = 64,
+    id_dropout: Annotated[
+        float,
+        typer.Option(
+            help="With content and --ids: drop a history item's ID vector with this probability "
+            "in training, so the model learns to read items by their content too."
+        ),
+    ] = 0.2,
     token_pool: Annotated[
         str,
         typer.Option(help="How a depth's stored tokens become one vector: mean or attention."),
@@ -361,9 +368,9 @@ def train(
     time_col: Annotated[
         str | None, typer.Option(help="Timestamp column (default: detected, optional).")
     ] = None,
-    epochs: Annotated[int, typer.Option(help="Most epochs; early stopping may end sooner.")] = 20,
-    batch_size: Annotated[int, typer.Option(help="Users per training batch.")] = 128,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    epochs: Annotated[int, typer.Option(help="Most epochs; early stopping may end sooner.")] = 50,
+    batch_size: Annotated[int, typer.Option(help="Users per training batch.")] = 256,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
     loss_weighting: Annotated[
         str,
@@ -374,7 +381,7 @@ def train(
     ] = "target",
     patience: Annotated[
         int, typer.Option(help="Epochs without a better validation NDCG@10 before stopping.")
-    ] = 3,
+    ] = 4,
     val_users: Annotated[
         int | None,
         typer.Option(
@@ -437,6 +444,7 @@ def train(
             ids=ids,
             expert_dim=expert_dim,
             whiten=whiten,
+            id_dropout=id_dropout,
             token_pool=token_pool,
             top_k=top_k,
             balance_weight=balance_weight,

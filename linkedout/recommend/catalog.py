@@ -170,7 +170,9 @@ def write_catalog(
             return
         start = 0
         for chunk in experts:
-            values = chunk.detach().float().cpu().contiguous().numpy()
+            # A fresh C-order copy: a "contiguous" tensor may keep odd strides on size-1
+            # dimensions (one depth), which Arrow's tensor type refuses.
+            values = chunk.detach().float().cpu().numpy().copy(order="C")
             tensors = pa.FixedShapeTensorArray.from_numpy_ndarray(values)
             stop = start + len(values)
             yield pa.record_batch([_names(names, start, stop), tensors], schema)

@@ -44,6 +44,10 @@ class ModelConfig:
     whiten: int = 64
     """Principal directions kept per depth by the catalog-fitted whitening (0: LayerNorm the
     tokens instead, at their full width)."""
+    id_dropout: float = 0.2
+    """With content and IDs: in training, each history item's ID vector is dropped with this
+    probability, so the sequence model learns to read items by their content too (items
+    with few interactions have poor ID vectors, new ones none)."""
     token_pool: str = "mean"
     """How a depth's T stored tokens become one vector: mean (once, before training) or
     attention (a learned query per depth)."""
@@ -61,6 +65,8 @@ class ModelConfig:
             raise LinkedOutError(f"expert_dim {self.expert_dim}: give each depth 1+ dimensions")
         if self.whiten < 0:
             raise LinkedOutError(f"whiten {self.whiten}: keep 0 (no whitening) or more directions")
+        if not 0 <= self.id_dropout < 1:
+            raise LinkedOutError(f"id_dropout {self.id_dropout}: use a probability in [0, 1)")
         if self.token_pool not in ("mean", "attention"):
             raise LinkedOutError(f"token_pool {self.token_pool!r}: use mean or attention")
 
@@ -77,14 +83,14 @@ class LayerTokenCompressor(nn.Module):
         self.proj = nn.Parameter(torch.randn(layers, dim, out) * (scale / math.sqrt(dim)))
         self.bias = nn.Parameter(torch.zeros(layers, out))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [L, N, T, k] -> [N, L, r]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [L, N, T, k] -> [L, N, r]
         layers, n, t, dim = x.shape
         if self.query is None:  # mean-pooled already
             pooled = x.mean(2)
         else:
             logits = torch.matmul(x, self.query[:, None, :, None]) / math.sqrt(dim)  # [L,N,T,1]
             pooled = torch.matmul(logits.transpose(2, 3).softmax(-1), x)[:, :, 0]  # [L, N, k]
-        return torch.baddbmm(self.bias[:, None, :], pooled, self.proj).transpose(0, 1)
+        return torch.baddbmm(self.bias[:, None, :], pooled, self.proj)
 
 
 class DepthExperts(nn.Module):
@@ -100,9 +106,8 @@ class DepthExperts(nn.Module):
         self.item_gate = nn.Linear(d_model, layers)
         self.top_k = top_k
 
-    def forward(self, c: torch.Tensor) -> torch.Tensor:  # [N, L, r] -> [N, L, r]
-        x = c.transpose(0, 1)
-        return c + torch.bmm(F.gelu(torch.bmm(x, self.w1)), self.w2).transpose(0, 1)
+    def forward(self, c: torch.Tensor) -> torch.Tensor:  # [L, N, r] -> [L, N, r], layer-major
+        return torch.baddbmm(c, F.gelu(torch.bmm(c, self.w1)), self.w2)
 
     def to_model_space(self, e: torch.Tensor) -> torch.Tensor:  # [N, L, r] -> [N, L, d]
         return torch.bmm(e.transpose(0, 1), self.lift.transpose(1, 2)).transpose(0, 1)
@@ -201,7 +206,8 @@ class LinkedOut(nn.Module):
 
     def item_codes(self, reduced: torch.Tensor) -> torch.Tensor:
         """Reduced tokens `[L, N, T, k]` -> per-depth expert outputs `e [N, L, r]`."""
-        return self.experts(self.compressor(reduced))
+        # Layer-major until here: every product above is one batched matmul over depths.
+        return self.experts(self.compressor(reduced)).transpose(0, 1).contiguous()
 
     def item_experts(self, tokens: torch.Tensor) -> torch.Tensor:
         """Stored tokens `[N, L, T, D]` -> `e [N, L, r]` (what catalog.lance stores)."""
@@ -223,7 +229,11 @@ class LinkedOut(nn.Module):
                 gate = self.experts.gate(experts.mean(1), self.experts.item_gate)
             out = torch.einsum("nl,nld->nd", gate, experts)
         if self.ids is not None:
-            out = out + self.ids(items)
+            ids = self.ids(items)
+            if self.training and codes is not None and self.config.id_dropout > 0:
+                keep = torch.rand(len(items), 1, device=ids.device) >= self.config.id_dropout
+                ids = ids * keep
+            out = out + ids
         return out
 
     # -- users ------------------------------------------------------------------------------

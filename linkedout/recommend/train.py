@@ -5,7 +5,7 @@ Run directory:
     checkpoints/best.ckpt  the best epoch by validation NDCG@10
     split/                 the leave-one-out split as TSV files (see split_files.py): any other
                            library can be trained and ranked on exactly this split
-    catalog.lance          per-layer item embeddings of the best model, for ranking and serving
+    catalog.lance          per-depth item vectors `e` of the best model, for ranking and serving
                            (layout in catalog.py)
     metrics.json           valid/test metrics, popularity baseline, cold-start slice
     epochs.json            per epoch: train loss, validation metrics, train and validation seconds
@@ -62,16 +62,16 @@ class TrainConfig:
     user_col: str | None = None
     item_col: str | None = None
     time_col: str | None = None
-    epochs: int = 20
-    batch_size: int = 128
+    epochs: int = 50
+    batch_size: int = 256
     eval_batch_size: int = 512
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
     loss_weighting: str = "target"
     """target: every predicted position weighs the same in an epoch (as in RecBole's one-target
     samples); batch: each batch's loss is the mean over its own targets, so positions in
     batches of long histories weigh less (batches group histories of similar length)."""
-    patience: int = 3
+    patience: int = 4
     """Epochs without a better validation NDCG@10 before stopping."""
     val_users: int | None = None
     """Validate each epoch on a fixed random sample of this many users (None: all of them).
@@ -189,6 +189,7 @@ def train(config: TrainConfig) -> Path | None:
                 "manifest": asdict(store.manifest),
                 "features_version": store.version,
                 "split": asdict(split.report),
+                "softmax": "sampled" if module.sampled else "full",
             },
         )
         write_split(split, run / "split")

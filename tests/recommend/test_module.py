@@ -16,7 +16,9 @@ TARGETS = torch.tensor([[0, 2, 3, 4], [0, 0, 9, 10]])
 def _module(ids: bool, full_softmax_max_items: int, fusion: str = "moe") -> LinkedOutModule:
     torch.manual_seed(0)
     module = LinkedOutModule.create(
-        ModelConfig(d_model=16, fusion=fusion, ids=ids, blocks=1, dropout=0.0, max_len=8),
+        ModelConfig(
+            d_model=16, fusion=fusion, ids=ids, blocks=1, dropout=0.0, id_dropout=0.0, max_len=8
+        ),
         num_items=60,
         shape=(3, 2, 8),
         negatives=32,
