@@ -42,8 +42,9 @@ demo: install
 	$(PY) examples/demo.py
 
 # Quality and speed on MicroLens-50K beside baselines -> BENCHMARKS.md, benchmarks/results/,
-# benchmarks/figures/ (every row to convergence; about an hour on 2 cores). Interrupted, it
-# resumes from finished runs.
+# benchmarks/figures/ (every row to convergence: 17 runs of 11-15 epochs, a full-softmax epoch
+# taking 75-160 s on one thread here, so several hours on 2 cores). Interrupted, it resumes from
+# finished runs; `benchmarks/microlens.py --rows ids,moe+ids,moe --seeds 1` runs a subset.
 BENCH ?= out/benchmark
 benchmark: install
 	$(PY) benchmarks/storage.py --json $(BENCH)/storage.json
@@ -64,7 +65,7 @@ benchmark-ablations: install
 
 # RecBole's SASRec in its own venv on the split `make benchmark` wrote, trained to convergence
 # (RecBole's own early stopping: 10 epochs without a better validation NDCG@10), then the
-# report again. About 2 h on 2 cores; PEER_MINUTES caps it.
+# report again. About 2 h on one thread (200-300 s an epoch); PEER_MINUTES caps it.
 PEER_MINUTES ?= 300
 PEER_STOPPING_STEP ?= 10
 benchmark-peers: install

@@ -139,6 +139,12 @@ def render(figures: dict, results: Path, plots: Path, base: Path) -> str:
         best = max(layer_rows, key=lambda r: r["mean"]["valid"]["NDCG@10"])
         out.append(_quality_row(best, note=" (best single depth, by validation)"))
         out.append(_quality_row(layer_rows[-1], note=" (the last depth)"))
+    if ml.get("rows_not_run"):
+        out += [
+            "",
+            f"Not run for these figures (`benchmarks/microlens.py --rows` took a subset): "
+            f"{', '.join(ml['rows_not_run'])}.",
+        ]
     out += _goals(rows, layer_rows, figures.get("peer_recbole_sasrec"))
     cold = pop["test_cold_start"]
     out += [
@@ -217,11 +223,16 @@ def _goals(rows: dict, layer_rows: list[dict], peer: dict | None) -> list[str]:
                 f"- Cross-layer MoE (content only) over {name} ({row['name']}), NDCG@10: "
                 f"{moe / other:.3f}x ({verdict})."
             )
-    cold = {k: rows[k]["mean"].get("test_cold_start", {}).get("HR@10") for k in ("moe", "moe+ids")}
-    if all(v is not None for v in cold.values()):
+    cold = {
+        name: rows[k]["mean"]["test_cold_start"]["HR@10"]
+        for k, name in (("moe", "content only"), ("moe+ids", "MoE + IDs"))
+        if "test_cold_start" in rows.get(k, {}).get("mean", {})
+    }
+    if cold:
         out.append(
-            f"- Cold items, HR@10: content only {cold['moe']:.4f}, MoE + IDs {cold['moe+ids']:.4f}"
-            f" (floor {COLD_FLOOR}: {'kept' if min(cold.values()) >= COLD_FLOOR else 'missed'})."
+            "- Cold items, HR@10: "
+            + ", ".join(f"{name} {v:.4f}" for name, v in cold.items())
+            + f" (floor {COLD_FLOOR}: {'kept' if min(cold.values()) >= COLD_FLOOR else 'missed'})."
         )
     return out
 
@@ -346,7 +357,13 @@ def _peer_table(peer: dict, rows: dict, pop: dict, our_epochs: int) -> list[str]
 
 
 def _speed(figures: dict, ml: dict) -> list[str]:
-    out = ["## Speed on this machine", ""]
+    threads = ml["environment"]["torch_threads"]
+    out = [
+        "## Speed on this machine",
+        "",
+        f"Training figures: the benchmark's runs, on {threads} torch thread(s) each.",
+        "",
+    ]
     ex = ml["extraction"]
     out += [
         "| stage | figure |",
@@ -373,21 +390,26 @@ def _speed(figures: dict, ml: dict) -> list[str]:
         ("moe+ids", "LinkedOut MoE + IDs"),
         ("ids", "ID-only SASRec"),
     ):
+        if key not in sp["train"]:
+            continue
         t = sp["train"][key]
         out.append(
             f"| training, {name} | {t['sequences_per_s']:.0f} sequences/s, "
             f"{t['seconds_per_epoch']:.1f} s per epoch (+ {t['validation_seconds_per_epoch']:.1f}"
             " s validation) |"
         )
-    if "peer_recbole_sasrec" in figures:
+    if "peer_recbole_sasrec" in figures and "ids" in sp["train"]:
         p = figures["peer_recbole_sasrec"]
-        ours = sp["train"]["ids"]["seconds_per_epoch"]
+        ratio = p["seconds_per_epoch"] / sp["train"]["ids"]["seconds_per_epoch"]
         out.append(
-            f"| training, RecBole SASRec (same split) | {p['seconds_per_epoch']:.1f} s per epoch "
-            f"(+ {p['valid_seconds_per_epoch']:.1f} s validation): our ID-only SASRec is "
-            f"**{p['seconds_per_epoch'] / ours:.1f}x** faster per epoch |"
+            f"| training, RecBole SASRec (same split, {p['config']['threads']} thread(s)) | "
+            f"{p['seconds_per_epoch']:.1f} s per epoch "
+            f"(+ {p['valid_seconds_per_epoch']:.1f} s validation): our ID-only SASRec takes "
+            f"**{1 / ratio:.2f}x** its time per epoch |"
         )
-    for key, name in (("moe", "LinkedOut MoE"), ("ids", "ID-only")):
+    for key, name in (("moe", "LinkedOut MoE"), ("moe+ids", "MoE + IDs"), ("ids", "ID-only")):
+        if f"evaluate_{key}" not in sp:
+            continue
         e, r = sp[f"evaluate_{key}"], sp[f"recommend_{key}"]
         out.append(
             f"| evaluation, {name}: one full-ranking pass | {e['seconds']:.1f} s for "
