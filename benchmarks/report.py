@@ -311,6 +311,7 @@ def _ablation_table(ablations: list[dict], rows: dict) -> list[str]:
 
 
 def _peer_table(peer: dict, rows: dict, pop: dict, our_epochs: int) -> list[str]:
+    since_best = peer["epochs_trained"] - peer["best_epoch"]
     cols = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
     out = [
         "### Beside RecBole's SASRec (the field's reference implementation)",
@@ -319,7 +320,14 @@ def _peer_table(peer: dict, rows: dict, pop: dict, our_epochs: int) -> list[str]
         "own environment on the same split files (RecBole's split checked row by row against "
         f"ours: {'verified' if peer['split_verified'] else 'NOT verified'}). Same width, depth, "
         f"heads, dropout and history length as ours; {peer['epochs_trained']} epochs "
-        f"(stopped by {peer['stopped_by'].replace('_', ' ')}, best epoch {peer['best_epoch']}). "
+        f"(stopped by {peer['stopped_by'].replace('_', ' ')}, best epoch {peer['best_epoch']}"
+        + (
+            f"; **not converged**: its best epoch came {since_best} epoch(s) before the budget "
+            "ran out, so this row is below RecBole's converged quality"
+            if peer["stopped_by"] == "time_budget" and since_best < peer["config"]["stopping_step"]
+            else ""
+        )
+        + "). "
         f"{peer['train_seconds'] / 60:.0f} min of training on {peer['config']['threads']} "
         f"thread(s), early stopping after {peer['config']['stopping_step']} epochs without a "
         "better validation NDCG@10. Ours: mean over seeds, each to its own early stop (at most "
