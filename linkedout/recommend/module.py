@@ -195,7 +195,10 @@ class LinkedOutModule(L.LightningModule):
                 "check the features for NaN/inf (linkedout info)"
             )
         count = int((targets != 0).sum())
-        self.log("train_loss", loss, prog_bar=True, batch_size=count)
+        # The bar shows the running step loss; epochs.json gets the epoch's mean per target (a
+        # step-only log would record the epoch's last, smallest batch).
+        self.log("loss", loss, prog_bar=True, logger=False)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=count)
         if self._targets_per_batch:
             # The loss is a mean over this batch's targets, and batches are grouped by history
             # length: a batch of long histories holds 10x the targets of a batch of short ones.

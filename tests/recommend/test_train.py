@@ -246,6 +246,9 @@ def test_unmasked_ranking_is_never_better_and_epochs_are_recorded(runs):
     epochs = json.loads((runs["moe"] / "epochs.json").read_text())["epochs"]
     assert [e["epoch"] for e in epochs] == list(range(len(epochs))) and len(epochs) >= 2
     assert all(e["train_seconds"] > 0 and e["train_sequences"] == 300 for e in epochs)
+    # The epoch's mean loss over every target (not its last batch): it falls steadily here.
+    losses = [e["train_loss"] for e in epochs]
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:]))
     best = max(e["val_NDCG@10"] for e in epochs)
     assert abs(best - metrics["valid"]["model"]["NDCG@10"]) < 1e-4  # the kept checkpoint
 
