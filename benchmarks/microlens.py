@@ -166,6 +166,15 @@ def main() -> None:
         protocol = replace(protocol, seeds=tuple(int(s) for s in args.seeds.split(",")))
     if args.epochs:
         protocol = replace(protocol, epochs=args.epochs)
+    # Checked before --fresh deletes anything or the extraction runs.
+    rows = ROWS
+    if args.rows:
+        by_key = {r.key: r for r in ROWS}
+        wanted = list(dict.fromkeys(args.rows.split(",")))  # in the order given, once each
+        if set(wanted) - by_key.keys():
+            print(f"--rows {args.rows}: give row keys among {', '.join(by_key)}", file=sys.stderr)
+            sys.exit(2)
+        rows = tuple(by_key[k] for k in wanted)
     out = args.out or REPO / "out" / ("benchmark-quick" if args.quick else "benchmark")
     if args.fresh:
         shutil.rmtree(out, ignore_errors=True)
@@ -179,16 +188,6 @@ def main() -> None:
     extraction = extract_titles(out, titles, protocol.tokens_per_layer)
     features = out / "titles.lance"
 
-    rows = ROWS
-    if args.rows:
-        wanted = set(args.rows.split(","))
-        if wanted - {r.key for r in ROWS}:
-            keys = ", ".join(r.key for r in ROWS)
-            print(f"--rows {args.rows}: give row keys among {keys}", file=sys.stderr)
-            sys.exit(2)
-        # In the order given: the rows that matter most can go first.
-        by_key = {r.key: r for r in ROWS}
-        rows = tuple(by_key[k] for k in dict.fromkeys(args.rows.split(",")))
     plan = [
         (row, seed)
         for row in rows
@@ -443,14 +442,15 @@ def speed(out: Path, results: dict[str, list[dict]]) -> dict:
     from linkedout.recommend.evaluate import TrainedRun, evaluate_run
 
     figures: dict = {"train": {}}
-    for key in [k for k in ("moe", "moe+ids", "ids") if k in results]:
+    present = [k for k in ("moe", "moe+ids", "ids") if k in results]
+    for key in present:
         r = results[key][0]
         figures["train"][key] = {
             "seconds_per_epoch": r["train_seconds_per_epoch"],
             "sequences_per_s": r["sequences_per_s"],
             "validation_seconds_per_epoch": r["val_seconds_per_epoch"],
         }
-    for key in [k for k in ("moe", "moe+ids", "ids") if k in results]:
+    for key in present:
         run = Path(results[key][0]["run"])
         start = time.perf_counter()
         evaluated = evaluate_run(run, splits=("test",))
