@@ -35,8 +35,8 @@ test-vllm: vllm-env
 	.venv-vllm/bin/python -m pytest -q tests/extract/test_vllm_backend.py tests/extract/test_qwen_vl.py
 
 lint: install
-	$(BIN)/ruff check linkedout tests benchmarks examples
-	$(BIN)/ruff format --check linkedout tests benchmarks examples
+	$(BIN)/ruff check linkedout tests benchmarks examples scripts
+	$(BIN)/ruff format --check linkedout tests benchmarks examples scripts
 
 demo: install
 	$(PY) examples/demo.py

@@ -31,9 +31,10 @@ sys.path.insert(0, str(REPO))  # the tiny-checkpoint factory lives with the test
 
 from benchmarks.common import write_json  # noqa: E402
 from linkedout.extract.backbones.qwen_vl import QwenVLBackbone  # noqa: E402
+from linkedout.extract.config import ExtractConfig  # noqa: E402
 from linkedout.extract.decode import decode_video  # noqa: E402
 from linkedout.extract.discover import VIDEO_EXTENSIONS  # noqa: E402
-from linkedout.extract.pipeline import ExtractConfig, extract  # noqa: E402
+from linkedout.extract.pipeline import extract  # noqa: E402
 from tests.extract.tiny_qwen import build_tiny_qwen  # noqa: E402
 
 # Qwen2.5-VL-3B-Instruct's config.json, less the weights.

@@ -460,7 +460,7 @@ def speed(out: Path, results: dict[str, list[dict]]) -> dict:
         latency = recommend_latency(trained, users, warm=20)
         figures[f"evaluate_{key}"] = {
             "seconds": seconds,
-            "users": evaluated["test"]["model"]["users"],
+            "users": evaluated.splits["test"].model["users"],
             "items": len(trained.item_ids),
             "note": "test split: model and popularity ranks, masked and unmasked, cold slice",
         }

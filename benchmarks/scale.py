@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO))  # the tiny-checkpoint factory lives with the test
 from benchmarks.common import write_json  # noqa: E402
 from benchmarks.microlens import inputs, recommend_latency  # noqa: E402
 from linkedout.datasets import microlens_50k  # noqa: E402
-from linkedout.extract.pipeline import ExtractConfig, RayOptions, extract  # noqa: E402
+from linkedout.extract.config import ExtractConfig, RayOptions  # noqa: E402
+from linkedout.extract.pipeline import extract  # noqa: E402
 from tests.extract.tiny_qwen import build_tiny_qwen  # noqa: E402
 
 LINKEDOUT = [sys.executable, "-m", "linkedout.cli"]
@@ -108,11 +109,12 @@ def training(features: Path, pairs: Path, tmp: Path, epochs: int) -> dict:
 def ranking(run: Path) -> dict:
     import time
 
+    from linkedout.memory import MemoryBudget
     from linkedout.recommend.evaluate import TrainedRun, evaluate_run
 
     figures: dict = {}
     metrics = {}
-    for name, budget in (("in_memory", None), ("from_lance", 0)):
+    for name, budget in (("in_memory", None), ("from_lance", MemoryBudget(0))):
         start = time.perf_counter()
         metrics[name] = evaluate_run(run, splits=("test",), memory_budget=budget)
         seconds = time.perf_counter() - start
@@ -128,7 +130,7 @@ def ranking(run: Path) -> dict:
             f"  {name:18s} {seconds:6.1f} s per evaluation pass  recommend p50 {p50:.2f} ms",
             flush=True,
         )
-    figures["users"] = metrics["in_memory"]["test"]["model"]["users"]
+    figures["users"] = metrics["in_memory"].splits["test"].model["users"]
     figures["items"] = trained.catalog.num_items - 1
     figures["same_metrics"] = metrics["in_memory"] == metrics["from_lance"]
     return figures

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import write_json  # noqa: E402
-from linkedout.storage import FeatureRow, FeatureStore, Manifest  # noqa: E402
+from linkedout.storage import FeatureRow, FeatureStore, FeatureWriter, Manifest  # noqa: E402
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
@@ -142,21 +142,21 @@ def main() -> None:
 
         def write_lance():
             store = FeatureStore.create(lance_path, manifest)
-            with store.writer(batch_size=args.batch) as writer:
+            with FeatureWriter(store, commit_every=args.batch) as writer:
                 for i, item_id in enumerate(ids):
                     writer.add(FeatureRow(item_id, tensors[i], content_sha256=item_id))
             store.optimize()  # as `linkedout extract` ends: one fragment, old files freed
 
         results["lance"]["write"] = timed(write_lance, 1)
         store = FeatureStore.open(lance_path)
-        store.take(pick_ids[:1])  # build the id -> row map once, as a training run does
-        results["lance"]["take"] = timed(lambda: store.take(pick_ids), args.repeats)
+        store.read_tokens(pick_ids[:1])  # build the id -> row map once, as a training run does
+        results["lance"]["take"] = timed(lambda: store.read_tokens(pick_ids), args.repeats)
         results["lance"]["load"] = timed(lambda: store.load(), args.repeats)
         results["lance"]["one layer"] = timed(lambda: store.load(layers=[layer]), args.repeats)
         sizes["lance"] = dir_bytes(lance_path)
 
         # Same bytes out of every format.
-        got = store.take(pick_ids[:5])
+        got = store.read_tokens(pick_ids[:5])
         assert torch.equal(got, torch.from_numpy(data[pick[:5]])), "Lance read back other values"
 
     mib = data.nbytes / 2**20

@@ -4,6 +4,9 @@ The CLI prints a `LinkedOutError` as a single line and exits with code 2; anythi
 and keeps its traceback.
 """
 
+import re
+from collections.abc import Callable
+
 
 class LinkedOutError(Exception):
     """Bad input or data: the message says what was wrong and what to do."""
@@ -18,3 +21,20 @@ class MissingItemsError(LinkedOutError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0])
+
+
+class SettingError(LinkedOutError):
+    """A setting's value a run cannot use. It names settings as the Python API spells them
+    (`frames=0: ...`, other settings quoted as `name`); the CLI shows the same error in flags
+    (`--frames 0: ...`)."""
+
+    def __init__(self, setting: str, value: object, reason: str):
+        super().__init__(f"{setting}={value!r}: {reason}")
+        self.setting = setting
+        self.value = value
+        self.reason = reason
+
+    def with_flags(self, flag_of: Callable[[str], str]) -> str:
+        shown = repr(self.value) if isinstance(self.value, str) else str(self.value)
+        reason = re.sub(r"`(\w+)`", lambda m: flag_of(m.group(1)), self.reason)
+        return f"{flag_of(self.setting)} {shown}: {reason}"

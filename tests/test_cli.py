@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from linkedout.cli import app
-from linkedout.storage import FailedItem, FeatureStore
+from linkedout.storage import FailedItem, FeatureStore, FeatureWriter
 from tests.factories import make_manifest, make_rows
 
 runner = CliRunner()
@@ -19,7 +19,7 @@ LINKEDOUT = str(Path(sys.executable).with_name("linkedout"))
 @pytest.fixture
 def store(tmp_path):
     s = FeatureStore.create(tmp_path / "f.lance", make_manifest())
-    with s.writer() as w:
+    with FeatureWriter(s) as w:
         w.extend(make_rows(4, s.manifest))
         w.add(FailedItem("broken", "no video stream", "h", "/v/broken.avi"))
     return s

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from linkedout.errors import LinkedOutError
+from linkedout.errors import LinkedOutError, SettingError
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 ID_COLUMNS = ("item_id", "item", "id", "video_id")
@@ -117,7 +117,7 @@ def _as_text(value: object) -> str:
 
 
 def _pick_column(
-    found: list[str], path: Path, given: str | None, candidates: tuple[str, ...], flag: str
+    found: list[str], path: Path, given: str | None, candidates: tuple[str, ...], setting: str
 ) -> str:
     by_lower = {name.lower(): name for name in found}
     if given is not None:
@@ -125,15 +125,13 @@ def _pick_column(
             return given
         if given.lower() in by_lower:
             return by_lower[given.lower()]
-        raise LinkedOutError(
-            f"{path} has no column {given!r} (found: {', '.join(found)}): check {flag}"
-        )
+        raise SettingError(setting, given, f"{path} has no such column (found: {', '.join(found)})")
     for name in candidates:
         if name in by_lower:
             return by_lower[name]
     raise LinkedOutError(
         f"{path} has none of the columns {', '.join(candidates)} (found: {', '.join(found)}): "
-        f"pass {flag} to name the right one"
+        f"name the right one with `{setting}`"
     )
 
 
@@ -146,8 +144,8 @@ def _id_and_text(
     if not rows:
         raise LinkedOutError(f"{path} holds no rows")
     found = list(rows[0])
-    id_key = _pick_column(found, path, id_column, ID_COLUMNS, "--id-column")
-    text_key = _pick_column(found, path, text_column, TEXT_COLUMNS, "--text-column")
+    id_key = _pick_column(found, path, id_column, ID_COLUMNS, "id_column")
+    text_key = _pick_column(found, path, text_column, TEXT_COLUMNS, "text_column")
     pairs = []
     for number, row in enumerate(rows, 1):
         item_id = row.get(id_key, "").strip()
@@ -158,7 +156,7 @@ def _id_and_text(
 
 
 def read_titles(
-    path: str | Path, id_column: str | None = None, text_column: str | None = None
+    path: str | Path, *, id_column: str | None = None, text_column: str | None = None
 ) -> dict[str, str]:
     """Item id -> title. Blank titles are left out (those items count as untitled); when an id
     repeats, its first title is kept."""
@@ -170,7 +168,7 @@ def read_titles(
 
 
 def read_texts(
-    path: str | Path, text_column: str | None = None, id_column: str | None = None
+    path: str | Path, *, id_column: str | None = None, text_column: str | None = None
 ) -> list[CatalogItem]:
     """One text item per row, in the table's order.
 
@@ -202,7 +200,7 @@ def discover_videos(root: str | Path, titles: dict[str, str] | None = None) -> D
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise LinkedOutError(f"no such directory: {root}: pass --videos a folder of video files")
+        raise SettingError("videos", str(root), "no such directory: pass a folder of video files")
     root = root.resolve()
     files = []
     for folder, dirs, names in os.walk(root):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from linkedout.errors import LinkedOutError
+from linkedout.errors import SettingError
 from linkedout.extract.backbones.base import Spans
 
 _GENERATED_SLOTS = 2  # mean, last
@@ -38,15 +38,16 @@ class PoolingRecipe:
         t = tokens_per_layer
         if kind == "text":
             if t < 3:
-                raise LinkedOutError(f"--tokens-per-layer {t}: a text backbone needs at least 3")
+                raise SettingError("tokens_per_layer", t, "a text backbone needs at least 3")
             return cls(kind, t, None, t, 0)
         generated = _GENERATED_SLOTS if new_tokens > 0 else 0
         video = 4 * ((t - 2 - generated) // 4)
         if video < 4:
-            raise LinkedOutError(
-                f"--tokens-per-layer {t} is too few: a video backbone needs at least "
-                f"{6 + generated} (4 video slots, 2 prompt slots"
-                + (", 2 generated-token slots)" if generated else ")")
+            raise SettingError(
+                "tokens_per_layer",
+                t,
+                f"too few: a video backbone needs at least {6 + generated} (4 video slots, "
+                "2 prompt slots" + (", 2 generated-token slots)" if generated else ")"),
             )
         return cls(kind, t, (video // 4, 2, 2), t - video - generated, generated)
 

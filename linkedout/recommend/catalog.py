@@ -26,6 +26,7 @@ import pyarrow as pa
 import torch
 
 from linkedout.errors import LinkedOutError
+from linkedout.memory import MemoryBudget
 
 CHUNK_ITEMS = 4096
 """Items per chunk, for computing e and for ranking against it: bounds the memory of both to
@@ -128,16 +129,16 @@ def build_catalog(
     model,
     chunks: Callable[[], Iterator[torch.Tensor]],
     ids: torch.Tensor | None,
-    memory_budget: float,
+    memory_budget: MemoryBudget,
     spill: Path | None,
 ) -> Catalog:
     """The catalog of `model` from `chunks()`, its items' `e` in order: in memory when it fits
-    `memory_budget` bytes, else written chunk by chunk to the Lance dataset `spill` (replaced
+    `memory_budget`, else written chunk by chunk to the Lance dataset `spill` (replaced
     if present) and read from it."""
     if not model.content:
         return MemoryCatalog(None, ids)
-    shape = (model.num_items, model.layers, model.expert_dim)
-    if catalog_bytes(shape) <= memory_budget or spill is None:
+    shape = (model.num_items, model.num_layers, model.expert_dim)
+    if memory_budget.fits(catalog_bytes(shape)) or spill is None:
         return MemoryCatalog(torch.cat(list(chunks())), ids)
     write_catalog(spill, chunks(), None, shape)
     return LanceCatalog(spill, ids)
@@ -185,14 +186,14 @@ def write_catalog(
     lance.write_dataset(reader, str(path), schema=schema, mode="create")
 
 
-def open_catalog(path: Path, ids: torch.Tensor | None, memory_budget: int) -> Catalog:
-    """A run's catalog dataset: loaded when it fits `memory_budget` bytes, else read on demand."""
+def open_catalog(path: Path, ids: torch.Tensor | None, memory_budget: MemoryBudget) -> Catalog:
+    """A run's catalog dataset: loaded when it fits `memory_budget`, else read on demand."""
     if not path.exists():
         raise LinkedOutError(
             f"{path} is missing: this run was trained by an older linkedout; train it again"
         )
     catalog = LanceCatalog(path, ids)
-    if catalog.content and catalog.nbytes <= memory_budget:
+    if catalog.content and memory_budget.fits(catalog.nbytes):
         return catalog.load()
     return catalog if catalog.content else MemoryCatalog(None, ids)
 

@@ -7,29 +7,19 @@ items without features (kept only with `allow_missing`) follow.
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from linkedout.errors import LinkedOutError
+from linkedout.recommend.config import SplitConfig
 from linkedout.recommend.interactions import InteractionLog
-from linkedout.storage import StreamingFeatures
-from linkedout.storage.columns import TORCH_DTYPES
+from linkedout.recommend.tokens import ItemTokens, Prefetched
 
 MISSING_LIMIT = 0.01  # above this share of items without features, stop unless allow_missing
-
-
-@dataclass(frozen=True)
-class SplitConfig:
-    min_interactions: int = 5
-    """Users with fewer interactions are dropped (MicroLens' rule)."""
-    max_len: int = 50
-    """History length the sequence model sees (the most recent items)."""
-    allow_missing: bool = False
-    """Keep items that have no stored features (served by their ID embedding only)."""
 
 
 @dataclass
@@ -122,59 +112,6 @@ def build_split(log: InteractionLog, catalog: list[str], config: SplitConfig) ->
     return SequenceSplit(item_ids, len(catalog), users, train, valid, test, report)
 
 
-class StreamedTokens:
-    """Item tokens read from the store on demand, for catalogs whose features do not fit in
-    memory: indexing with model item indices returns `[n, L, T, D]` (zeros for padding and for
-    items without features), like indexing the in-memory tensor."""
-
-    def __init__(self, features: StreamingFeatures, split: SequenceSplit):
-        self.features = features
-        self.item_ids = split.item_ids
-        self.num_with_features = split.num_with_features
-        manifest = features.store.manifest
-        self.shape = (split.num_items, len(features.layers), *manifest.shape[1:])
-        self.dtype = TORCH_DTYPES[manifest.dtype]
-
-        self._reader = ThreadPoolExecutor(1, "linkedout-read-ahead")
-
-    def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
-        if isinstance(index, slice):
-            index = torch.arange(self.shape[0])[index]
-        index = index.cpu()
-        out = torch.zeros((len(index), *self.shape[1:]), dtype=self.dtype)
-        real = (index >= 1) & (index <= self.num_with_features)
-        if real.any():
-            out[real] = self.features.take([self.item_ids[i - 1] for i in index[real].tolist()])
-        return out
-
-    def read_ahead(self, index: torch.Tensor) -> ReadAhead:
-        """Start reading these items in a background thread, beside the training step that
-        runs meanwhile (it pays where the step leaves cores idle, as on a GPU machine)."""
-        items = torch.unique(index.cpu())
-        return ReadAhead(items, self._reader.submit(self.__getitem__, items))
-
-    def take(self, index: torch.Tensor, ahead: ReadAhead) -> torch.Tensor:
-        """`self[index]`, with the rows `ahead` already read taken from it."""
-        index = index.cpu()
-        items, rows = ahead.items, ahead.rows.result()
-        at = torch.searchsorted(items, index).clamp(max=len(items) - 1)
-        hit = items[at] == index
-        out = torch.empty((len(index), *self.shape[1:]), dtype=self.dtype)
-        out[hit] = rows[at[hit]]
-        if not bool(hit.all()):
-            out[~hit] = self[index[~hit]]
-        return out
-
-
-class ReadAhead:
-    """One batch's item tokens, being read from the store (a plain class: Lightning leaves it
-    as it is when it moves the batch to the device)."""
-
-    def __init__(self, items: torch.Tensor, rows: Future):
-        self.items = items  # sorted model item indices
-        self.rows = rows  # -> their tokens [len(items), L, T, D]
-
-
 def left_pad(seq: list[int], length: int) -> list[int]:
     seq = seq[-length:]
     return [0] * (length - len(seq)) + seq
@@ -200,6 +137,15 @@ class TrainSequences(Dataset):
     def targets_per_batch(self, batch_size: int) -> float:
         """Targets (predicted positions) in an average batch of `batch_size` rows."""
         return sum(self.lengths()) / max(1, -(-len(self.rows) // batch_size))
+
+
+class Batch(NamedTuple):
+    """One training batch: left-padded inputs and targets `[B, S]`, and the batch's item tokens
+    being read ahead when they come from the store."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    tokens: Prefetched | None = None
 
 
 def pad_batch(rows: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,10 +230,12 @@ class SequenceData(L.LightningDataModule):
         eval_batch_size: int,
         seed: int,
         val_users: int | None = None,
-        streamed: StreamedTokens | None = None,
+        tokens: ItemTokens | None = None,
     ):
+        """`tokens`: the table the training steps gather item tokens from (None when they
+        read none: IDs only, or tokens reduced in memory beforehand)."""
         super().__init__()
-        self.streamed = streamed
+        self.tokens = tokens
         self.split = split
         self.max_len = max_len
         self.batch_size = batch_size
@@ -313,13 +261,13 @@ class SequenceData(L.LightningDataModule):
         )
         return DataLoader(rows, batch_sampler=batches, collate_fn=self._collate)
 
-    def _collate(self, rows: list[tuple[list[int], list[int]]]) -> tuple:
+    def _collate(self, rows: list[tuple[list[int], list[int]]]) -> Batch:
         inputs, targets = pad_batch(rows)
-        if self.streamed is None:
-            return inputs, targets
+        if self.tokens is None:
+            return Batch(inputs, targets)
         # Lightning collates the next batch before it runs this one's step: the next batch's
         # items are read from the store while this step computes.
-        return inputs, targets, self.streamed.read_ahead(torch.cat([inputs, targets], 1))
+        return Batch(inputs, targets, self.tokens.prefetch(torch.cat([inputs, targets], 1)))
 
     def val_dataloader(self) -> DataLoader:
         users = RankingUsers(self.split, "valid", self.max_len)

@@ -2,42 +2,42 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.catalog import Catalog, open_catalog, write_catalog
+from linkedout.memory import MemoryBudget
+from linkedout.recommend.catalog import Catalog
 from linkedout.recommend.data import left_pad
 from linkedout.recommend.metrics import RankingMetrics, fixed_score_ranks
 from linkedout.recommend.module import LinkedOutModule
 from linkedout.recommend.ranking import rank_targets
-from linkedout.recommend.split_files import read_split
-from linkedout.storage.features import default_memory_budget
+from linkedout.recommend.run import EvalReport, GateReport, RunDir, SplitMetrics
 
 
 class TrainedRun:
     """Checkpoint + per-layer item embeddings (`catalog.lance`) + split of one training run.
 
-    The embeddings are loaded when they fit `memory_budget` bytes (default: half the free
-    memory), else ranked chunk by chunk from disk: same results, one read of the file per
-    ranking pass."""
+    The embeddings are loaded when they fit `memory_budget` (default: half the free memory),
+    else ranked chunk by chunk from disk: same results, one read of the file per ranking pass.
+    `module`: the best checkpoint already loaded (training has it), instead of reading it."""
 
-    def __init__(self, path: str | Path, memory_budget: int | None = None):
-        self.path = Path(path)
-        best = self.path / "checkpoints" / "best.ckpt"
-        if not best.exists():
-            raise LinkedOutError(
-                f"{self.path} holds no trained run (no checkpoints/best.ckpt): "
-                "train one with `linkedout train`"
-            )
-        self.config = json.loads((self.path / "config.json").read_text())
-        self.module = LinkedOutModule.load_from_checkpoint(best, map_location="cpu").eval()
+    def __init__(
+        self,
+        path: str | Path | RunDir,
+        memory_budget: MemoryBudget | None = None,
+        module: LinkedOutModule | None = None,
+    ):
+        self.run = path if isinstance(path, RunDir) else RunDir(path)
+        self.run.require_checkpoint()
+        self.path = self.run.path
+        self.config = self.run.config()
+        self.module = self.run.checkpoint() if module is None else module
         ids = self.module.model.ids.weight.detach() if self.module.model.ids is not None else None
-        budget = default_memory_budget() if memory_budget is None else memory_budget
-        self.catalog: Catalog = open_catalog(self.path / "catalog.lance", ids, budget)
-        self.split = read_split(self.path / "split")
+        budget = MemoryBudget.resolve(None) if memory_budget is None else memory_budget
+        self.catalog: Catalog = self.run.catalog(ids, budget)
+        self.split = self.run.split()
         self.item_ids: list[str] = self.split.item_ids
         if self.catalog.num_items != self.split.num_items:
             raise LinkedOutError(
@@ -45,7 +45,7 @@ class TrainedRun:
                 f"{self.split.num_items}: the run directory is damaged; train it again"
             )
         self.index = {item: i + 1 for i, item in enumerate(self.item_ids)}
-        self.layers: list[int] = self.config["layers"]
+        self.layers: list[int] = self.config.layers
         self.user_index = {u: i for i, u in enumerate(self.split.users)}
         self.max_len = self.module.config.max_len
 
@@ -59,24 +59,35 @@ class TrainedRun:
         return self.module.encode(padded, self.catalog)
 
 
-@torch.inference_mode()
 def evaluate_run(
     path: str | Path,
     splits: tuple[str, ...] = ("valid", "test"),
     write: bool = False,
     batch_size: int = 1024,
-    memory_budget: int | None = None,
-) -> dict:
+    memory_budget: MemoryBudget | None = None,
+) -> EvalReport:
+    """`evaluate` of the run at `path`; with `write`, into its metrics.json and gates.png."""
+    trained = TrainedRun(path, memory_budget)
+    report, gates = evaluate(trained, splits, batch_size)
+    if write:
+        write_report(trained, report, gates)
+    return report
+
+
+@torch.inference_mode()
+def evaluate(
+    run: TrainedRun, splits: tuple[str, ...] = ("valid", "test"), batch_size: int = 1024
+) -> tuple[EvalReport, torch.Tensor | None]:
     """Metrics of the model and of popularity on each split, plus two views of test: the
     cold-start slice (targets never seen in training) and `test_unmasked`, ranked without
-    masking the user's earlier items (RecBole's rule, for side-by-side comparisons)."""
-    run = TrainedRun(path, memory_budget)
+    masking the user's earlier items (RecBole's rule, for side-by-side comparisons). Also the
+    test users' gates `[users, L]` (None for ID-only models or without test)."""
     split = run.split
     popularity = split.train_counts()
     popularity[0] = float("-inf")
     seen = torch.zeros(split.num_items, dtype=torch.bool)
     seen[[i for seq in split.train for i in seq]] = True
-    results: dict = {}
+    results: dict[str, SplitMetrics] = {}
     gates = None
     for name in splits:
         histories = [split.history(u, name) for u in range(len(split.users))]
@@ -94,13 +105,16 @@ def evaluate_run(
             results["test_unmasked"] = _metrics(ranks_unmasked, pop_unmasked)
             if run.module.model.content:
                 gates = gate
+    report = EvalReport(results)
     if gates is not None:
-        results["gate"] = {"layers": run.layers, "mean": gates.mean(0).tolist()}
-    if write:
-        (run.path / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-        if gates is not None and len(run.layers) > 1:
-            plot_gates(run.layers, gates, run.path / "gates.png")
-    return results
+        report.gate = GateReport(run.layers, gates.mean(0).tolist())
+    return report, gates
+
+
+def write_report(run: TrainedRun, report: EvalReport, gates: torch.Tensor | None) -> None:
+    run.run.write_metrics(report)
+    if gates is not None and len(run.layers) > 1:
+        plot_gates(run.layers, gates, run.run.gates_file)
 
 
 def _states(
@@ -120,29 +134,13 @@ def _states(
     return h, gate
 
 
-def _metrics(model: torch.Tensor, popularity: torch.Tensor) -> dict:
+def _metrics(model: torch.Tensor, popularity: torch.Tensor) -> SplitMetrics:
     results = {}
     for key, ranks in (("model", model), ("popularity", popularity)):
         metrics = RankingMetrics()
         metrics.update(ranks)
         results[key] = metrics.compute()
-    return results
-
-
-def write_run_catalog(
-    run: Path, checkpoint: Path, module: LinkedOutModule, item_ids: list[str]
-) -> None:
-    """Write the checkpoint's per-depth item vectors to `run/catalog.lance`, chunk by chunk,
-    from the training module's item table: ranking and serving then never run the item tower
-    over the catalog again."""
-    state = torch.load(checkpoint, map_location=module.device, weights_only=False)["state_dict"]
-    module.load_state_dict(state)
-    module.eval()
-    model = module.model
-    shape = (len(item_ids) + 1, model.layers, model.expert_dim)
-    with torch.inference_mode():
-        chunks = module.code_chunks() if model.content else None
-        write_catalog(run / "catalog.lance", chunks, item_ids, shape)
+    return SplitMetrics(**results)
 
 
 def plot_gates(layers: list[int], gates: torch.Tensor, path: Path, sample: int = 24) -> None:

@@ -18,57 +18,14 @@ gate costs L·r numbers per item rather than L·d.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linkedout.errors import LinkedOutError
+from linkedout.recommend.config import ModelConfig
 from linkedout.recommend.softmax import full_softmax_loss
 from linkedout.recommend.whitening import Whitening
-
-FUSIONS = ("moe", "mean", "last", "layer:K", "none")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    d_model: int = 64
-    """Width of the sequence model and of the ID embeddings."""
-    fusion: str = "moe"
-    """How depths combine: moe (personalised gate), mean, last, layer:K (one depth) or none."""
-    ids: bool = False
-    """Add a learned item-ID embedding to the content (content only scores unseen items)."""
-    expert_dim: int = 16
-    """Dimensions of each depth's expert (its subspace of the model space)."""
-    whiten: int = 64
-    """Principal directions kept per depth by the catalog-fitted whitening (0: LayerNorm the
-    tokens instead, at their full width)."""
-    id_dropout: float = 0.2
-    """With content and IDs: in training, each history item's ID vector is dropped with this
-    probability, so the sequence model learns to read items by their content too (items
-    with few interactions have poor ID vectors, new ones none)."""
-    token_pool: str = "mean"
-    """How a depth's T stored tokens become one vector: mean (once, before training) or
-    attention (a learned query per depth)."""
-    top_k: int = 0
-    """Gate keeps only the k largest depth weights (0 = soft gate over all depths)."""
-    balance_weight: float = 0.01
-    """Weight of the load-balancing term that keeps the gate from collapsing early."""
-    blocks: int = 2
-    heads: int = 2
-    dropout: float = 0.2
-    max_len: int = 50
-
-    def __post_init__(self) -> None:
-        if self.expert_dim < 1:
-            raise LinkedOutError(f"expert_dim {self.expert_dim}: give each depth 1+ dimensions")
-        if self.whiten < 0:
-            raise LinkedOutError(f"whiten {self.whiten}: keep 0 (no whitening) or more directions")
-        if not 0 <= self.id_dropout < 1:
-            raise LinkedOutError(f"id_dropout {self.id_dropout}: use a probability in [0, 1)")
-        if self.token_pool not in ("mean", "attention"):
-            raise LinkedOutError(f"token_pool {self.token_pool!r}: use mean or attention")
 
 
 class LayerTokenCompressor(nn.Module):
@@ -76,15 +33,15 @@ class LayerTokenCompressor(nn.Module):
     mean-pooled already, T = 1), then a projection to the expert width. Reads layer-major
     tokens `[L, N, T, k]` (the whitening's output)."""
 
-    def __init__(self, layers: int, dim: int, out: int, attention: bool, scale: float = 0.1):
+    def __init__(self, num_layers: int, dim: int, out: int, attention: bool, scale: float = 0.1):
         super().__init__()
-        self.query = nn.Parameter(torch.zeros(layers, dim)) if attention else None
+        self.query = nn.Parameter(torch.zeros(num_layers, dim)) if attention else None
         # Small at first: content vectors start at the ID embeddings' scale, not 50x above it.
-        self.proj = nn.Parameter(torch.randn(layers, dim, out) * (scale / math.sqrt(dim)))
-        self.bias = nn.Parameter(torch.zeros(layers, out))
+        self.proj = nn.Parameter(torch.randn(num_layers, dim, out) * (scale / math.sqrt(dim)))
+        self.bias = nn.Parameter(torch.zeros(num_layers, out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [L, N, T, k] -> [L, N, r]
-        layers, n, t, dim = x.shape
+        dim = x.shape[-1]
         if self.query is None:  # mean-pooled already
             pooled = x.mean(2)
         else:
@@ -97,13 +54,13 @@ class DepthExperts(nn.Module):
     """One residual expert MLP per depth, its subspace `U_l` of the model space, and gates
     over depths conditioned on a vector of the model space."""
 
-    def __init__(self, layers: int, r: int, d_model: int, top_k: int):
+    def __init__(self, num_layers: int, r: int, d_model: int, top_k: int):
         super().__init__()
-        self.w1 = nn.Parameter(torch.randn(layers, r, 2 * r) / math.sqrt(r))
-        self.w2 = nn.Parameter(torch.randn(layers, 2 * r, r) / math.sqrt(2 * r))
-        self.lift = nn.Parameter(torch.randn(layers, d_model, r) / math.sqrt(r))  # U_l
-        self.user_gate = nn.Linear(d_model, layers)
-        self.item_gate = nn.Linear(d_model, layers)
+        self.w1 = nn.Parameter(torch.randn(num_layers, r, 2 * r) / math.sqrt(r))
+        self.w2 = nn.Parameter(torch.randn(num_layers, 2 * r, r) / math.sqrt(2 * r))
+        self.lift = nn.Parameter(torch.randn(num_layers, d_model, r) / math.sqrt(r))  # U_l
+        self.user_gate = nn.Linear(d_model, num_layers)
+        self.item_gate = nn.Linear(d_model, num_layers)
         self.top_k = top_k
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:  # [L, N, r] -> [L, N, r], layer-major
@@ -162,27 +119,37 @@ class SequenceEncoder(nn.Module):
 
 
 class LinkedOut(nn.Module):
-    """Scores items for users from item tokens (or IDs alone with fusion `none`)."""
+    """Scores items for users from item tokens of shape `token_shape` (L, T, D) per item, or
+    from IDs alone with fusion `none` (no tokens: `token_shape` None)."""
 
-    def __init__(self, config: ModelConfig, num_items: int, layers: int, tokens: int, dim: int):
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_items: int,
+        token_shape: tuple[int, int, int] | None = None,
+    ):
         super().__init__()
         self.config = config
         self.num_items = num_items
-        self.layers = layers
-        d = config.d_model
         self.content = config.fusion != "none"
+        if self.content and token_shape is None:
+            raise ValueError(f"fusion {config.fusion!r} reads item tokens: give their shape")
+        # ID-only models have one (fixed) depth weight, so gates keep their [..., L] shape.
+        num_layers, _, dim = token_shape if self.content else (1, 0, 0)
+        self.num_layers = num_layers
+        d = config.d_model
         self.expert_dim = config.expert_dim if self.content else 0
         if self.content:
             if config.whiten:
-                self.whitening = Whitening(layers, dim, min(config.whiten, dim))
+                self.whitening = Whitening(num_layers, dim, min(config.whiten, dim))
                 width = self.whitening.k
             else:
                 self.whitening = None
                 self.token_norm = nn.LayerNorm(dim, elementwise_affine=False)
                 width = dim
             attention = config.token_pool == "attention"
-            self.compressor = LayerTokenCompressor(layers, width, config.expert_dim, attention)
-            self.experts = DepthExperts(layers, config.expert_dim, d, config.top_k)
+            self.compressor = LayerTokenCompressor(num_layers, width, config.expert_dim, attention)
+            self.experts = DepthExperts(num_layers, config.expert_dim, d, config.top_k)
         self.ids = None
         if config.ids:
             # Small, as in SASRec: N(0, 1) vectors would make the first logits ~sqrt(d) wide
@@ -217,7 +184,7 @@ class LinkedOut(nn.Module):
         """Gates of the non-learned fusions (None for moe)."""
         if self.config.fusion == "moe":
             return None
-        return torch.full((*shape, self.layers), 1.0 / self.layers, device=device)
+        return torch.full((*shape, self.num_layers), 1.0 / self.num_layers, device=device)
 
     def item_inputs(self, codes: torch.Tensor | None, items: torch.Tensor) -> torch.Tensor:
         """Sequence-input vectors of items: content mixed by an item-conditioned gate, + ID."""

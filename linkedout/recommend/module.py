@@ -12,11 +12,15 @@ import lightning as L
 import torch
 
 from linkedout.errors import LinkedOutError
+from linkedout.memory import MemoryBudget
 from linkedout.recommend.catalog import CHUNK_ITEMS, Catalog, build_catalog
+from linkedout.recommend.config import ModelConfig
+from linkedout.recommend.data import Batch
 from linkedout.recommend.metrics import RankingMetrics
-from linkedout.recommend.model import LinkedOut, ModelConfig, balance_loss
+from linkedout.recommend.model import LinkedOut, balance_loss
 from linkedout.recommend.ranking import rank_targets
 from linkedout.recommend.softmax import product_dtype
+from linkedout.recommend.tokens import ItemTokens
 
 
 class LinkedOutModule(L.LightningModule):
@@ -24,9 +28,9 @@ class LinkedOutModule(L.LightningModule):
         self,
         model: dict,
         num_items: int,
-        layers: int,
-        tokens: int,
-        dim: int,
+        num_layers: int | None = None,
+        tokens: int | None = None,
+        dim: int | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         negatives: int = 1024,
@@ -35,46 +39,51 @@ class LinkedOutModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.config = ModelConfig(**model)
-        self.model = LinkedOut(self.config, num_items, layers, tokens, dim)
+        shape = None if num_layers is None else (num_layers, tokens, dim)
+        self.model = LinkedOut(self.config, num_items, shape)
         self.sampled = num_items > full_softmax_max_items
         # Filled by `attach`: the item tokens are data (read from the store), not weights.
         self.register_buffer("item_table", torch.zeros(0), persistent=False)
-        self._streamed = None
+        self._streamed: ItemTokens | None = None
         self.register_buffer("log_q", torch.zeros(num_items), persistent=False)
         self.register_buffer("candidates", torch.arange(1, num_items), persistent=False)
         self.metrics = RankingMetrics()
         self._catalog: Catalog | None = None
         self._histories: list[list[int]] | None = None
         self._states: list[tuple[torch.Tensor, ...]] = []
-        self._memory_budget: int | None = None
+        self._memory_budget: MemoryBudget | None = None
         self._spill_dir: Path | None = None
         self._targets_per_batch: float | None = None
 
     @classmethod
     def create(
-        cls, config: ModelConfig, num_items: int, shape: tuple[int, int, int], **kwargs
+        cls,
+        config: ModelConfig,
+        num_items: int,
+        token_shape: tuple[int, int, int] | None,
+        **kwargs,
     ) -> LinkedOutModule:
-        return cls(asdict(config), num_items, *shape, **kwargs)
+        """`token_shape`: (L, T, D) of an item's stored tokens (None for ID-only models)."""
+        return cls(asdict(config), num_items, *(token_shape or (None, None, None)), **kwargs)
 
     def attach(
         self,
-        item_tokens,
+        item_tokens: ItemTokens | None,
         train_counts: torch.Tensor | None = None,
         histories: list[list[int]] | None = None,
-        memory_budget: int | None = None,
+        memory_budget: MemoryBudget | None = None,
         spill_dir: Path | None = None,
         targets_per_batch: float | None = None,
     ) -> None:
-        """Give the module its item tokens `[N, L, T, D]` (a tensor, or streamed from the store),
-        the training popularity (candidates and the sampled-softmax proposal), each user's
+        """Give the module its item tokens `[N, L, T, D]` (None for ID-only models), the
+        training popularity (candidates and the sampled-softmax proposal), each user's
         history (masked in validation ranking) and the targets an average training batch
         holds (every target then weighs the same, see `training_step`). The whitening is
         fitted on the tokens, and their reduced form is kept in memory when it fits
-        `memory_budget` bytes (no limit when None), else the tokens are read and reduced batch
-        by batch. Validation holds the
-        catalog's embeddings in memory up to the same budget, else writes them to a Lance
-        dataset in `spill_dir`."""
-        budget = float("inf") if memory_budget is None else memory_budget
+        `memory_budget` (no limit when None), else the tokens are read and reduced batch by
+        batch. Validation holds the catalog's embeddings in memory up to the same budget, else
+        writes them to a Lance dataset in `spill_dir`."""
+        budget = MemoryBudget.unlimited() if memory_budget is None else memory_budget
         if self.model.content:
             if self.model.whitening is not None:
                 self.model.whitening.fit(item_tokens)
@@ -97,13 +106,13 @@ class LinkedOutModule(L.LightningModule):
         self._memory_budget = memory_budget
         self._spill_dir = spill_dir
 
-    def _attach_tokens(self, item_tokens, budget: float) -> None:
-        n, layers, t, _ = item_tokens.shape
-        width = self.model.whitening.k if self.model.whitening is not None else item_tokens.shape[3]
-        if layers * n * t * width * 4 <= budget:
+    def _attach_tokens(self, item_tokens: ItemTokens, budget: MemoryBudget) -> None:
+        n, num_layers, t, dim = item_tokens.shape
+        width = self.model.whitening.k if self.model.whitening is not None else dim
+        if budget.fits(num_layers * n * t * width * 4):
             with torch.no_grad():
                 chunks = [
-                    self.model.reduce_tokens(item_tokens[start : start + CHUNK_ITEMS])
+                    self.model.reduce_tokens(item_tokens.chunk(start, start + CHUNK_ITEMS))
                     for start in range(0, n, CHUNK_ITEMS)
                 ]
             self.item_table = torch.cat(chunks, 1)  # [L, N, T, k], a buffer: moves with .to()
@@ -119,17 +128,18 @@ class LinkedOutModule(L.LightningModule):
 
     # -- the item table ---------------------------------------------------------------------
     @property
-    def streamed_tokens(self):
-        """The stored tokens, when they are read from the store batch by batch (else None)."""
+    def streamed_tokens(self) -> ItemTokens | None:
+        """The table the training steps gather raw tokens from, when the reduced ones do not
+        fit in memory (else None): the data module reads its batches ahead."""
         return self._streamed
 
-    def reduced_tokens(self, items: torch.Tensor, ahead=None) -> torch.Tensor:
+    def reduced_tokens(self, items: torch.Tensor, prefetched=None) -> torch.Tensor:
         """Reduced tokens `[L, n, T, k]` of these item indices."""
         if self._streamed is None:
             if len(items) == self.item_table.shape[1]:  # the whole catalog: no copy
                 return self.item_table
             return self.item_table.index_select(1, items)
-        raw = self._streamed.take(items, ahead) if ahead is not None else self._streamed[items]
+        raw = self._streamed.gather(items, prefetched)
         return self.model.reduce_tokens(raw.to(self.device))
 
     def code_chunks(self) -> Iterator[torch.Tensor]:
@@ -147,7 +157,7 @@ class LinkedOutModule(L.LightningModule):
         """The current model's catalog over the attached item tokens."""
         ids = self.model.ids.weight if self.model.ids is not None else None
         if self._memory_budget is None or self._spill_dir is None:
-            budget, spill = float("inf"), None
+            budget, spill = MemoryBudget.unlimited(), None
         else:
             budget, spill = self._memory_budget, self._spill_path()
         return build_catalog(self.model, self.code_chunks, ids, budget, spill)
@@ -165,8 +175,8 @@ class LinkedOutModule(L.LightningModule):
         return h, self.model.user_gate(h)
 
     # -- training ---------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx):
-        inputs, targets, *ahead = batch  # + a ReadAhead when tokens stream from the store
+    def training_step(self, batch: Batch, batch_idx):
+        inputs, targets = batch.inputs, batch.targets
         candidates = negatives = None
         if self.sampled:
             negatives = torch.multinomial(
@@ -178,7 +188,7 @@ class LinkedOutModule(L.LightningModule):
             needed = torch.arange(self.hparams.num_items, device=inputs.device)
         reduced = None
         if self.model.content:
-            reduced = self.reduced_tokens(needed, ahead[0] if ahead else None)
+            reduced = self.reduced_tokens(needed, batch.tokens)
         loss, gate = self.model.loss(
             inputs,
             targets,

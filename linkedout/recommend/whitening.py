@@ -26,20 +26,21 @@ FIT_CHUNK = 1024  # items per product while fitting
 class Whitening(nn.Module):
     """`[..., L, T, D]` -> `[..., L, T, k]`: per depth, `(x - mean_l) @ basis_l`."""
 
-    def __init__(self, layers: int, dim: int, k: int):
+    def __init__(self, num_layers: int, dim: int, k: int):
         super().__init__()
         if not 0 < k <= dim:
             raise ValueError(f"whitening keeps 1..{dim} dimensions per depth, not {k}")
         self.k = k
-        self.register_buffer("mean", torch.zeros(layers, dim))
-        self.register_buffer("basis", torch.zeros(layers, dim, k))
+        self.register_buffer("mean", torch.zeros(num_layers, dim))
+        self.register_buffer("basis", torch.zeros(num_layers, dim, k))
         self.register_buffer("fitted", torch.tensor(False))
 
     @torch.no_grad()
     def fit(self, tokens) -> None:
-        """Estimate mean and basis from `tokens [N, L, T, D]` (a tensor, or anything that
-        indexes item rows the same way, such as tokens streamed from the store). Row 0 is the
-        padding item and all-zero rows are items without features: both are left out."""
+        """Estimate mean and basis from `tokens [N, L, T, D]` (a tensor, or an `ItemTokens`
+        table, such as one read from the store). Row 0 is the padding item and all-zero rows
+        are items without features: both are left out."""
+        rows_of = tokens.__getitem__ if isinstance(tokens, torch.Tensor) else tokens.gather
         n, layers, t, dim = tokens.shape
         count = min(n - 1, max(2, FIT_TOKENS // t))
         rows = torch.linspace(1, n - 1, count).round().long().unique()
@@ -48,7 +49,7 @@ class Whitening(nn.Module):
         seen = 0
         shift = None  # the first chunk's mean: products of shifted values lose no precision
         for start in range(0, len(rows), FIT_CHUNK):
-            x = tokens[rows[start : start + FIT_CHUNK]].float()
+            x = rows_of(rows[start : start + FIT_CHUNK]).float()
             x = x[x.flatten(1).abs().sum(1) > 0].transpose(0, 1).reshape(layers, -1, dim)
             if not x.shape[1]:
                 continue

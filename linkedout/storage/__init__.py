@@ -10,10 +10,12 @@ from linkedout.storage.features import (
 from linkedout.storage.manifest import FORMAT_VERSION, Manifest
 from linkedout.storage.rows import FailedItem, FeatureRow, sha256_file, sha256_text
 from linkedout.storage.share import dataset_card, export
-from linkedout.storage.store import FeatureStore, StoreInfo
-from linkedout.storage.writer import FeatureWriter, WriteStats
+from linkedout.storage.status import StoreInfo
+from linkedout.storage.store import FeatureStore
+from linkedout.storage.writer import COMMIT_EVERY, FeatureWriter, WriteStats
 
 __all__ = [
+    "COMMIT_EVERY",
     "FORMAT_VERSION",
     "FailedItem",
     "FeatureRow",

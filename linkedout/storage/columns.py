@@ -1,4 +1,4 @@
-"""The dataset's Arrow schema and the tensor <-> Arrow conversions.
+"""The dataset's Arrow schema, the rows -> table build and the tensor <-> Arrow conversions.
 
 On-disk layout of one row (format version 1):
 
@@ -29,6 +29,7 @@ import pyarrow as pa
 import torch
 
 from linkedout.storage.manifest import Manifest
+from linkedout.storage.rows import FailedItem, FeatureRow
 
 MANIFEST_KEY = b"linkedout.manifest"
 
@@ -80,6 +81,39 @@ def arrow_schema(manifest: Manifest) -> pa.Schema:
         ],
         metadata={MANIFEST_KEY: manifest.to_json().encode()},
     )
+
+
+def rows_to_table(rows: Sequence[FeatureRow | FailedItem], manifest: Manifest) -> pa.Table:
+    """Rows and failures as one table in the layout above (a failure holds no tokens)."""
+    schema = arrow_schema(manifest)
+    good = [r if isinstance(r, FeatureRow) else None for r in rows]
+    columns = {
+        "item_id": [r.item_id for r in rows],
+        "tokens": tokens_to_arrow([g.tokens if g else None for g in good], manifest),
+        "error": [None if isinstance(r, FeatureRow) else r.error for r in rows],
+        "content_sha256": [r.content_sha256 for r in rows],
+        "source": [r.source for r in rows],
+        "title": [r.title for r in rows],
+        "frame_indices": [_opt_list(g.frame_indices, int) if g else None for g in good],
+        "frame_seconds": [_opt_list(g.frame_seconds, float) if g else None for g in good],
+        "token_counts": [
+            {s: g.token_counts.get(s) for s in TOKEN_SPANS} if g and g.token_counts else None
+            for g in good
+        ],
+        "extracted_at": [r.extracted_at for r in rows],
+        "extract_seconds": [g.extract_seconds if g else None for g in good],
+    }
+    arrays = [
+        columns[f.name]
+        if isinstance(columns[f.name], pa.Array)
+        else pa.array(columns[f.name], f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _opt_list(values, cast) -> list | None:
+    return None if values is None else [cast(v) for v in values]
 
 
 def tokens_to_arrow(tokens: Sequence[torch.Tensor | None], manifest: Manifest) -> pa.StructArray:

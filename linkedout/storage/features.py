@@ -1,13 +1,14 @@
-"""Item features for training and serving: all in memory when they fit, streamed when not.
+"""Item features by id, for code reading a feature store: all in memory when they fit, streamed
+when not.
 
 Both views answer the same three questions (which ids, the tensors of some ids, every item in
-batches), so the recommender is written once against `ItemFeatures`.
+batches), so a reader is written once against `ItemFeatures`. (The recommender indexes items by
+its own model index instead: `linkedout.recommend.tokens`.)
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -15,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from linkedout.errors import LinkedOutError, MissingItemsError
+from linkedout.memory import MemoryBudget
 from linkedout.storage.columns import TORCH_DTYPES
 from linkedout.storage.store import FeatureStore
 
@@ -27,7 +29,7 @@ class ItemFeatures(Protocol):
     @property
     def ids(self) -> list[str]: ...
 
-    def take(self, item_ids: Sequence[str]) -> torch.Tensor: ...
+    def read_tokens(self, item_ids: Sequence[str]) -> torch.Tensor: ...
 
     def batches(self, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor]]: ...
 
@@ -48,7 +50,7 @@ class InMemoryFeatures:
     def to(self, device: torch.device | str) -> InMemoryFeatures:
         return InMemoryFeatures(self._ids, self.tokens.to(device), self.layers)
 
-    def take(self, item_ids: Sequence[str]) -> torch.Tensor:
+    def read_tokens(self, item_ids: Sequence[str]) -> torch.Tensor:
         missing = [i for i in item_ids if i not in self._row]
         if missing:
             raise MissingItemsError(
@@ -74,8 +76,8 @@ class StreamingFeatures:
     def ids(self) -> list[str]:
         return self.store.ids()
 
-    def take(self, item_ids: Sequence[str]) -> torch.Tensor:
-        return self.store.take(item_ids, self.layers)
+    def read_tokens(self, item_ids: Sequence[str]) -> torch.Tensor:
+        return self.store.read_tokens(item_ids, self.layers)
 
     def batches(self, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor]]:
         return self.store.iter_batches(batch_size, self.layers)
@@ -88,29 +90,26 @@ def feature_bytes(store: FeatureStore, layers: Sequence[int] | None = None) -> i
     return len(store) * len(layers) * t * d * itemsize
 
 
-def default_memory_budget() -> int:
-    """Half of the memory available now: room left for the model, the optimizer and the OS."""
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        available = 8 << 30
-    return available // 2
-
-
 def open_features(
-    store: FeatureStore, layers: Sequence[int] | None = None, memory_budget: int | None = None
+    store: FeatureStore,
+    layers: Sequence[int] | None = None,
+    memory_budget: MemoryBudget | int | None = None,
 ) -> InMemoryFeatures | StreamingFeatures:
-    """Load every item's features when they fit in `memory_budget` bytes, else stream them."""
+    """Load every item's features when they fit `memory_budget` (bytes; default: half the free
+    memory), else stream them."""
     layers = store.layer_positions(layers)
-    budget = default_memory_budget() if memory_budget is None else memory_budget
+    if not isinstance(memory_budget, MemoryBudget):
+        memory_budget = (
+            MemoryBudget.resolve(None) if memory_budget is None else MemoryBudget(memory_budget)
+        )
     need = feature_bytes(store, layers)
-    if need <= budget:
+    if memory_budget.fits(need):
         ids, tokens = store.load(layers)
         return InMemoryFeatures(ids, tokens, layers)
     log.warning(
         "item features need %.2f GiB, over the %.2f GiB budget: streaming them from %s",
         need / 2**30,
-        budget / 2**30,
+        memory_budget.gib,
         store.uri,
     )
     return StreamingFeatures(store, layers)
@@ -130,7 +129,7 @@ class _ItemBatches(Dataset):
 
     def __getitem__(self, k: int) -> tuple[list[str], torch.Tensor]:
         ids = self.item_ids[k * self.batch_size : (k + 1) * self.batch_size]
-        return ids, self.store.take(ids, self.layers)
+        return ids, self.store.read_tokens(ids, self.layers)
 
 
 def item_loader(

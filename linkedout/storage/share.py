@@ -91,7 +91,7 @@ With LinkedOut (any local path or `s3://` URI):
 from linkedout.storage import FeatureStore
 store = FeatureStore.open("{info.uri}")
 ids, tokens = store.load()                       # tokens: torch.Tensor [N, L, T, D]
-one_layer = store.take(ids[:4], layers=[{first}])     # reads only that layer
+one_layer = store.read_tokens(ids[:4], layers=[{first}])  # reads only that layer
 ```
 With `lance` alone:
 ```python

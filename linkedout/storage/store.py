@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import lance
@@ -24,6 +23,7 @@ from linkedout.storage.columns import (
     tokens_column,
 )
 from linkedout.storage.manifest import Manifest
+from linkedout.storage.status import Failure, OptimizeReport, StoredStatus, StoreInfo
 from linkedout.storage.uri import is_local, normalize
 
 log = logging.getLogger(__name__)
@@ -31,54 +31,9 @@ log = logging.getLogger(__name__)
 _OK = "error IS NULL"
 
 
-@dataclass(frozen=True)
-class StoredStatus:
-    content_sha256: str | None
-    error: str | None
-    title: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def is_current(self, sha: str | None, title: str | None) -> bool:
-        """A good row made from the same content and title: nothing to redo."""
-        return self.ok and (self.content_sha256, self.title) == (sha, title)
-
-
-@dataclass(frozen=True)
-class Failure:
-    item_id: str
-    source: str
-    error: str
-
-
-@dataclass(frozen=True)
-class StoreInfo:
-    uri: str
-    manifest: Manifest
-    rows: int
-    failures: int
-    size_bytes: int
-    version: int
-    versions: int
-    created: datetime | None
-    updated: datetime | None
-    fragments: int
-    indices: list[str]
-    schema: pa.Schema
-
-
-@dataclass(frozen=True)
-class OptimizeReport:
-    fragments_before: int
-    fragments_after: int
-    bytes_before: int
-    bytes_after: int
-
-
 class FeatureStore:
-    """A LinkedOut feature dataset at one version: read with `take`/`load`, write with `writer`."""
+    """A LinkedOut feature dataset at one version: read with `read_tokens`/`load`, commit rows
+    with `append`/`upsert` (`FeatureWriter` batches them)."""
 
     def __init__(
         self, uri: str, dataset: lance.LanceDataset, manifest: Manifest, storage_options: dict
@@ -261,7 +216,9 @@ class FeatureStore:
             )
         return list(layers)
 
-    def take(self, item_ids: Sequence[str], layers: Sequence[int] | None = None) -> torch.Tensor:
+    def read_tokens(
+        self, item_ids: Sequence[str], layers: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """`[N, L, T, D]` for these ids in this order, reading only the requested layers."""
         layers = self.layer_positions(layers)
         offsets = self._offset_map()
@@ -303,12 +260,24 @@ class FeatureStore:
                 yield batch.column(0).to_pylist(), layer_arrays(batch, layers)
 
     # ---------------------------------------------------------------- writing
-    def writer(self, batch_size: int = 64, overwrite: bool = False):
-        """A context manager that commits rows in batches; see `FeatureWriter`."""
-        from linkedout.storage.writer import FeatureWriter
+    def append(self, table: pa.Table) -> None:
+        """Add rows (`columns.rows_to_table`) for ids not stored yet, as one atomic commit."""
+        lance.write_dataset(
+            table, self._ds, mode="append", storage_options=self.storage_options or None
+        )
+        self._refresh()
 
-        return FeatureWriter(self, batch_size=batch_size, overwrite=overwrite)
+    def upsert(self, table: pa.Table) -> None:
+        """Replace the stored rows of these ids (adding any not stored), as one atomic commit."""
+        (
+            self._ds.merge_insert("item_id")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(table)
+        )
+        self._refresh()
 
+    # ---------------------------------------------------------------- maintenance
     def update_index(self) -> None:
         """Create the scalar index on item_id, or extend it over rows added since."""
         if any(i.field_names == ["item_id"] for i in self._ds.describe_indices()):
@@ -343,7 +312,7 @@ class FeatureStore:
 
     # ---------------------------------------------------------------- internals
     def _offset_map(self) -> dict[str, int]:
-        """item_id -> row offset for `take`, for the stored (non-failed) rows of this version."""
+        """item_id -> row offset, for the stored (non-failed) rows of this version."""
         if self._offsets is None:
             table = self._ds.to_table(columns=["item_id", "error"])
             ids = table.column("item_id").to_pylist()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 
 from linkedout.errors import LinkedOutError
+from linkedout.settings import setting
 
 
 def is_local(uri: str) -> bool:
@@ -71,3 +73,21 @@ def _filesystem(uri: str, options: dict[str, str]) -> tuple[pafs.FileSystem, str
         )
         return fs, uri.split("://", 1)[1]
     return pafs.FileSystem.from_uri(uri)
+
+
+STORAGE_OPTIONS_HELP = (
+    "Object-store option KEY=VALUE passed to Lance (e.g. aws_endpoint=http://host:9000, "
+    "allow_http=true); repeatable. The usual AWS_* environment variables work too."
+)
+
+
+def storage_options_setting() -> Any:
+    """The `storage_options` setting of every config that reaches an object store."""
+    return setting(
+        default_factory=dict,
+        flag="storage-option",
+        short="-s",
+        cli_type=list[str] | None,
+        parse=parse_storage_options,
+        help=STORAGE_OPTIONS_HELP,
+    )

@@ -1,9 +1,9 @@
-"""Batched, idempotent, crash-safe writes into a `FeatureStore`.
+"""Batched, idempotent, crash-safe writes into a `FeatureStore`: the policy over its commits.
 
-Each flush is one atomic Lance commit: an append of the items the dataset does not hold yet, and
-(only when some rows replace stored ones) a `merge_insert` keyed on `item_id`. A writer killed at
-any moment therefore leaves every earlier batch whole and no half-written one, and re-running the
-same work skips what was committed (same id, content hash and title) and writes the rest.
+Each flush is one atomic commit of the store's: `store.append` of the items the dataset does not
+hold yet, and (only when some rows replace stored ones) a second, `store.upsert`. A writer killed
+at any moment therefore leaves every earlier batch whole and no half-written one, and re-running
+the same work skips what was committed (same id, content hash and title) and writes the rest.
 
 The writer reads what is stored once, when it starts, and keeps that map up to date: appends
 then cost O(batch) instead of a join against the whole dataset. Concurrent writers must write
@@ -15,16 +15,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import lance
-import pyarrow as pa
 import torch
 
-from linkedout.errors import LinkedOutError
-from linkedout.storage.columns import TOKEN_SPANS, TORCH_DTYPES, arrow_schema, tokens_to_arrow
+from linkedout.errors import LinkedOutError, SettingError
+from linkedout.storage.columns import TORCH_DTYPES, rows_to_table
 from linkedout.storage.rows import FailedItem, FeatureRow
-from linkedout.storage.store import FeatureStore, StoredStatus
+from linkedout.storage.status import StoredStatus
+from linkedout.storage.store import FeatureStore
 
 log = logging.getLogger(__name__)
+
+COMMIT_EVERY = 16
+"""Rows per atomic commit: a killed run loses at most this many; more makes fewer fragments."""
 
 
 @dataclass
@@ -43,17 +45,19 @@ class WriteStats:
 
 
 class FeatureWriter:
-    """Buffer rows and failures; commit every `batch_size` of them (never one commit per row).
+    """Buffer rows and failures; commit every `commit_every` of them (never one commit per row).
 
     Use as a context manager: leaving the block commits what is buffered, also when the block
     raised, so work done before an error is kept.
     """
 
-    def __init__(self, store: FeatureStore, batch_size: int = 64, overwrite: bool = False):
-        if batch_size < 1:
-            raise LinkedOutError(f"batch_size must be >= 1, got {batch_size}")
+    def __init__(
+        self, store: FeatureStore, commit_every: int = COMMIT_EVERY, overwrite: bool = False
+    ):
+        if commit_every < 1:
+            raise SettingError("commit_every", commit_every, "must be >= 1")
         self.store = store
-        self.batch_size = batch_size
+        self.commit_every = commit_every
         self.overwrite = overwrite
         self.stats = WriteStats()
         self._pending: dict[str, FeatureRow | FailedItem] = {}
@@ -71,7 +75,7 @@ class FeatureWriter:
         if isinstance(row, FeatureRow):
             row = self._check(row)
         self._pending[row.item_id] = row  # a later row for the same id wins
-        if len(self._pending) >= self.batch_size:
+        if len(self._pending) >= self.commit_every:
             self.flush()
 
     def extend(self, rows) -> None:
@@ -110,25 +114,14 @@ class FeatureWriter:
         new = [r for r in keep if r.item_id not in stored]
         again = [r for r in keep if r.item_id in stored]
         if new:
-            lance.write_dataset(
-                _to_table(new, self.store),
-                self.store.dataset,
-                mode="append",
-                storage_options=self.store.storage_options or None,
-            )
+            self.store.append(rows_to_table(new, self.store.manifest))
             self.stats.commits += 1
         if again:
-            (
-                self.store.dataset.merge_insert("item_id")
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .execute(_to_table(again, self.store))
-            )
+            self.store.upsert(rows_to_table(again, self.store.manifest))
             self.stats.commits += 1
         for r in keep:
             error = r.error if isinstance(r, FailedItem) else None
             stored[r.item_id] = StoredStatus(r.content_sha256, error, r.title)
-        self.store._refresh()
 
     def close(self) -> None:
         self.flush()
@@ -171,35 +164,3 @@ class FeatureWriter:
             self.store.update_index()
         except (OSError, RuntimeError, ValueError) as e:
             log.warning("could not update the item_id index of %s: %s", self.store.uri, e)
-
-
-def _to_table(rows: list[FeatureRow | FailedItem], store: FeatureStore) -> pa.Table:
-    schema = arrow_schema(store.manifest)
-    good = [r if isinstance(r, FeatureRow) else None for r in rows]
-    columns = {
-        "item_id": [r.item_id for r in rows],
-        "tokens": tokens_to_arrow([g.tokens if g else None for g in good], store.manifest),
-        "error": [None if isinstance(r, FeatureRow) else r.error for r in rows],
-        "content_sha256": [r.content_sha256 for r in rows],
-        "source": [r.source for r in rows],
-        "title": [r.title for r in rows],
-        "frame_indices": [_opt_list(g.frame_indices, int) if g else None for g in good],
-        "frame_seconds": [_opt_list(g.frame_seconds, float) if g else None for g in good],
-        "token_counts": [
-            {s: g.token_counts.get(s) for s in TOKEN_SPANS} if g and g.token_counts else None
-            for g in good
-        ],
-        "extracted_at": [r.extracted_at for r in rows],
-        "extract_seconds": [g.extract_seconds if g else None for g in good],
-    }
-    arrays = [
-        columns[f.name]
-        if isinstance(columns[f.name], pa.Array)
-        else pa.array(columns[f.name], f.type)
-        for f in schema
-    ]
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def _opt_list(values, cast) -> list | None:
-    return None if values is None else [cast(v) for v in values]

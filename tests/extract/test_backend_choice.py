@@ -34,7 +34,7 @@ def test_without_vllm_the_backend_says_how_to_get_it(checkpoints, tmp_path, monk
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--backend", "tensorrt"], "use transformers or vllm"),
+        (["--backend", "tensorrt"], "--backend 'tensorrt': use transformers, vllm"),
         (
             ["--backend", "vllm", "--model", "sentence-transformers/all-MiniLM-L6-v2"],
             "serves the Video LLMs",

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from linkedout.errors import LinkedOutError
+from linkedout.errors import LinkedOutError, SettingError
 from linkedout.extract.discover import (
     CatalogItem,
     discover_videos,
@@ -61,7 +61,7 @@ def test_discovery_without_titles_reports_nothing_untitled(tmp_path):
 
 
 def test_discovery_errors_say_what_to_pass(tmp_path):
-    with pytest.raises(LinkedOutError, match="no such directory: .*pass --videos"):
+    with pytest.raises(SettingError, match="videos=.*: no such directory: pass a folder"):
         discover_videos(tmp_path / "nope")
     _touch(tmp_path, "readme.txt", ".hidden/clip.mp4")
     with pytest.raises(LinkedOutError, match=r"no video files under .*\.mp4, \.mkv, \.webm"):
@@ -103,8 +103,10 @@ def test_a_missing_column_names_the_columns_found_and_the_flag(tmp_path):
     with pytest.raises(LinkedOutError) as caught:
         read_titles(path)
     message = str(caught.value)
-    assert "found: name, title" in message and "--id-column" in message
-    with pytest.raises(LinkedOutError, match=r"no column 'caption' .*found: name, title.*--text"):
+    assert "found: name, title" in message and "`id_column`" in message
+    with pytest.raises(
+        SettingError, match=r"text_column='caption': .* no such column .*name, title"
+    ):
         read_titles(path, id_column="name", text_column="caption")
 
 

@@ -11,7 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from linkedout.cli import app
-from linkedout.extract.pipeline import ExtractConfig, RayOptions, extract
+from linkedout.extract.config import ExtractConfig, RayOptions
+from linkedout.extract.pipeline import extract
 from linkedout.storage import FeatureStore
 from tests.factories import clips_folder
 
@@ -47,7 +48,7 @@ def _config(videos: Path, model: str, out: str, **changes) -> ExtractConfig:
         frames=4,
         max_pixels=28 * 28 * 12,
         layers="all",
-        write_batch=2,
+        commit_every=2,
     )
     return dataclasses.replace(config, **changes)
 
@@ -69,7 +70,7 @@ def local_run(checkpoints, videos, tmp_path_factory) -> Path:
 def _rows(uri: str, options: dict | None = None) -> dict[str, torch.Tensor]:
     store = FeatureStore.open(uri, options)
     ids = sorted(store.ids())
-    return dict(zip(ids, store.take(ids), strict=True))
+    return dict(zip(ids, store.read_tokens(ids), strict=True))
 
 
 def _assert_equal_datasets(a: str, b: str, b_options: dict | None = None) -> None:
@@ -95,7 +96,8 @@ def test_two_ray_workers_write_the_single_process_dataset_and_resume(
     assert (summary.new, summary.failed) == (len(CLIPS), 1)
     _assert_equal_datasets(str(local_run), out)
     provenance = FeatureStore.open(out).manifest.provenance
-    assert provenance["engine"] == "transformers on ray" and provenance["ray"] == ray.__version__
+    assert (provenance["backend"], provenance["engine"]) == ("transformers", "ray")
+    assert provenance["ray"] == ray.__version__
     again = extract(config)  # a re-run skips what is stored; the failure is not retried forever
     assert (again.new, again.skipped) == (0, len(CLIPS))
 

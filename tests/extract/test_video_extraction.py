@@ -55,7 +55,7 @@ def _cli(*args: str) -> subprocess.Popen:
 def _rows(uri: Path) -> dict[str, torch.Tensor]:
     store = FeatureStore.open(uri)
     ids = sorted(store.ids())
-    return dict(zip(ids, store.take(ids), strict=True))
+    return dict(zip(ids, store.read_tokens(ids), strict=True))
 
 
 def _assert_same_rows(a: Path, b: Path) -> None:

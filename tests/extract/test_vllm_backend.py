@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from linkedout.extract.config import ExtractConfig
 from linkedout.extract.defaults import DEFAULT_PROMPT
-from linkedout.extract.pipeline import ExtractConfig, extract
+from linkedout.extract.pipeline import extract
 from linkedout.storage import FeatureStore
 from tests.factories import clips_folder
 
@@ -59,7 +60,7 @@ def _config(videos: Path, model: Path, out: Path, **changes) -> ExtractConfig:
 def _rows(run: ExtractConfig) -> dict[str, torch.Tensor]:
     store = FeatureStore.open(run.out)
     ids = sorted(store.ids())
-    return dict(zip(ids, store.take(ids), strict=True))
+    return dict(zip(ids, store.read_tokens(ids), strict=True))
 
 
 def _free_engine() -> None:
@@ -78,7 +79,7 @@ def _generated_tokens(engine, model: Path, videos: Path) -> dict[str, list[list[
     from linkedout.extract.backbones import load_backbone
     from linkedout.extract.backbones.base import ItemInput
     from linkedout.extract.decode import decode_video
-    from linkedout.extract.pipeline import fill_prompt
+    from linkedout.extract.steps import fill_prompt
 
     reference = load_backbone(str(model), dtype="float32", max_pixels=28 * 28 * 12)
     items = []
@@ -170,7 +171,7 @@ def test_an_item_longer_than_the_engine_takes_fails_alone(qwen2_runs):
 def test_the_manifest_records_the_backend(qwen2_runs):
     runs, _, _ = qwen2_runs
     provenance = FeatureStore.open(runs["vllm_batch"].out).manifest.provenance
-    assert provenance["engine"] == "vllm" and provenance["vllm"] == vllm.__version__
+    assert provenance["backend"] == "vllm" and provenance["vllm"] == vllm.__version__
     hf = dataclasses.asdict(FeatureStore.open(runs["transformers"].out).manifest)
     served = dataclasses.asdict(FeatureStore.open(runs["vllm_batch"].out).manifest)
     hf.pop("provenance"), served.pop("provenance")
@@ -199,7 +200,7 @@ def test_qwen2_5_vl_rows_equal_where_transformers_places_positions_as_qwen_does(
 
 def test_vllm_runs_inside_the_ray_pipeline_one_engine_per_worker(qwen2_runs, videos, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is in the distributed extra")
-    from linkedout.extract.pipeline import RayOptions
+    from linkedout.extract.config import RayOptions
 
     runs, _, _ = qwen2_runs
     config = dataclasses.replace(
@@ -215,4 +216,5 @@ def test_vllm_runs_inside_the_ray_pipeline_one_engine_per_worker(qwen2_runs, vid
     for item_id, tokens in reference.items():
         assert (served[item_id] - tokens).abs().max() < TOLERANCE, item_id
     provenance = FeatureStore.open(config.out).manifest.provenance
-    assert provenance["engine"] == "vllm on ray" and provenance["vllm"] == vllm.__version__
+    assert (provenance["backend"], provenance["engine"]) == ("vllm", "ray")
+    assert provenance["vllm"] == vllm.__version__

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from linkedout.storage import FeatureRow, FeatureStore, Manifest
+from linkedout.storage import FeatureRow, FeatureStore, FeatureWriter, Manifest
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def make_planted(
         hidden_size=dim,
     )
     store = FeatureStore.create(root / "features.lance", manifest)
-    with store.writer(batch_size=1000) as w:
+    with FeatureWriter(store, commit_every=1000) as w:
         for i, item in enumerate(ids):
             w.add(FeatureRow(item, x[i].half(), content_sha256=item))
     # A fixed eighth of each cluster is "cold": such items are only ever a test target.

@@ -97,22 +97,33 @@ def test_ids_that_tsv_cannot_hold_are_refused(tmp_path):
         write_split(split, tmp_path / "split")
 
 
-def test_read_ahead_serves_the_same_tokens_and_reads_only_what_it_lacks(tmp_path):
-    from linkedout.recommend.data import SplitConfig, StreamedTokens, build_split
+def test_both_token_tables_agree_and_prefetch_reads_only_what_it_lacks(tmp_path):
+    from linkedout.memory import MemoryBudget
+    from linkedout.recommend.data import SplitConfig, build_split
     from linkedout.recommend.interactions import read_interactions
-    from linkedout.storage import FeatureStore, StreamingFeatures
+    from linkedout.recommend.tokens import LanceItemTokens, MemoryItemTokens, open_item_tokens
+    from linkedout.storage import FeatureStore
     from tests.recommend.planted import make_planted
 
     planted = make_planted(tmp_path)
     store = FeatureStore.open(planted.features)
     split = build_split(read_interactions(planted.interactions), store.ids(), SplitConfig())
-    features = StreamingFeatures(store, list(store.manifest.layers))
-    tokens = StreamedTokens(features, split)
-    ahead = tokens.read_ahead(torch.tensor([[0, 5, 9], [9, 30, 2]]))  # padding 0 included
-    ahead.rows.result()
+    layers = list(store.manifest.layers)
+    opened = [
+        open_item_tokens(store, layers, split.item_ids, split.num_with_features, budget)
+        for budget in (MemoryBudget.unlimited(), MemoryBudget(0))
+    ]
+    memory, lance = opened
+    assert isinstance(memory, MemoryItemTokens) and isinstance(lance, LanceItemTokens)
+    assert memory.shape == lance.shape and memory.dtype == lance.dtype
+    assert memory.prefetch(torch.tensor([1, 2])) is None  # nothing to read ahead
+    prefetched = lance.prefetch(torch.tensor([[0, 5, 9], [9, 30, 2]]))  # padding 0 included
+    prefetched.rows.result()
     reads = []
-    original = features.take
-    features.take = lambda ids: reads.append(list(ids)) or original(ids)
+    original = store.read_tokens
+    store.read_tokens = lambda ids, layers: reads.append(list(ids)) or original(ids, layers)
     wanted = torch.tensor([9, 0, 5, 100, 2, 9])  # 100 was not read ahead
-    assert torch.equal(tokens.take(wanted, ahead), tokens[wanted])
-    assert reads[0] == [split.item_ids[99]]  # only the missing item came from the store
+    assert torch.equal(lance.gather(wanted, prefetched), memory.gather(wanted))
+    assert reads == [[split.item_ids[99]]]  # only the missing item came from the store
+    assert torch.equal(lance.chunk(230, 300), memory.chunk(230, 300))
+    assert not memory.gather(torch.tensor([0])).any()  # row 0 is padding

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from linkedout.recommend.config import TrainConfig
 from linkedout.recommend.data import LengthGroupedBatches
 from linkedout.recommend.evaluate import evaluate_run
 from linkedout.recommend.model import ModelConfig
-from linkedout.recommend.train import TrainConfig, train
+from linkedout.recommend.train import train
 from tests.recommend.planted import make_planted
 
 LINKEDOUT = str(Path(sys.executable).with_name("linkedout"))
@@ -56,7 +57,7 @@ def test_two_processes_validate_as_one_and_train_as_well(planted, tmp_path):
     # one process ranking every validation user with the same (best) checkpoint.
     epochs = json.loads((run / "epochs.json").read_text())["epochs"]
     best = max(epochs, key=lambda e: e["val_NDCG@10"])
-    single = evaluate_run(run, splits=("valid",))["valid"]["model"]
+    single = evaluate_run(run, splits=("valid",)).splits["valid"].model
     for name in ("HR@10", "NDCG@10", "HR@20", "NDCG@20"):
         assert best[f"val_{name}"] == pytest.approx(single[name], abs=1e-6), name
 
@@ -66,7 +67,7 @@ def test_two_processes_validate_as_one_and_train_as_well(planted, tmp_path):
             interactions=str(planted.interactions),
             out=str(tmp_path / "one"),
             model=ModelConfig(d_model=32, dropout=0.1),
-            progress=False,
+            quiet=True,
             **SETTINGS,
         )
     )

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from linkedout.cli import app
-from linkedout.extract.pipeline import ExtractConfig, extract
+from linkedout.extract.config import ExtractConfig
+from linkedout.extract.pipeline import extract
 from tests.conftest import shared_data
 
 USERS = 400

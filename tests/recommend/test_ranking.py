@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from linkedout.memory import MemoryBudget
 from linkedout.recommend.catalog import (
     CHUNK_ITEMS,
     LanceCatalog,
@@ -26,14 +27,14 @@ USERS = 40
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     torch.manual_seed(0)
-    model = LinkedOut(ModelConfig(d_model=16, fusion="moe", ids=True), ITEMS, 3, 2, 8).eval()
+    model = LinkedOut(ModelConfig(d_model=16, fusion="moe", ids=True), ITEMS, (3, 2, 8)).eval()
     tokens = torch.randn(ITEMS, 3, 2, 8)
     model.whitening.fit(tokens)
     ids = model.ids.weight.detach()
     chunks = lambda: expert_chunks(model, tokens)  # noqa: E731
-    memory = build_catalog(model, chunks, ids, memory_budget=2**40, spill=None)
+    memory = build_catalog(model, chunks, ids, memory_budget=MemoryBudget(2**40), spill=None)
     spill = tmp_path_factory.mktemp("catalog") / "spill.lance"
-    on_disk = build_catalog(model, chunks, ids, memory_budget=0, spill=spill)
+    on_disk = build_catalog(model, chunks, ids, memory_budget=MemoryBudget(0), spill=spill)
     h = torch.randn(USERS, 16)
     gate = torch.softmax(torch.randn(USERS, 3), -1)
     generator = torch.Generator().manual_seed(1)
@@ -100,8 +101,10 @@ def test_a_run_catalog_is_loaded_when_it_fits_and_read_on_demand_when_not(setup,
     names = [f"v{i}" for i in range(1, ITEMS)]
     chunks = (memory.experts[s : s + CHUNK_ITEMS] for s in range(0, ITEMS, CHUNK_ITEMS))
     write_catalog(tmp_path / "catalog.lance", chunks, names, (ITEMS, 3, model.expert_dim))
-    fits = open_catalog(tmp_path / "catalog.lance", memory.ids, memory_budget=2**30)
-    too_big = open_catalog(tmp_path / "catalog.lance", memory.ids, memory_budget=2**20)
+    fits = open_catalog(tmp_path / "catalog.lance", memory.ids, memory_budget=MemoryBudget(2**30))
+    too_big = open_catalog(
+        tmp_path / "catalog.lance", memory.ids, memory_budget=MemoryBudget(2**20)
+    )
     assert isinstance(fits, MemoryCatalog) and isinstance(too_big, LanceCatalog)
     assert torch.equal(fits.experts, memory.experts)
     assert too_big._ds.to_table(columns=["item_id"], limit=3).column(0).to_pylist() == [

@@ -11,10 +11,13 @@ from typer.testing import CliRunner
 
 from linkedout.cli import app
 from linkedout.errors import LinkedOutError
+from linkedout.memory import MemoryBudget
+from linkedout.recommend.config import TrainConfig
 from linkedout.recommend.evaluate import TrainedRun, evaluate_run
 from linkedout.recommend.model import ModelConfig
+from linkedout.recommend.run import RunDir
 from linkedout.recommend.serve import recommend, user_history
-from linkedout.recommend.train import TrainConfig, train
+from linkedout.recommend.train import train
 from tests.recommend.planted import make_planted
 
 runner = CliRunner()
@@ -35,7 +38,7 @@ def _train(planted, root, fusion="moe", ids=False, **kw):
         batch_size=64,
         lr=3e-3,
         patience=5,
-        progress=False,
+        quiet=True,
         **kw,
     )
     return train(config)
@@ -99,7 +102,9 @@ def test_reloaded_run_reproduces_scores_and_recommend_agrees_with_evaluate(runs)
     a, b = TrainedRun(runs["moe"]), TrainedRun(runs["moe"])
     histories = [a.split.history(u, "test") for u in range(5)]
     assert torch.equal(_full_scores(a, histories), _full_scores(b, histories))
-    assert evaluate_run(runs["moe"], splits=("test",))["test"] == _metrics(runs["moe"])["test"]
+    evaluated = evaluate_run(runs["moe"], splits=("test",)).to_json()
+    assert evaluated["test"] == _metrics(runs["moe"])["test"]
+    assert RunDir(runs["moe"]).metrics().to_json() == _metrics(runs["moe"])
     user = a.split.users[3]
     history = user_history(a, user)
     scores = _full_scores(a, [[a.index[i] for i in history]])[0].clone()
@@ -229,9 +234,9 @@ def test_a_tiny_memory_budget_streams_features_and_embeddings_with_the_same_resu
     epochs = [json.loads((r / "epochs.json").read_text())["epochs"] for r in (streamed, reference)]
     assert [e["val_NDCG@10"] for e in epochs[0]] == [e["val_NDCG@10"] for e in epochs[1]]
     assert not list(streamed.glob("validation-catalog*"))  # the spill is cleaned up
-    on_disk = TrainedRun(streamed, memory_budget=0)
+    on_disk = TrainedRun(streamed, memory_budget=MemoryBudget(0))
     assert on_disk.catalog.__class__.__name__ == "LanceCatalog"
-    assert evaluate_run(streamed, memory_budget=0) == _metrics(reference)
+    assert evaluate_run(streamed, memory_budget=MemoryBudget(0)).to_json() == _metrics(reference)
     history = user_history(on_disk, on_disk.split.users[7])
     assert recommend(on_disk, history, k=8, explain=True) == recommend(
         TrainedRun(reference), history, k=8, explain=True

@@ -18,7 +18,7 @@ def _anisotropic(n=400, layers=2, t=3, dim=12, seed=0):
 
 def test_whitened_tokens_have_zero_mean_and_identity_covariance_per_depth():
     tokens = _anisotropic()
-    whitening = Whitening(layers=2, dim=12, k=6)
+    whitening = Whitening(num_layers=2, dim=12, k=6)
     whitening.fit(tokens)
     out = whitening(tokens[1:])  # [L, n, T, k]
     for depth in out:

@@ -3,12 +3,12 @@
 import sys
 import time
 
-from linkedout.storage import FeatureStore
+from linkedout.storage import FeatureStore, FeatureWriter
 from tests.factories import make_manifest, make_row
 
 uri, n, batch, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 store = FeatureStore.open_or_create(uri, make_manifest())
-with store.writer(batch_size=batch) as writer:
+with FeatureWriter(store, commit_every=batch) as writer:
     for i in range(n):
         before = writer.stats.commits
         writer.add(make_row(f"item{i:05d}", store.manifest))

@@ -52,5 +52,5 @@ def test_writer_killed_mid_run_resumes_with_nothing_lost_or_duplicated(tmp_path)
     ids = store.dataset.to_table(columns=["item_id"]).column(0).to_pylist()
     assert len(ids) == len(set(ids)) == 200
     want = [f"item{i:05d}" for i in range(200)]
-    got = store.take(want)
+    got = store.read_tokens(want)
     assert all(torch.equal(got[i], item_tokens(want[i], store.manifest)) for i in range(200))

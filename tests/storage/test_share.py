@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from linkedout.errors import LinkedOutError
-from linkedout.storage import FailedItem, FeatureStore, export
+from linkedout.storage import FailedItem, FeatureStore, FeatureWriter, export
 from tests.factories import item_tokens, make_manifest, make_rows
 
 
 @pytest.fixture
 def source(tmp_path):
     store = FeatureStore.create(tmp_path / "src.lance", make_manifest(recipe={"max_pixels": 50176}))
-    with store.writer(batch_size=4) as w:
+    with FeatureWriter(store, commit_every=4) as w:
         w.extend(make_rows(9, store.manifest))
         w.add(FailedItem("broken", "no video stream", "hb", "/v/broken.avi"))
     return store
@@ -30,7 +30,7 @@ def test_export_to_s3_and_read_back(source, s3_bucket):
     assert remote.ids() == source.ids()
     assert [f.item_id for f in remote.failures()] == ["broken"]
     ids = ["item00008", "item00000"]
-    assert torch.equal(remote.take(ids, layers=[2]), source.take(ids, layers=[2]))
+    assert torch.equal(remote.read_tokens(ids, layers=[2]), source.read_tokens(ids, layers=[2]))
     info = remote.info()
     assert (info.rows, info.failures) == (9, 1) and info.size_bytes > 0
     assert any("item_id" in i for i in info.indices)

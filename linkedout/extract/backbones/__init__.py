@@ -10,8 +10,17 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
-from linkedout.errors import LinkedOutError
-from linkedout.extract.backbones.base import Backbone, ItemInput, Packer, Prepared, Spans
+from linkedout.errors import LinkedOutError, SettingError
+from linkedout.extract.backbones.base import (
+    Backbone,
+    HookedBackbone,
+    ItemInput,
+    Packer,
+    Pool,
+    PooledBatch,
+    Prepared,
+    Spans,
+)
 
 # Video LLM families the Qwen adapter packs frames for (config.model_type values). Qwen3-VL
 # interleaves text timestamps between frames, so its video tokens are not one span: not yet.
@@ -24,6 +33,9 @@ __all__ = [
     "ModelInfo",
     "inspect_model",
     "Backbone",
+    "HookedBackbone",
+    "Pool",
+    "PooledBatch",
     "ItemInput",
     "Prepared",
     "Spans",
@@ -41,13 +53,11 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LinkedOutError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
+        raise SettingError("device", device, "no CUDA GPU is visible; use `device` cpu")
     try:
         return torch.device(device)
     except RuntimeError:
-        raise LinkedOutError(
-            f"--device {device!r} is not a device: use auto, cpu or cuda"
-        ) from None
+        raise SettingError("device", device, "is not a device: use auto, cpu or cuda") from None
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -63,7 +73,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         # bf16 is the Qwen family's native dtype on GPUs; CPUs run fp32 far faster than bf16.
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in names:
-        raise LinkedOutError(f"--dtype {dtype!r}: use auto, bf16, fp16 or fp32")
+        raise SettingError("dtype", dtype, "use auto, bf16, fp16 or fp32")
     return names[dtype]
 
 
@@ -93,13 +103,15 @@ def inspect_model(model: str, want: str | None = None) -> ModelInfo:
     path, revision = _locate(model)
     try:
         config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise LinkedOutError(_unreachable(model, e)) from None
+    except (OSError, ValueError):
+        raise _unreachable(model) from None
     is_video = config.model_type in VIDEO_MODEL_TYPES
     if want == "video-llm" and not is_video:
-        raise LinkedOutError(
-            f"{model} is a {config.model_type} model, not a supported Video LLM "
-            f"({', '.join(VIDEO_MODEL_TYPES)}): pass one with --model, or extract text with --texts"
+        raise SettingError(
+            "model",
+            model,
+            f"a {config.model_type} model, not a supported Video LLM "
+            f"({', '.join(VIDEO_MODEL_TYPES)}): pass one, or extract text with `texts`",
         )
     if not is_video and hasattr(config, "vision_config"):
         raise LinkedOutError(
@@ -182,9 +194,11 @@ def load_packer(
 
 def _check_vllm(info: ModelInfo) -> None:
     if not info.is_video:
-        raise LinkedOutError(
-            f"--backend vllm serves the Video LLMs ({', '.join(VIDEO_MODEL_TYPES)}); "
-            f"{info.model_id} is a {info.model_type} model: use --backend transformers"
+        raise SettingError(
+            "backend",
+            "vllm",
+            f"serves the Video LLMs ({', '.join(VIDEO_MODEL_TYPES)}); {info.model_id} is a "
+            f"{info.model_type} model: use `backend` transformers",
         )
 
 
@@ -205,9 +219,9 @@ def _locate(model: str) -> tuple[str, str | None]:
             digest = f"{digest}-{weights[0].stat().st_size}"
         return str(local), f"local:{digest}" if digest else None
     if local.exists():
-        raise LinkedOutError(f"--model {model} is a file; pass the checkpoint's folder")
+        raise SettingError("model", model, "is a file; pass the checkpoint's folder")
     if model.startswith((".", "/", "~")):
-        raise LinkedOutError(f"--model {model}: no such folder")
+        raise SettingError("model", model, "no such folder")
     snapshot = _cached_snapshot(model)
     if snapshot:  # load the cached copy directly: no network round trips, no retries
         return snapshot, Path(snapshot).name
@@ -226,15 +240,16 @@ def _cached_snapshot(model: str) -> str | None:
     return None
 
 
-def _unreachable(model: str, error: Exception) -> str:
+def _unreachable(model: str) -> SettingError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    return (
-        f"cannot load model {model!r}: it is not a local folder, and the hub "
-        + (
-            "is disabled (HF_HUB_OFFLINE=1)"
-            if offline
-            else "could not be reached and has no cached copy"
-        )
-        + ": download it where there is network (`hf download "
-        + f"{model} --local-dir DIR`) and pass --model DIR"
+    hub = (
+        "is disabled (HF_HUB_OFFLINE=1)"
+        if offline
+        else "could not be reached and has no cached copy"
+    )
+    return SettingError(
+        "model",
+        model,
+        f"cannot load model: it is not a local folder, and the hub {hub}: download it where "
+        f"there is network (`hf download {model} --local-dir DIR`) and pass `model` DIR",
     )

@@ -1,8 +1,11 @@
 """The one small interface every backbone implements.
 
 A backbone turns one catalog item into model inputs and says which sequence positions belong to
-which span (video, prompt, generated); the pipeline captures the tapped layers' hidden states
-with hooks and pools each span. Backbones never pool, store or decode.
+which span (video, prompt, generated), and returns a batch's tapped layers pooled by the pool
+function it is handed. How the states are captured is the backbone's own business: the
+transformers backbones put forward hooks on their decoder blocks (`HookedBackbone`), the vLLM
+one records them inside its engine. So no caller ever asks a backbone which kind it is.
+Backbones never choose the pooling, store or decode.
 
 Layer numbering (the manifest's `layers`): 0 is the embedding output that enters the first
 decoder block (for Video LLMs: text embeddings with the vision features already merged in);
@@ -11,12 +14,17 @@ i >= 1 is the residual stream after decoder block i (1-based), before any final 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from types import MappingProxyType
+from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import nn
+
+from linkedout.extract.capture import LayerCapture
 
 
 @dataclass(frozen=True)
@@ -60,8 +68,28 @@ class Packer(Protocol):
     def prepare(self, item: ItemInput) -> Prepared: ...
 
 
+Pool = Callable[[torch.Tensor, Spans], torch.Tensor]
+"""One item's hidden states at one layer `[S, D]` and its spans -> the layer's `[T, D]` slots."""
+
+
+@dataclass(frozen=True)
+class PooledBatch:
+    """What a backbone's forward of one batch gives back."""
+
+    prepared: tuple[Prepared, ...]
+    """Each item as it was forwarded: with `spans.generated` when tokens were generated."""
+    tokens: torch.Tensor
+    """`[B, L, T, D]` in the model's dtype: item, tapped layer (in the order asked), slot."""
+
+
 class Backbone(Protocol):
+    """What the extraction steps use of a backbone, whatever runs it."""
+
     kind: Literal["video-llm", "text"]
+    backend: str
+    """What runs the model: transformers or vllm (the manifest records it)."""
+    versions: Mapping[str, str]
+    """(package -> version) of the backend beyond transformers and torch, e.g. vllm."""
     model_id: str
     revision: str | None
     num_layers: int
@@ -69,27 +97,72 @@ class Backbone(Protocol):
     hidden_size: int
     device: torch.device
     dtype: torch.dtype
-
-    def decoder_layers(self) -> nn.ModuleList:
-        """The decoder blocks, in order (hooks go on these)."""
-        ...
-
     packer: Packer
 
     def prepare(self, item: ItemInput) -> Prepared:
         """`self.packer.prepare(item)`."""
         ...
 
+    def refuse(self, prepared: Prepared, new_tokens: int) -> str | None:
+        """Why this item cannot be forwarded (it then fails alone, not its batch), or None."""
+        ...
+
+    def pooled_states(
+        self, batch: list[Prepared], layers: tuple[int, ...], pool: Pool, new_tokens: int
+    ) -> PooledBatch:
+        """Generate `new_tokens` greedily per item (when above 0), forward the batch and pool
+        each item's states at each of `layers`."""
+        ...
+
+
+class HookedBackbone(ABC):
+    """A transformers backbone: one padded forward of the batch, with a `LayerCapture` hook on
+    each tapped block pooling its layer as soon as it is computed."""
+
+    backend: ClassVar[str] = "transformers"
+    versions: ClassVar[Mapping[str, str]] = MappingProxyType({})
+
+    packer: Packer
+
+    def prepare(self, item: ItemInput) -> Prepared:
+        return self.packer.prepare(item)
+
+    def refuse(self, prepared: Prepared, new_tokens: int) -> str | None:
+        return None
+
+    def pooled_states(
+        self, batch: list[Prepared], layers: tuple[int, ...], pool: Pool, new_tokens: int
+    ) -> PooledBatch:
+        if new_tokens:
+            batch = [self.generate(p, new_tokens) for p in batch]
+        inputs, offsets = self.collate(batch)
+
+        def reduce(hidden: torch.Tensor) -> torch.Tensor:
+            return torch.stack(
+                [
+                    pool(hidden[i, off:], p.spans)
+                    for i, (off, p) in enumerate(zip(offsets, batch, strict=True))
+                ]
+            )
+
+        with LayerCapture(self.decoder_layers(), layers, reduce) as capture:
+            states = capture.run(lambda: self.forward(inputs))
+        return PooledBatch(tuple(batch), torch.stack([states[x] for x in layers], dim=1))
+
+    @abstractmethod
+    def decoder_layers(self) -> nn.ModuleList:
+        """The decoder blocks, in order (hooks go on these)."""
+
+    @abstractmethod
     def collate(self, batch: list[Prepared]) -> tuple[dict[str, torch.Tensor], list[int]]:
         """Pad a batch into one forward's inputs; returns them and each item's offset of its
         first token in the padded sequence (positions in `Spans` shift by it)."""
-        ...
 
+    @abstractmethod
     def forward(self, inputs: dict[str, torch.Tensor]) -> None:
         """Run the model up to the last decoder block (no LM head): hooks collect the states."""
-        ...
 
+    @abstractmethod
     def generate(self, prepared: Prepared, new_tokens: int) -> Prepared:
         """Greedily generate `new_tokens` and return inputs covering prompt + generated tokens,
         with `spans.generated` set."""
-        ...

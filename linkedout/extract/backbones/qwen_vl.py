@@ -34,8 +34,8 @@ from transformers import (
 )
 from transformers.utils.hub import cached_file, extract_commit_hash
 
-from linkedout.errors import LinkedOutError
-from linkedout.extract.backbones.base import ItemInput, Prepared, Spans
+from linkedout.errors import LinkedOutError, SettingError
+from linkedout.extract.backbones.base import HookedBackbone, ItemInput, Prepared, Spans
 
 SUPPORTED: dict[str, tuple[str, type[PreTrainedModel]]] = {
     "qwen2_vl": ("Qwen2-VL", Qwen2VLForConditionalGeneration),
@@ -92,9 +92,11 @@ class PackSettings:
             rescale_factor=config.get("rescale_factor", defaults.rescale_factor),
         )
         if settings.min_pixels > settings.max_pixels:
-            raise LinkedOutError(
-                f"min pixels ({settings.min_pixels}) exceed max pixels ({settings.max_pixels}) "
-                "per frame: lower --min-pixels or raise --max-pixels"
+            raise SettingError(
+                "max_pixels",
+                settings.max_pixels,
+                f"below the min pixels per frame ({settings.min_pixels}): raise `max_pixels` "
+                "or lower `min_pixels`",
             )
         return settings
 
@@ -282,7 +284,7 @@ class QwenVLPacker:
         return self.settings.temporal_patch_size * interval
 
 
-class QwenVLBackbone:
+class QwenVLBackbone(HookedBackbone):
     """A Qwen2-VL / Qwen2.5-VL checkpoint reading one video and a prompt per item."""
 
     kind: Literal["video-llm", "text"] = "video-llm"
@@ -332,9 +334,6 @@ class QwenVLBackbone:
 
     def decoder_layers(self) -> nn.ModuleList:
         return self.model.model.language_model.layers
-
-    def prepare(self, item: ItemInput) -> Prepared:
-        return self.packer.prepare(item)
 
     def collate(self, batch: list[Prepared]) -> tuple[dict[str, torch.Tensor], list[int]]:
         """Right-pads the per-token inputs; padded tokens are masked out of attention and of the

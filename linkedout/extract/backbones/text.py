@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from linkedout.errors import LinkedOutError
-from linkedout.extract.backbones.base import ItemInput, Prepared, Spans
+from linkedout.errors import LinkedOutError, SettingError
+from linkedout.extract.backbones.base import HookedBackbone, ItemInput, Prepared, Spans
 
 
 class TextPacker:
@@ -31,7 +31,7 @@ class TextPacker:
         return Prepared(dict(encoded), Spans(prompt=slice(0, n)), {"prompt": n})
 
 
-class TextBackbone:
+class TextBackbone(HookedBackbone):
     kind = "text"
 
     def __init__(self, model_id: str, revision: str | None, model, tokenizer, device, dtype):
@@ -62,9 +62,6 @@ class TextBackbone:
     def decoder_layers(self) -> nn.ModuleList:
         return self._blocks
 
-    def prepare(self, item: ItemInput) -> Prepared:
-        return self.packer.prepare(item)
-
     def collate(self, batch: list[Prepared]) -> tuple[dict[str, torch.Tensor], list[int]]:
         longest = max(p.inputs["input_ids"].shape[1] for p in batch)
         pad = self.tokenizer.pad_token_id or 0
@@ -86,8 +83,10 @@ class TextBackbone:
         self.model(**{k: v.to(self.device) for k, v in inputs.items()})
 
     def generate(self, prepared: Prepared, new_tokens: int) -> Prepared:
-        raise LinkedOutError(
-            f"--new-tokens needs a generative Video LLM; {self.model_id} is a text encoder"
+        raise SettingError(
+            "new_tokens",
+            new_tokens,
+            f"needs a generative Video LLM; {self.model_id} is a text encoder",
         )
 
 

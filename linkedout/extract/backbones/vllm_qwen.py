@@ -26,13 +26,13 @@ from typing import Literal
 
 import torch
 
-from linkedout.errors import LinkedOutError
-from linkedout.extract.backbones.base import ItemInput, Prepared
+from linkedout.errors import LinkedOutError, SettingError
+from linkedout.extract.backbones.base import ItemInput, Pool, PooledBatch, Prepared
 from linkedout.extract.backbones.qwen_vl import QwenVLPacker, _revision, resize_frames
 
 INSTALL_HINT = (
-    "--backend vllm needs vLLM: pip install 'linkedout[vllm]' on a GPU machine, or build the "
-    "CPU environment with `make vllm-env` (see README, vLLM backend)"
+    "needs vLLM: pip install 'linkedout[vllm]' on a GPU machine, or build the CPU environment "
+    "with `make vllm-env` (see README, vLLM backend)"
 )
 
 
@@ -43,7 +43,7 @@ def import_vllm():
     try:
         import vllm
     except ImportError as e:
-        raise LinkedOutError(f"{INSTALL_HINT} ({e})") from None
+        raise SettingError("backend", "vllm", f"{INSTALL_HINT} ({e})") from None
     return vllm
 
 
@@ -78,7 +78,7 @@ class _Records:
 
 
 class VllmQwenBackbone:
-    """A Qwen-VL checkpoint served by an in-process vLLM engine."""
+    """A Qwen-VL checkpoint served by an in-process vLLM engine (a `Backbone`)."""
 
     kind: Literal["video-llm", "text"] = "video-llm"
     backend = "vllm"
@@ -150,6 +150,21 @@ class VllmQwenBackbone:
         return self.packer.prepare(item)
 
     # ------------------------------------------------------------------ states
+    def pooled_states(
+        self, batch: list[Prepared], layers: tuple[int, ...], pool: Pool, new_tokens: int
+    ) -> PooledBatch:
+        """The batch's requests in one engine call (generation included), then each item's
+        states pooled as the hooked backbones pool theirs."""
+        results = self.states(batch, layers, new_tokens)
+        per_layer = {
+            x: torch.stack([pool(states[x], prepared.spans) for prepared, states in results])
+            for x in layers
+        }
+        return PooledBatch(
+            tuple(prepared for prepared, _ in results),
+            torch.stack([per_layer[x] for x in layers], dim=1),
+        )
+
     def states(
         self, batch: list[Prepared], layers: tuple[int, ...], new_tokens: int
     ) -> list[tuple[Prepared, dict[int, torch.Tensor]]]:

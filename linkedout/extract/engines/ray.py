@@ -4,6 +4,9 @@
           ─▶ run_batch    (actor pool: one weights load per actor, `num_gpus` each)
           ─▶ rows streamed back to the driver ─▶ the one FeatureWriter of `pipeline.extract`
 
+Every Ray process is shipped the run's `ExtractPlan` and a `WorkerLoad` (how to load the model),
+never the whole `ExtractConfig`.
+
 The driver plans, skips what is stored, and writes, exactly as a local run does: the same
 manifest check, the same commit every `--commit-every` rows (a killed run keeps what it
 committed and resumes), the same failure records. Rows come back to the driver rather than being
@@ -28,7 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from linkedout.errors import LinkedOutError
+from linkedout.errors import LinkedOutError, SettingError
 from linkedout.extract.backbones import (
     ModelInfo,
     backbone_revision,
@@ -36,16 +39,15 @@ from linkedout.extract.backbones import (
     load_packer,
     resolve_dtype,
 )
+from linkedout.extract.config import ExtractConfig, RayOptions
 from linkedout.extract.discover import CatalogItem
-from linkedout.extract.pipeline import (
+from linkedout.extract.steps import (
     BackboneFacts,
-    ExtractConfig,
-    RayOptions,
+    ExtractPlan,
     build_manifest,
     prepare_item,
     run_batch,
 )
-from linkedout.extract.pool import PoolingRecipe
 from linkedout.storage import FailedItem, FeatureRow
 
 INSTALL = "pip install 'linkedout[distributed]'"
@@ -59,63 +61,60 @@ def import_ray():
         import ray
         import ray.data  # noqa: F401  (the Data library is the extra's `ray[data]`)
     except ImportError:
-        raise LinkedOutError(f"--engine ray needs Ray Data: {INSTALL}") from None
+        raise SettingError("engine", "ray", f"needs Ray Data: {INSTALL}") from None
     return ray
 
 
-@dataclass(frozen=True)
-class ClusterPlan:
-    """What every worker needs to know about the run (shipped to each Ray process)."""
+def cluster_facts(config: ExtractConfig, info: ModelInfo) -> BackboneFacts:
+    """The workers' backbone as the manifest states it, known on the driver, which loads no
+    weights: from the checkpoint's config and the workers' device. A missing Ray is reported
+    first, before anything else is checked."""
+    import_ray()
+    device = "cuda" if config.ray.gpus_per_worker > 0 else "cpu"
+    if config.device not in ("auto", device) and not (
+        device == "cuda" and config.device.startswith("cuda")
+    ):
+        raise SettingError(
+            "device",
+            config.device,
+            f"with `gpus_per_worker` {config.ray.gpus_per_worker:g}: Ray places each worker on "
+            "its device; leave `device` auto",
+        )
+    return BackboneFacts(
+        info.model_id,
+        "video-llm" if info.is_video else "text",
+        info.hidden_size,
+        backbone_revision(info),
+        resolve_dtype(config.dtype, torch.device(device)),
+        device,
+        config.backend,
+        _backend_versions(config.backend),
+    )
 
-    config: ExtractConfig
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    """How every Ray process loads its half of the backbone (the plan says what to compute)."""
+
     info: ModelInfo
-    layers: tuple[int, ...]
-    recipe: PoolingRecipe
-    facts: BackboneFacts
-    """The model as the manifest states it; each replica checks its backbone agrees."""
+    dtype: str
+    """As asked: `auto` resolves on the worker's device, as it did for the plan's facts."""
+    cpus_per_worker: float
 
 
 class RayEngine:
-    """Plans the cluster side of one extraction; `rows(todo)` runs it."""
+    """The steps of `plan` fanned out over a Ray cluster; `rows(todo)` runs them."""
 
-    def __init__(
-        self, config: ExtractConfig, info: ModelInfo, layers: tuple[int, ...], recipe: PoolingRecipe
-    ):
+    def __init__(self, plan: ExtractPlan, info: ModelInfo, dtype: str, options: RayOptions):
         self.ray = import_ray()
-        device = "cuda" if config.ray.gpus_per_worker > 0 else "cpu"
-        if config.device not in ("auto", device) and not (
-            device == "cuda" and config.device.startswith("cuda")
-        ):
-            raise LinkedOutError(
-                f"--device {config.device} with --gpus-per-worker "
-                f"{config.ray.gpus_per_worker:g}: Ray places each worker on its device; "
-                "leave --device auto"
-            )
-        # The driver loads no weights: what the manifest says about the model comes from its
-        # config and the workers' device.
-        facts = BackboneFacts(
-            info.model_id,
-            "video-llm" if info.is_video else "text",
-            info.hidden_size,
-            backbone_revision(info),
-            resolve_dtype(config.dtype, torch.device(device)),
-            device,
-            config.backend,
-            _backend_versions(config.backend),
-        )
-        self.plan = ClusterPlan(config, info, layers, recipe, facts)
-        self.manifest = build_manifest(
-            config,
-            facts,
-            layers,
-            recipe,
-            engine={"engine": f"{config.backend} on ray", "ray": self.ray.__version__},
-        )
+        self.plan, self.options = plan, options
+        self.load = WorkerLoad(info, dtype, options.cpus_per_worker)
+        self.manifest = build_manifest(plan, {"engine": "ray", "ray": self.ray.__version__})
 
     def rows(self, todo: list[tuple[CatalogItem, str]]) -> Iterator[FeatureRow | FailedItem]:
         if not todo:
             return
-        ray, plan, options = self.ray, self.plan, self.plan.config.ray
+        ray, plan, load, options = self.ray, self.plan, self.load, self.options
         if not ray.is_initialized():
             self._start(options)
         # The CLI draws one bar and one summary for the whole run: Ray Data's own bars, its
@@ -129,7 +128,7 @@ class RayEngine:
         )
         prepared = items.map(
             _prepare_row,
-            fn_args=(plan,),
+            fn_args=(plan, load.info),
             num_cpus=1,
             # The hint also keeps Ray Data from fusing this stage into the model actors, which
             # it does when the two ask for the same resources: decoding would then queue in
@@ -138,8 +137,8 @@ class RayEngine:
         )
         states = prepared.map_batches(
             _Forward,
-            fn_constructor_args=(plan,),
-            batch_size=plan.config.batch_size,
+            fn_constructor_args=(plan, load),
+            batch_size=plan.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=options.workers),
             num_cpus=options.cpus_per_worker,
@@ -173,10 +172,11 @@ class RayEngine:
                         address=options.address, log_to_driver=False, logging_level=logging.WARNING
                     )
                 except (ConnectionError, RuntimeError, ValueError) as e:
-                    raise LinkedOutError(
-                        f"--ray-address {options.address}: no Ray cluster there "
-                        f"({str(e).splitlines()[0]}); start one with `ray start --head`, or "
-                        "leave --ray-address out to run one on this machine"
+                    raise SettingError(
+                        "address",
+                        options.address,
+                        f"no Ray cluster there ({str(e).splitlines()[0]}); start one with "
+                        "`ray start --head`, or leave `address` out to run one on this machine",
                     ) from None
 
 
@@ -200,10 +200,10 @@ def _backend_versions(backend: str) -> tuple[tuple[str, str], ...]:
     return ()
 
 
-def _prepare_row(row: dict, plan: ClusterPlan) -> dict:
-    packer = _packer(plan.info, plan.config.max_pixels, plan.config.backend)
+def _prepare_row(row: dict, plan: ExtractPlan, info: ModelInfo) -> dict:
+    packer = _packer(info, plan.max_pixels, plan.facts.backend)
     item = CatalogItem(row["item_id"], row["source"], row["title"])
-    return {"ready": prepare_item(item, row["sha"], plan.config, packer)}
+    return {"ready": prepare_item(item, row["sha"], plan, packer)}
 
 
 def _no_progress_chatter(record: logging.LogRecord) -> bool:
@@ -213,29 +213,28 @@ def _no_progress_chatter(record: logging.LogRecord) -> bool:
 class _Forward:
     """One model replica: loads the weights once, then runs `run_batch` on what it is given."""
 
-    def __init__(self, plan: ClusterPlan):
-        config, facts = plan.config, plan.facts
+    def __init__(self, plan: ExtractPlan, load: WorkerLoad):
+        facts = plan.facts
         if facts.device == "cpu":
             # Torch would start a thread per core of the node for every replica.
-            torch.set_num_threads(max(1, int(config.ray.cpus_per_worker)))
+            torch.set_num_threads(max(1, int(load.cpus_per_worker)))
         self.backbone = load_backbone(
-            plan.info,
+            load.info,
             facts.device,
-            config.dtype,
-            max_pixels=config.max_pixels,
-            backend=config.backend,
+            load.dtype,
+            max_pixels=plan.max_pixels,
+            backend=facts.backend,
         )
         if self.backbone.dtype != facts.dtype or self.backbone.hidden_size != facts.hidden_size:
             raise LinkedOutError(
-                f"worker loaded {plan.info.model_id} as {self.backbone.dtype} with hidden size "
+                f"worker loaded {load.info.model_id} as {self.backbone.dtype} with hidden size "
                 f"{self.backbone.hidden_size}; the manifest says {facts.dtype} and "
                 f"{facts.hidden_size}"
             )
         self.plan = plan
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        plan = self.plan
-        rows = run_batch(list(batch["ready"]), self.backbone, plan.layers, plan.recipe, plan.config)
+        rows = run_batch(list(batch["ready"]), self.backbone, self.plan)
         out = np.empty(len(rows), dtype=object)
         out[:] = rows
         return {"row": out}

@@ -1,0 +1,1 @@
+"""Where an extraction's per-item steps run: `local` (this process) or `ray` (a cluster)."""

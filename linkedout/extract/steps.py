@@ -1,0 +1,252 @@
+"""The per-item steps of an extraction and the one frozen plan they read.
+
+    prepare_item (decode + pack, no weights) ─▶ run_batch (forward, pool, one row per item)
+
+Both engines run exactly these steps; they differ only in where (decode threads and this
+process, or Ray tasks and actors). The steps take an `ExtractPlan`, not the run's whole
+`ExtractConfig`: the plan holds only what shapes a row, is built once per run, and is small
+enough to ship to every Ray process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import transformers
+
+from linkedout import __version__
+from linkedout.errors import LinkedOutError, SettingError
+from linkedout.extract.backbones import Backbone, ItemInput, Packer, Prepared
+from linkedout.extract.config import ExtractConfig
+from linkedout.extract.decode import DecodeError, decode_video
+from linkedout.extract.discover import CatalogItem
+from linkedout.extract.pool import PoolingRecipe
+from linkedout.storage import FailedItem, FeatureRow, Manifest
+from linkedout.storage.columns import TORCH_DTYPES
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ the plan
+@dataclass(frozen=True)
+class BackboneFacts:
+    """What the manifest says about the model: known from a loaded backbone, or (for a
+    cluster run, whose driver loads no weights) from the checkpoint's config and the device
+    the workers will use."""
+
+    model_id: str
+    kind: str
+    hidden_size: int
+    revision: str | None
+    dtype: torch.dtype
+    device: str
+    backend: str = "transformers"
+    versions: tuple[tuple[str, str], ...] = ()
+    """(package, version) of the backend beyond transformers and torch, e.g. vllm."""
+
+    @classmethod
+    def of(cls, backbone: Backbone) -> BackboneFacts:
+        return cls(
+            backbone.model_id,
+            backbone.kind,
+            backbone.hidden_size,
+            backbone.revision,
+            backbone.dtype,
+            str(backbone.device),
+            backbone.backend,
+            tuple(backbone.versions.items()),
+        )
+
+
+@dataclass(frozen=True)
+class ExtractPlan:
+    """What the per-item steps need to know about the run, and all they may read of it."""
+
+    facts: BackboneFacts
+    """The model as the manifest states it; each Ray replica checks its backbone agrees."""
+    layers: tuple[int, ...]
+    recipe: PoolingRecipe
+    frames: int
+    prompt: str
+    new_tokens: int
+    max_pixels: int | None
+    store_dtype: str
+    batch_size: int
+
+    @classmethod
+    def make(
+        cls,
+        config: ExtractConfig,
+        facts: BackboneFacts,
+        layers: tuple[int, ...],
+        recipe: PoolingRecipe,
+    ) -> ExtractPlan:
+        return cls(
+            facts,
+            layers,
+            recipe,
+            config.frames,
+            config.prompt,
+            config.new_tokens,
+            config.max_pixels,
+            config.store_dtype,
+            config.batch_size,
+        )
+
+    @property
+    def is_video(self) -> bool:
+        return self.facts.kind == "video-llm"
+
+
+def parse_layers(spec: str, num_layers: int) -> tuple[int, ...]:
+    """`auto:N` (N evenly spaced blocks ending with the last), `all` (0..L) or `4,8,12`."""
+    spec = spec.strip()
+    if spec == "all":
+        return tuple(range(num_layers + 1))
+    if spec.startswith("auto"):
+        _, _, count = spec.partition(":")
+        try:
+            n = int(count or 8)
+        except ValueError:
+            raise SettingError("layers", spec, "write auto:N, all or 4,8,12") from None
+        n = max(1, min(n, num_layers))
+        return tuple(sorted({math.floor(num_layers * (k + 1) / n + 0.5) for k in range(n)}))
+    try:
+        layers = tuple(int(x) for x in spec.split(",") if x.strip())
+    except ValueError:
+        raise SettingError("layers", spec, "write auto:N, all or 4,8,12") from None
+    bad = [x for x in layers if not 0 <= x <= num_layers]
+    if not layers or bad:
+        raise SettingError(
+            "layers",
+            spec,
+            f"indices must lie in 0..{num_layers} for this model "
+            f"(0 = embeddings, {num_layers} = last block)",
+        )
+    if len(set(layers)) != len(layers):
+        raise SettingError("layers", spec, "names a layer twice")
+    return layers
+
+
+def build_manifest(plan: ExtractPlan, engine: Mapping[str, str]) -> Manifest:
+    """The manifest of this run; `engine` is the engine's own provenance (its name, versions)."""
+    facts = plan.facts
+    compute = str(facts.dtype).removeprefix("torch.")
+    recipe_facts = {"compute_dtype": compute, "new_tokens": str(plan.new_tokens)}
+    if plan.is_video:
+        recipe_facts["max_pixels"] = str(plan.max_pixels)
+    return Manifest(
+        backbone=facts.model_id,
+        backbone_kind=facts.kind,
+        layers=plan.layers,
+        tokens_per_layer=plan.recipe.tokens_per_layer,
+        hidden_size=facts.hidden_size,
+        dtype=plan.store_dtype,
+        backbone_revision=facts.revision,
+        pooling=plan.recipe.describe(),
+        prompt=plan.prompt if plan.is_video else None,
+        frames_per_video=plan.frames if plan.is_video else None,
+        recipe=recipe_facts,
+        # Older datasets hold the backend under "engine"; provenance is never compared on
+        # resume, so they still open and resume unchanged.
+        provenance={
+            "backend": facts.backend,
+            **dict(facts.versions),
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "device": facts.device,
+            "linkedout": __version__,
+            **engine,
+        },
+    )
+
+
+# ------------------------------------------------------------------ per item
+def fill_prompt(template: str, title: str | None) -> str:
+    if title:
+        return template.replace("{title}", title)
+    return "\n".join(line for line in template.splitlines() if "{title}" not in line).strip()
+
+
+@dataclass
+class PreparedItem:
+    """An item packed for the model. The decoded frames are not kept: only what the row
+    records of them, so items waiting for the model (or crossing a cluster) stay small."""
+
+    item: CatalogItem
+    sha: str
+    prepared: Prepared
+    frame_indices: tuple[int, ...] | None = None
+    frame_seconds: tuple[float, ...] | None = None
+
+    def failed(self, reason: str) -> FailedItem:
+        return FailedItem(self.item.item_id, reason, self.sha, self.item.source, self.item.title)
+
+
+def prepare_item(
+    item: CatalogItem, sha: str, plan: ExtractPlan, packer: Packer
+) -> PreparedItem | FailedItem:
+    """Decode and pack one item (in a decode thread, or a Ray task); failures come back as
+    values, so a broken file is recorded once and never retried."""
+    try:
+        if item.source == "text":
+            return PreparedItem(item, sha, packer.prepare(ItemInput(text=item.title or "")))
+        video = decode_video(item.source, plan.frames)
+        text = fill_prompt(plan.prompt, item.title)
+        prepared = packer.prepare(ItemInput(text, video.frames, tuple(video.seconds)))
+        return PreparedItem(item, sha, prepared, video.indices, video.seconds)
+    except (DecodeError, LinkedOutError) as e:
+        return FailedItem(item.item_id, str(e), sha, item.source, item.title)
+    except Exception as e:  # a broken file must not stop a catalog-sized run
+        log.debug("prepare failed for %s", item.item_id, exc_info=True)
+        return FailedItem(
+            item.item_id, f"{type(e).__name__}: {e}".splitlines()[0], sha, item.source, item.title
+        )
+
+
+def run_batch(
+    batch: list[PreparedItem | FailedItem], backbone: Backbone, plan: ExtractPlan
+) -> list[FeatureRow | FailedItem]:
+    """Forward one batch of prepared items and pool each item's states into a row; items that
+    failed to prepare, that the backbone refuses, or whose forward fails come back as
+    `FailedItem`."""
+    rows: list[FeatureRow | FailedItem] = [x for x in batch if isinstance(x, FailedItem)]
+    ready: list[PreparedItem] = []
+    for r in (x for x in batch if isinstance(x, PreparedItem)):
+        why = backbone.refuse(r.prepared, plan.new_tokens)
+        if why:
+            rows.append(r.failed(why))
+        else:
+            ready.append(r)
+    if not ready:
+        return rows
+    start = time.perf_counter()
+    try:
+        pooled = backbone.pooled_states(
+            [r.prepared for r in ready], plan.layers, plan.recipe.pool, plan.new_tokens
+        )
+    except (RuntimeError, LinkedOutError) as e:  # e.g. out of memory on one huge video
+        reason = f"forward failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        return rows + [r.failed(reason) for r in ready]
+    per_item = (time.perf_counter() - start) / len(ready)
+    tokens = pooled.tokens.to(TORCH_DTYPES[plan.store_dtype]).cpu()  # [B, L, T, D]
+    for i, (r, prepared) in enumerate(zip(ready, pooled.prepared, strict=True)):
+        rows.append(
+            FeatureRow(
+                item_id=r.item.item_id,
+                tokens=tokens[i].clone(),
+                content_sha256=r.sha,
+                source=r.item.source,
+                title=r.item.title,
+                frame_indices=r.frame_indices,
+                frame_seconds=r.frame_seconds,
+                token_counts=prepared.token_counts,
+                extract_seconds=per_item,
+            )
+        )
+    return rows

@@ -1,0 +1,160 @@
+"""The settings of one training run; `linkedout train`'s options are generated from them
+(the model's and the split's settings included: `ModelConfig`, `SplitConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from linkedout.errors import SettingError
+from linkedout.settings import at_least, check_choices, setting
+from linkedout.storage.uri import storage_options_setting
+
+FUSIONS = ("moe", "mean", "last", "none")  # and layer:K, one stored depth
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The recommender's architecture (stored in the run's config.json)."""
+
+    d_model: int = 64
+    """Width of item vectors and of the sequence model."""
+    fusion: str = "moe"
+    """How depths combine: moe (per-user gate), mean, last, layer:K (one stored depth), or
+    none (IDs only)."""
+    ids: bool = False
+    """Add an item-ID embedding to the content (content only ranks unseen items)."""
+    expert_dim: int = 16
+    """Dimensions of each depth's expert (its subspace of the model)."""
+    whiten: int = 64
+    """Principal directions kept per depth by the whitening fitted on the catalog (0: LayerNorm
+    the tokens at their full width instead)."""
+    id_dropout: float = 0.2
+    """With content and --ids: drop a history item's ID vector with this probability in
+    training, so the model learns to read items by their content too (items with few
+    interactions have poor ID vectors, new ones none)."""
+    token_pool: Literal["mean", "attention"] = "mean"
+    """How a depth's stored tokens become one vector: mean (once, before training) or attention
+    (a learned query per depth)."""
+    top_k: int = 0
+    """Gate keeps the k largest layer weights (0 = soft gate)."""
+    balance_weight: float = 0.01
+    """Weight of the gate load-balancing term (keeps the gate from collapsing early)."""
+    blocks: int = 2
+    """Causal Transformer blocks."""
+    heads: int = 2
+    """Attention heads."""
+    dropout: float = 0.2
+    """Dropout in the sequence model."""
+    max_len: int = 50
+    """History length the model sees (the most recent items)."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        fusion = self.fusion
+        depth = fusion.removeprefix("layer:")
+        if fusion not in FUSIONS and not (fusion.startswith("layer:") and depth.isdigit()):
+            reason = "use moe, mean, last, layer:K (K a stored depth) or none"
+            raise SettingError("fusion", fusion, reason)
+        at_least(self, "d_model", 1, "give the model 1+ dimensions")
+        at_least(self, "expert_dim", 1, "give each depth 1+ dimensions")
+        at_least(self, "whiten", 0, "keep 0 (no whitening) or more directions")
+        at_least(self, "top_k", 0, "keep 0 (a soft gate) or more depths")
+        at_least(self, "balance_weight", 0, "must be 0 or more")
+        at_least(self, "blocks", 1, "use at least 1 block")
+        at_least(self, "heads", 1, "use at least 1 head")
+        at_least(self, "max_len", 1, "the model must see at least 1 item")
+        if self.d_model % self.heads:
+            raise SettingError("heads", self.heads, f"must divide `d_model` ({self.d_model})")
+        for name in ("id_dropout", "dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise SettingError(name, getattr(self, name), "use a probability in [0, 1)")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Which interactions make the leave-one-out split."""
+
+    min_interactions: int = 5
+    """Drop users with fewer interactions (MicroLens' rule; below 3 counts as 3: a user needs
+    a train, a valid and a test item)."""
+    allow_missing: bool = False
+    """Keep items without features, served by their ID embedding only (needs --ids)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs."""
+
+    features: str
+    """Feature dataset written by `linkedout extract` (path or URI)."""
+    interactions: str
+    """CSV/TSV/Parquet of user, item[, timestamp] rows, or MicroLens pairs (user<TAB>item item
+    ...)."""
+    out: str = setting(short="-o")
+    """Run directory to create, e.g. runs/NAME."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    user_col: str | None = None
+    """User column (default: detected)."""
+    item_col: str | None = None
+    """Item column (default: detected)."""
+    time_col: str | None = None
+    """Timestamp column (default: detected, optional)."""
+    epochs: int = 50
+    """Most epochs; early stopping may end sooner."""
+    batch_size: int = 256
+    """Users per training batch."""
+    eval_batch_size: int = 512
+    """Users per batch when validation and evaluation rank the catalog."""
+    lr: float = 2e-3
+    """AdamW learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    loss_weighting: Literal["target", "batch"] = "target"
+    """target: every predicted position weighs the same in an epoch (as in RecBole's one-target
+    samples); batch: each batch's mean, so positions in batches of long histories weigh less
+    (batches group histories of similar length)."""
+    patience: int = 4
+    """Epochs without a better validation NDCG@10 before stopping."""
+    val_users: int | None = None
+    """Validate each epoch on a fixed random sample of N users (default: all); model selection
+    only, the final metrics rank every user."""
+    negatives: int = 1024
+    """Sampled-softmax negatives (catalogs above --full-softmax-max-items)."""
+    full_softmax_max_items: int = 100_000
+    """Largest catalog trained with a full softmax (every item a candidate at every step);
+    larger ones train with a sampled softmax of --negatives items."""
+    seed: int = 42
+    """Random seed."""
+    feature_memory_gb: float | None = None
+    """Keep item features, and the per-layer item embeddings validation ranks against, in
+    memory up to this many GiB; beyond it features stream from the store and embeddings are
+    ranked chunk by chunk from Lance (default: half the free memory)."""
+    accelerator: str = "auto"
+    """Lightning accelerator: auto, cpu, gpu."""
+    devices: int = 1
+    """Processes per node (one per GPU, or CPU processes): above 1 trains data-parallel, each
+    taking a slice of every batch."""
+    num_nodes: int = 1
+    """Machines taking part (Lightning num_nodes)."""
+    strategy: str = "auto"
+    """Lightning strategy: auto (ddp when several processes), ddp, ..."""
+    storage_options: dict[str, str] = storage_options_setting()
+    quiet: bool = setting(False, short="-q")
+    """No progress bars."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.model.fusion == "none" and not self.model.ids:
+            raise SettingError("fusion", "none", "uses no content: add `ids` (the ID-only SASRec)")
+        for name in ("epochs", "batch_size", "eval_batch_size", "val_users", "negatives"):
+            at_least(self, name, 1, "must be at least 1")
+        for name in ("devices", "num_nodes"):
+            at_least(self, name, 1, "must be at least 1")
+        at_least(self, "full_softmax_max_items", 0, "must be 0 (always sampled) or more")
+        if not self.lr > 0:
+            raise SettingError("lr", self.lr, "the learning rate must be above 0")
+        at_least(self, "weight_decay", 0, "must be 0 or more")
+        at_least(self, "patience", 0, "must be 0 or more")
+        at_least(self, "feature_memory_gb", 0, "give a size of 0 or more")

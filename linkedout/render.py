@@ -1,0 +1,161 @@
+"""What the commands print: rich tables and progress bars over the library's result objects."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from linkedout.recommend.run import EvalReport
+from linkedout.storage.status import Failure, StoreInfo
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(quiet: bool, unit: str):
+    """A rich bar with rate, ETA and failures; yields the pipeline's progress callback."""
+    if quiet:
+        yield None
+        return
+    columns = (
+        TextColumn("[bold]extract"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        TextColumn("[red]{task.fields[failed]} failed"),
+    )
+    started = time.perf_counter()
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task("extract", total=None, rate="", failed=0)
+
+        def update(done: int, total: int, failed: int) -> None:
+            elapsed = time.perf_counter() - started
+            rate = f"{done / elapsed:.2f} {unit}/s" if done and elapsed > 0 else ""
+            progress.update(task, completed=done, total=total, rate=rate, failed=failed)
+
+        yield update
+
+
+def metrics(report: EvalReport, title: str) -> None:
+    """Valid/test metrics beside popularity, as `train` and `evaluate` print them."""
+    names = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
+    labels = {
+        "valid": "valid",
+        "test": "test",
+        "test_cold_start": "cold items",
+        "test_unmasked": "test, unmasked",
+    }
+    shown = [(split, label) for split, label in labels.items() if split in report.splits]
+    users = ", ".join(
+        f"{label} {report.splits[split].model['users']:,}"
+        for split, label in shown
+        if split != "test_unmasked"
+    )
+    table = Table(
+        title=f"{title}\nusers: {users}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    table.add_column("split", no_wrap=True)
+    table.add_column("ranker", no_wrap=True)
+    for name in names:
+        table.add_column(name, no_wrap=True, justify="right")
+    for split, label in shown:
+        for who, name in (("model", "LinkedOut"), ("popularity", "popularity")):
+            m = getattr(report.splits[split], who)
+            table.add_row(label, name, *(f"{m[n]:.4f}" for n in names))
+    console.print(table, highlight=False)
+    if "test_unmasked" in report.splits:
+        console.print("unmasked: earlier items stay candidates (RecBole's rule)", highlight=False)
+    gate = report.gate
+    if gate is not None and len(gate.layers) > 1:
+        gates = "  ".join(
+            f"{layer}: {w:.2f}" for layer, w in zip(gate.layers, gate.mean, strict=True)
+        )
+        console.print(f"mean gate over depths (test users): {gates}", highlight=False)
+
+
+def recommendations(result, watched: int, explain: bool) -> None:
+    """The ranked items (and, with explain, the gate) of `linkedout recommend`."""
+    if result.unknown:
+        err_console.print(
+            f"note: {len(result.unknown)} history item(s) unknown to this run, "
+            f"ignored (e.g. {result.unknown[0]})",
+            highlight=False,
+        )
+    table = Table(
+        "#",
+        "item",
+        "score",
+        *(["strongest layer"] if explain else []),
+        title=f"top {len(result.items)} after {watched} watched item(s)",
+        title_justify="left",
+    )
+    for rank, r in enumerate(result.items, 1):
+        table.add_row(
+            str(rank), Text(r.item_id), f"{r.score:.3f}", *([str(r.top_layer)] if explain else [])
+        )
+    console.print(table, highlight=False)
+    if explain and result.gate:
+        gates = "  ".join(f"layer {layer}: {w:.2f}" for layer, w in result.gate.items())
+        console.print(f"this user's gate over depths: {gates}", highlight=False)
+
+
+def dataset_info(stored: StoreInfo, failures: list[Failure]) -> None:
+    """`linkedout info`: how a feature dataset was made."""
+    m = stored.manifest
+    table = Table(title=f"[bold]{stored.uri}[/]", show_header=False, title_justify="left")
+    table.add_column(style="cyan", no_wrap=True)
+    table.add_column(overflow="fold")
+    rows = [
+        ("items", f"{stored.rows:,} with features, {stored.failures:,} failed"),
+        ("tensor", f"[layers, tokens, dim] = {list(m.shape)} {m.dtype}"),
+        (
+            "backbone",
+            f"{m.backbone} ({m.backbone_kind}, revision {m.backbone_revision or 'unknown'})",
+        ),
+        ("layers", ", ".join(map(str, m.layers))),
+        ("pooling", m.pooling or "-"),
+        ("prompt", m.prompt or "-"),
+        ("frames per video", str(m.frames_per_video or "-")),
+        *((f"recipe: {k}", v) for k, v in sorted(m.recipe.items())),
+        *((f"written by: {k}", v) for k, v in sorted(m.provenance.items())),
+        ("format", f"version {m.format_version}, linkedout {m.linkedout_version}"),
+        ("size on disk", human_bytes(stored.size_bytes) + f" in {stored.fragments} fragment(s)"),
+        (
+            "version",
+            f"{stored.version} ({stored.versions} kept), "
+            f"last written {stored.updated:%Y-%m-%d %H:%M:%S} UTC"
+            if stored.updated
+            else str(stored.version),
+        ),
+        ("indices", ", ".join(stored.indices) or "none"),
+    ]
+    for key, value in rows:
+        table.add_row(key, Text(value))  # Text: values like "[layers, ...]" are not markup
+    console.print(table, highlight=False)
+    if failures:
+        failed = Table(
+            "failed item",
+            "source",
+            "reason",
+            title_justify="left",
+            title=f"{len(failures)} of {stored.failures} failures (extract retries them)",
+        )
+        for f in failures:
+            failed.add_row(Text(f.item_id), Text(f.source), Text(f.error))
+        console.print(failed, highlight=False)
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

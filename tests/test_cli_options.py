@@ -1,0 +1,97 @@
+"""The config dataclasses are the one source of the commands' options: names, help, defaults,
+choices and the errors that name them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import typer
+import typer.main
+from typer.testing import CliRunner
+
+from linkedout.cli import app
+from linkedout.cli_options import options, options_from
+from linkedout.errors import SettingError
+from linkedout.extract.config import ExtractConfig, RayOptions
+from linkedout.recommend.config import ModelConfig, TrainConfig
+from linkedout.settings import docs, types
+
+runner = CliRunner()
+
+
+def leaf_fields(cls: type) -> dict[str, tuple[type, dataclasses.Field]]:
+    found = {}
+    for f in dataclasses.fields(cls):
+        group = types(cls)[f.name]
+        if dataclasses.is_dataclass(group):
+            found |= leaf_fields(group)
+        else:
+            found[f.name] = (cls, f)
+    return found
+
+
+@pytest.mark.parametrize("command, config", [("extract", ExtractConfig), ("train", TrainConfig)])
+def test_every_setting_is_an_option_with_its_docstring_and_its_one_default(command, config):
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    for name, (owner, field) in leaf_fields(config).items():
+        assert name in params, f"{owner.__name__}.{name} has no option"
+        param = params[name]
+        assert docs(owner)[name] and docs(owner)[name][:30] in param.help.replace("\\[", "[")
+        if field.default is not dataclasses.MISSING and field.metadata.get("cli_type") is None:
+            assert param.default == field.default, name
+
+
+def test_a_setting_only_the_config_knew_reaches_it_from_the_command_line():
+    seen = []
+    probe = typer.Typer()
+    probe.command()(options_from(TrainConfig)(lambda config: seen.append(config)))
+    args = "--features f --interactions i.csv -o r --eval-batch-size 7 --fusion mean --ids"
+    result = runner.invoke(probe, [*args.split(), "-s", "region=eu", "--no-allow-missing"])
+    assert result.exit_code == 0, result.output
+    expected = TrainConfig(
+        features="f",
+        interactions="i.csv",
+        out="r",
+        eval_batch_size=7,
+        model=ModelConfig(fusion="mean", ids=True),
+        storage_options={"region": "eu"},
+    )
+    assert seen == [expected]
+
+
+def test_nested_settings_and_parsed_values_land_in_their_group():
+    seen = []
+    probe = typer.Typer()
+    probe.command()(options_from(ExtractConfig)(lambda config: seen.append(config)))
+    args = "--videos v --out o --shard 1/4 --engine ray --ray-address auto --workers 3"
+    assert runner.invoke(probe, args.split()).exit_code == 0
+    [config] = seen
+    assert config.shard == (1, 4) and config.ray == RayOptions(address="auto", workers=3)
+    assert config.videos == Path("v") and config.commit_every == ExtractConfig.commit_every
+
+
+def test_python_errors_name_the_setting_and_the_cli_shows_its_flag(tmp_path):
+    with pytest.raises(SettingError, match=r"^frames=0: sample at least 1 frame"):
+        ExtractConfig(out="o", videos=tmp_path, frames=0)
+    with pytest.raises(SettingError, match=r"^heads=3: must divide `d_model` \(64\)"):
+        ModelConfig(heads=3)
+    cases = {
+        "extract --videos v --out o --workers 0": "--workers 0: run at least 1 model replica",
+        "extract --videos v --out o --store-dtype fp8": "--store-dtype 'fp8': use float16",
+        "train --features f --interactions i --out o --heads 3": "--heads 3: must divide --d-model",
+        "train --features f --interactions i --out o --lr -1": "--lr -1.0: the learning rate",
+        "train --features f --interactions i --out o --fusion none": "uses no content: add --ids",
+    }
+    for command, message in cases.items():
+        result = runner.invoke(app, command.split())
+        assert result.exit_code == 2, (command, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (command, lines)
+
+
+def test_a_literal_setting_refuses_what_it_does_not_list():
+    with pytest.raises(SettingError, match="use target, batch"):
+        TrainConfig(features="f", interactions="i", out="o", loss_weighting="sum")
+    assert [o.cli_type for o in options(ModelConfig) if o.name == "token_pool"] == [str]

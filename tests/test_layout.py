@@ -1,0 +1,87 @@
+"""The package's import graph: no module imports itself back, however lazily, and the two stages
+meet only at storage."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import linkedout
+
+ROOT = Path(linkedout.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the linkedout modules it imports anywhere in its body (lazy ones included)."""
+    modules = {module_name(p): p for p in ROOT.rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from . import x
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                    base = f"{base}.{node.module}" if node.module else base
+                # `from pkg import sub` imports the submodule `pkg.sub` when there is one.
+                targets = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
+                targets = targets or [base]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_package_has_no_import_cycle_even_through_lazy_imports():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_cycle_finder_sees_a_cycle_through_a_lazy_import():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+
+
+def test_extract_and_recommend_meet_only_at_storage():
+    graph = import_graph()
+    for name, targets in graph.items():
+        for stage, other in (("extract", "recommend"), ("recommend", "extract")):
+            if name.startswith(f"linkedout.{stage}"):
+                crossing = {t for t in targets if t.startswith(f"linkedout.{other}")}
+                assert not crossing, f"{name} imports {crossing}"
+        if name.startswith(("linkedout.storage", "linkedout.settings", "linkedout.errors")):
+            upward = {
+                t
+                for t in targets
+                if t.startswith(("linkedout.extract", "linkedout.recommend", "linkedout.cli"))
+            }
+            assert not upward, f"{name} imports {upward}"
