@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
@@ -11,8 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from linkedout.recommend.run import EvalReport
-from linkedout.storage.status import Failure, StoreInfo
+if TYPE_CHECKING:  # annotations only: `linkedout --help` must not import Lightning
+    from linkedout.recommend.run import EvalReport
+    from linkedout.storage.status import Failure, StoreInfo
 
 console = Console()
 err_console = Console(stderr=True)
