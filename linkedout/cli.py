@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -82,6 +83,9 @@ def extract(
     _quiet_libraries(quiet)
     with render.progress_bar(quiet, "videos" if config.texts is None else "texts") as on_progress:
         summary = run_extract(config, on_progress=on_progress)
+    all_failed = summary.all_failed()
+    if all_failed:  # stored as failures; a run that extracted nothing must not exit 0
+        raise LinkedOutError(all_failed)
     for note in summary.notes:
         render.err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     render.console.print(summary.line(), markup=False, highlight=False, soft_wrap=True)
@@ -108,7 +112,13 @@ def _read_prompt(path: Path) -> str:
 @options_from(TrainConfig)
 def train(config: TrainConfig) -> None:
     """Train the LinkedOut recommender from a feature dataset and interactions."""
+    from linkedout.recommend.resume import plan_out_dir
     from linkedout.recommend.run import RunDir
+
+    if all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK")):
+        # A bad --out is answered before Lightning loads; the data-parallel ranks Lightning
+        # starts leave --out to the first, which holds its lock.
+        plan_out_dir(config, RunDir(config.out))
     from linkedout.recommend.train import train as run_train
 
     _quiet_lightning()
@@ -140,11 +150,14 @@ def evaluate(
     catalog_memory_gb: CatalogMemory = None,
 ) -> None:
     """Full-ranking HR/NDCG/MRR of a trained run, beside popularity and the cold-start slice."""
-    from linkedout.recommend.evaluate import evaluate_run
-
     if split not in ("valid", "test"):
         raise LinkedOutError(f"--split {split!r}: use valid or test")
-    report = evaluate_run(run, splits=(split,), memory_budget=_budget(catalog_memory_gb))
+    budget = _budget(catalog_memory_gb)
+    _verify_run(run)
+
+    from linkedout.recommend.evaluate import evaluate_run
+
+    report = evaluate_run(run, splits=(split,), memory_budget=budget)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -166,23 +179,44 @@ def recommend(
     catalog_memory_gb: CatalogMemory = None,
 ) -> None:
     """Top-k items for a user or a watch history."""
+    # Checked before the model's libraries load: a typo is answered at once.
+    if (user is None) == (history is None):
+        raise LinkedOutError("pass exactly one of --user U or --history ID,ID,...")
+    if user is not None and not user.strip():
+        raise LinkedOutError("--user is empty: give a user id of the run's interactions")
+    watched = None if history is None else _history_ids(history)
+    if k < 1:
+        raise LinkedOutError(f"--k {k}: ask for at least 1 item")
+    budget = _budget(catalog_memory_gb)
+    _verify_run(run)
+
     from linkedout.recommend.evaluate import TrainedRun
     from linkedout.recommend.serve import recommend as run_recommend
     from linkedout.recommend.serve import user_history
 
-    if (user is None) == (history is None):
-        raise LinkedOutError("pass exactly one of --user U or --history ID,ID,...")
-    trained = TrainedRun(run, _budget(catalog_memory_gb))
-    items = (
-        user_history(trained, user)
-        if user
-        else [i.strip() for i in history.split(",") if i.strip()]
-    )
+    trained = TrainedRun(run, budget)
+    items = user_history(trained, user) if watched is None else watched
     result = run_recommend(trained, items, k=k, explain=explain)
     if as_json:
         typer.echo(json.dumps(asdict(result), indent=2))
         return
     render.recommendations(result, len(items), explain)
+
+
+def _verify_run(run: Path) -> None:
+    """A damaged or unfinished run is one line at once, before the model's libraries load."""
+    from linkedout.recommend.run import RunDir
+
+    RunDir(run).verify()
+
+
+def _history_ids(history: str) -> list[str]:
+    items = [i.strip() for i in history.split(",") if i.strip()]
+    if not items:
+        raise LinkedOutError(
+            f"--history {history!r} lists no item ids: pass watched ids, oldest first, as ID,ID,..."
+        )
+    return items
 
 
 def _quiet_lightning() -> None:
@@ -244,6 +278,7 @@ def export(
     )
     render.console.print(
         f"exported {len(copy):,} items to {copy.uri} (card: {copy.uri}/README.md)",
+        markup=False,
         highlight=False,
         soft_wrap=True,
     )
@@ -260,7 +295,8 @@ def optimize(
         ),
     ] = False,
 ) -> None:
-    """Merge the small fragments of batched writes and free the space older versions hold.
+    """Merge the small fragments of batched writes, free the space older versions hold, and
+    delete duplicate rows older versions left (one row per item is kept).
 
     Run it when nothing else writes to or reads an older version of the dataset (for instance
     after all shards of a sharded extraction have finished).
@@ -270,10 +306,16 @@ def optimize(
 
     store = FeatureStore.open(uri, parse_storage_options(storage_option))
     report = store.optimize(prune_old_versions=not keep_old_versions)
+    repaired = (
+        f", {report.duplicates_removed:,} duplicate row(s) removed"
+        if report.duplicates_removed
+        else ""
+    )
     render.console.print(
         f"{store.uri}: {report.fragments_before} -> {report.fragments_after} fragment(s), "
         f"{render.human_bytes(report.bytes_before)} -> "
-        f"{render.human_bytes(report.bytes_after)} on disk",
+        f"{render.human_bytes(report.bytes_after)} on disk{repaired}",
+        markup=False,
         highlight=False,
     )
 

@@ -62,7 +62,10 @@ def metrics(report: EvalReport, title: str) -> None:
         if split != "test_unmasked"
     )
     table = Table(
-        title=f"{title}\nusers: {users}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+        title=Text(f"{title}\nusers: {users}"),  # Text: a run path is not markup
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
     table.add_column("split", no_wrap=True)
     table.add_column("ranker", no_wrap=True)
@@ -88,8 +91,10 @@ def recommendations(result, watched: int, explain: bool) -> None:
     if result.unknown:
         err_console.print(
             f"note: {len(result.unknown)} history item(s) unknown to this run, "
-            f"ignored (e.g. {result.unknown[0]})",
+            f"ignored (e.g. {result.unknown[0]!r})",
+            markup=False,  # ids are the user's text, never markup
             highlight=False,
+            soft_wrap=True,
         )
     table = Table(
         "#",
@@ -112,7 +117,7 @@ def recommendations(result, watched: int, explain: bool) -> None:
 def dataset_info(stored: StoreInfo, failures: list[Failure]) -> None:
     """`linkedout info`: how a feature dataset was made."""
     m = stored.manifest
-    table = Table(title=f"[bold]{stored.uri}[/]", show_header=False, title_justify="left")
+    table = Table(title=Text(stored.uri, style="bold"), show_header=False, title_justify="left")
     table.add_column(style="cyan", no_wrap=True)
     table.add_column(overflow="fold")
     rows = [
@@ -142,6 +147,16 @@ def dataset_info(stored: StoreInfo, failures: list[Failure]) -> None:
     for key, value in rows:
         table.add_row(key, Text(value))  # Text: values like "[layers, ...]" are not markup
     console.print(table, highlight=False)
+    if stored.duplicates:
+        console.print(
+            Text(
+                f"warning: {stored.duplicates:,} duplicate row(s) (items stored more than once "
+                "by an older linkedout; reads use one per item): run "
+                f"`linkedout optimize {stored.uri}` to remove them",
+                style="yellow",
+            ),
+            highlight=False,
+        )
     if failures:
         failed = Table(
             "failed item",

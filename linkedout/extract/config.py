@@ -13,8 +13,13 @@ from typing import Literal
 from linkedout.errors import LinkedOutError, SettingError
 from linkedout.extract.defaults import DEFAULT_PROMPT, DEFAULT_VIDEO_MODEL
 from linkedout.settings import at_least, check_choices, setting
+from linkedout.storage.defaults import COMMIT_EVERY
 from linkedout.storage.uri import storage_options_setting
-from linkedout.storage.writer import COMMIT_EVERY
+
+MAX_FRAMES = 768
+"""The most frames one video may be sampled with: qwen-vl-utils' own ceiling (FPS_MAX_FRAMES).
+Decoded frames are held in memory at the clip's native resolution (768 frames of 1080p are
+4.8 GB) before packing; the model's context usually binds first (checked per backbone)."""
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
@@ -71,7 +76,8 @@ class ExtractConfig:
     text_column: str | None = None
     """Text column of the titles/texts table (default: detected, e.g. title)."""
     frames: int = 16
-    """Frames sampled uniformly over each whole video."""
+    """Frames sampled uniformly over each whole video (1 to 768, and no more than the model's
+    context holds; a clip with fewer frames repeats its own)."""
     max_pixels: int | None = None
     """Pixel budget per frame (the Qwen processors' max_pixels; default: the checkpoint's)."""
     layers: str = "auto:8"
@@ -116,9 +122,20 @@ class ExtractConfig:
         if (self.videos is None) == (self.texts is None):
             raise LinkedOutError("pass exactly one of --videos DIR or --texts FILE")
         at_least(self, "frames", 1, "sample at least 1 frame per video")
+        if self.frames > MAX_FRAMES:
+            raise SettingError(
+                "frames",
+                self.frames,
+                f"at most {MAX_FRAMES} frames per video (each is decoded into memory at the "
+                "clip's resolution, and packed into the model's context): lower `frames`",
+            )
         at_least(self, "batch_size", 1, "must be at least 1")
         at_least(self, "new_tokens", 0, "must be 0 or more")
-        at_least(self, "limit", 0, "must be 0 or more")
+        at_least(self, "limit", 1, "extract at least 1 item (leave `limit` out for all)")
+        if self.videos is not None and not self.prompt.strip():
+            raise SettingError(
+                "prompt", self.prompt, "is empty: the model needs a question about each video"
+            )
         at_least(self, "commit_every", 1, "commit at least 1 row at a time")
         at_least(self, "decode_threads", 1, "decode with at least 1 thread")
         if self.shard is not None:

@@ -14,6 +14,8 @@ decord always reads that one. Every call opens its own readers, so threads may d
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,15 +56,49 @@ def sample_indices(total_frames: int, num_frames: int) -> list[int]:
     return [(2 * i + 1) * total_frames // (2 * num_frames) for i in range(num_frames)]
 
 
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def unreadable_reason(path: str | Path) -> str | None:
+    """Why `path` is no video file to read, found with `stat` alone (a FIFO is never opened:
+    reading one blocks until something writes to it), or None for a non-empty regular file."""
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():
+            return "dangling symlink: the file it points to does not exist"
+        return f"no such file: {path}"
+    except OSError as e:
+        return f"cannot read the file: {e.strerror or e}"
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a file")
+        return f"not a regular file but {kind}: not read"
+    if info.st_size == 0:
+        return "file is empty"
+    return None
+
+
 def decode_video(path: str | Path, num_frames: int) -> DecodedVideo:
-    """`num_frames` frames sampled uniformly over the clip (see `sample_indices`)."""
+    """`num_frames` frames sampled uniformly over the clip (see `sample_indices`).
+
+    Each distinct frame is decoded once, so decoding a clip shorter than `num_frames` holds no
+    more frames than the clip has; only the returned batch repeats them (`num_frames` frames,
+    bounded by `ExtractConfig`'s frame limit), so that every item gives the model the number of
+    frames its dataset's manifest states. Files that are no regular file are refused from
+    `stat` alone, never opened."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, got {num_frames}")
     path = Path(path)
-    if not path.is_file():
-        raise DecodeError(f"no such file: {path}")
-    if path.stat().st_size == 0:
-        raise DecodeError("file is empty")
+    why = unreadable_reason(path)
+    if why:
+        raise DecodeError(why)
     probe = _probe(path)
     video = _decode_decord(path, num_frames, probe)
     return video if video is not None else _decode_pyav(path, num_frames, probe)
@@ -112,14 +148,18 @@ def _decode_decord(path: Path, num_frames: int, probe: _Probe) -> DecodedVideo |
         if len(reader) != probe.packets or reader.get_key_indices() != probe.keyframes:
             return None
         indices = sample_indices(len(reader), num_frames)
-        batch = reader.get_batch(indices)
+        distinct = sorted(set(indices))  # a short clip: decode each of its frames once
+        batch = reader.get_batch(distinct)
         fps = float(reader.get_avg_fps())
     except Exception:  # decord raises RuntimeError, its own DECORDError, even AssertionError
         return None
     # decord's output type follows a process-wide "bridge" another module may have switched.
     frames = np.asarray(batch.asnumpy() if hasattr(batch, "asnumpy") else batch)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or len(frames) != num_frames:
+    if frames.dtype != np.uint8 or frames.ndim != 4 or len(frames) != len(distinct):
         return None
+    if len(distinct) != len(indices):
+        position = {index: k for k, index in enumerate(distinct)}
+        frames = frames[[position[i] for i in indices]]
     # decord's own timestamps are garbage for some AVI files (unset pts read as numbers).
     if probe.seconds is not None:
         seconds = tuple(probe.seconds[i] for i in indices)

@@ -10,21 +10,33 @@ This module plans, resumes and writes, once per run; an engine (`engines/local.p
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from linkedout.errors import LinkedOutError, SettingError
 from linkedout.extract.backbones import Backbone, inspect_model, load_backbone
 from linkedout.extract.config import ExtractConfig
+from linkedout.extract.decode import unreadable_reason
 from linkedout.extract.discover import CatalogItem, discover_videos, read_texts, read_titles
 from linkedout.extract.engines import ray as ray_engine
 from linkedout.extract.engines.base import Engine
 from linkedout.extract.engines.local import LocalEngine
 from linkedout.extract.pool import PoolingRecipe
-from linkedout.extract.steps import BackboneFacts, ExtractPlan, parse_layers
-from linkedout.storage import FeatureStore, FeatureWriter
+from linkedout.extract.steps import (
+    BackboneFacts,
+    ExtractPlan,
+    check_frames_fit,
+    fill_prompt,
+    parse_layers,
+)
+from linkedout.storage import FailedItem, FeatureStore, FeatureWriter
 from linkedout.storage.rows import sha256_file, sha256_text
 
 
@@ -38,6 +50,22 @@ class ExtractSummary:
     failed: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    attempted: int = 0
+    """Items this run tried to extract (those not already stored)."""
+    failure_reasons: Counter[str] = field(default_factory=Counter)
+    """Reason -> how many of this run's items failed with it."""
+
+    def all_failed(self) -> str | None:
+        """A one-line error when every item this run tried failed (their failures are stored),
+        naming the most common reason; None when any succeeded or none was tried."""
+        failed = sum(self.failure_reasons.values())
+        if not self.attempted or failed < self.attempted:
+            return None
+        reason, count = self.failure_reasons.most_common(1)[0]
+        return (
+            f"all {failed} items failed ({count}x: {reason}); see "
+            f"`linkedout info {self.uri} --failures {failed}`"
+        )
 
     def line(self) -> str:
         done = self.new + self.replaced
@@ -74,20 +102,48 @@ def plan_items(config: ExtractConfig) -> tuple[list[CatalogItem], list[str]]:
         items = [i for i in items if zlib.crc32(i.item_id.encode()) % count == index]
     if config.limit is not None:
         items = items[: config.limit]
+    if config.videos is not None and items:
+        if all(not fill_prompt(config.prompt, i.title) for i in items):
+            raise SettingError(
+                "prompt",
+                config.prompt,
+                "is empty for every video: each of its lines holds {title}, and no video has a "
+                "title"
+                + ("" if config.titles else " (no `titles` table given)")
+                + ": add a line without {title}",
+            )
     return items, notes
 
 
 def make_engine(config: ExtractConfig, backbone: Backbone | None = None) -> Engine:
     """The engine of `config.engine`, holding the run's one `ExtractPlan`."""
     info = None
+    want = "text" if config.texts is not None else "video-llm"
     if backbone is None:
         # Check every setting against the checkpoint's config before paying for a weights load.
-        info = inspect_model(config.model, "text" if config.texts is not None else "video-llm")
-        num_layers, kind = info.num_layers, "video-llm" if info.is_video else "text"
+        info = inspect_model(config.model, want)
+        num_layers, kind = info.num_layers, info.kind
+        if info.is_video:
+            from linkedout.extract.backbones.qwen_vl import PackSettings
+
+            settings = PackSettings.of_checkpoint(info.path, config.max_pixels)
+            check_frames_fit(config.frames, settings, info.max_positions, config.model)
     elif config.engine == "ray":
         raise ValueError("a preloaded backbone runs in this process: use engine='local'")
     else:
         num_layers, kind = backbone.num_layers, backbone.kind
+        if kind != want:
+            given = "`texts`" if config.texts is not None else "`videos`"
+            raise SettingError(
+                "model", backbone.model_id, f"is a {kind} backbone, which cannot read {given}"
+            )
+        if kind == "video-llm":
+            check_frames_fit(
+                config.frames,
+                getattr(backbone.packer, "settings", None),
+                getattr(backbone, "max_positions", None),
+                backbone.model_id,
+            )
     layers = parse_layers(config.layers, num_layers)
     recipe = PoolingRecipe.make(kind, config.tokens_per_layer, config.new_tokens)
     if config.engine == "ray":
@@ -103,13 +159,20 @@ def make_engine(config: ExtractConfig, backbone: Backbone | None = None) -> Engi
 
 
 def _content_hash(item: CatalogItem) -> str:
-    return sha256_text(item.title or "") if item.source == "text" else sha256_file(item.source)
+    if item.source == "text":
+        return sha256_text(item.title or "")
+    # A dangling link or a FIFO is hashed by its reason, never opened: its failure is stored
+    # (by `prepare_item`, which finds the same reason) and the run goes on.
+    why = unreadable_reason(item.source)
+    return sha256_text(f"unreadable: {why}") if why else sha256_file(item.source)
 
 
 def _todo(
     config: ExtractConfig, store: FeatureStore, items: list[CatalogItem]
 ) -> list[tuple[CatalogItem, str]]:
     """(item, content hash) of each item the store does not hold as it is now."""
+    if not items:
+        return []
     with ThreadPoolExecutor(max(1, config.decode_threads), "linkedout-hash") as pool:
         hashes = dict(zip((i.item_id for i in items), pool.map(_content_hash, items), strict=True))
     todo_ids = set(
@@ -125,6 +188,43 @@ def _todo(
 
 
 # ------------------------------------------------------------------ the run
+class _writing:
+    """Turns an OS error while writing the dataset (read-only folder, full disk, quota) into
+    one line naming the dataset and the reason; Lance commits are atomic, so every batch
+    committed before it stays whole and a re-run resumes from there."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None or not isinstance(exc, OSError):
+            return
+        code = _os_code(exc)
+        fix = "free some space" if code in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
+        raise LinkedOutError(
+            f"cannot write the dataset {self.uri}: {_os_reason(exc, code)}; the batches "
+            f"committed before this are kept: {fix} (or pass another --out) and re-run to resume"
+        ) from exc
+
+
+def _os_code(error: OSError) -> int | None:
+    """The errno of an OS error; Lance raises plain OSErrors quoting it as `(os error N)`."""
+    if error.errno is not None:
+        return error.errno
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return int(found.group(1)) if found else None
+
+
+def _os_reason(error: OSError, code: int | None) -> str:
+    if code is not None:
+        return f"{error.strerror or os.strerror(code)} ({errno.errorcode.get(code, code)})"
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def extract(
     config: ExtractConfig,
     on_progress: Callable[[int, int, int], None] | None = None,
@@ -137,23 +237,44 @@ def extract(
     started = time.perf_counter()
     items, notes = plan_items(config)
     engine = make_engine(config, backbone)
-    store = FeatureStore.open_or_create(config.out, engine.manifest, config.storage_options)
+    with _writing(config.out):
+        store = FeatureStore.open_or_create(config.out, engine.manifest, config.storage_options)
     summary = ExtractSummary(uri=store.uri, items=len(items), notes=notes)
+    first_version = store.version
     todo = _todo(config, store, items)
     summary.skipped = len(items) - len(todo)
+    summary.attempted = len(todo)
     if on_progress:
         on_progress(0, len(todo), 0)
-    with FeatureWriter(store, config.commit_every, overwrite=config.overwrite) as writer:
-        for done, row in enumerate(engine.rows(todo), 1):
-            writer.add(row)
-            if on_progress:
-                on_progress(done, len(todo), writer.stats.failed)
+    writer = FeatureWriter(store, config.commit_every, overwrite=config.overwrite)
+    with _writing(store.uri):
+        try:
+            for done, row in enumerate(engine.rows(todo), 1):
+                if isinstance(row, FailedItem):
+                    summary.failure_reasons[row.error] += 1
+                writer.add(row)
+                if on_progress:
+                    on_progress(done, len(todo), writer.stats.failed)
+        except OSError:
+            raise  # the store cannot be written: committing or indexing again would fail too
+        except BaseException:
+            writer.close()  # keep the work done before an error or Ctrl-C
+            raise
+        writer.close()
     stats = writer.stats
     summary.new, summary.replaced, summary.failed = stats.written, stats.replaced, stats.failed
     summary.skipped += stats.skipped
-    if config.shard is None and stats.commits:
+    if config.shard is None and stats.commits and store.only_writer_since(first_version):
         # One writer, finished: merge the batch fragments and free what they superseded.
-        store.optimize()
+        with _writing(store.uri):
+            store.optimize()
+    elif config.shard is None and stats.commits:
+        # Another process wrote meanwhile (the same command started twice): pruning could
+        # delete files its next commit still reads.
+        summary.notes.append(
+            f"another process wrote to {store.uri} during this run; once it has finished, run "
+            f"`linkedout optimize {store.uri}` to merge the fragments"
+        )
     elif stats.commits:
         summary.notes.append(
             f"once every shard has finished, run `linkedout optimize {store.uri}` to merge "

@@ -23,7 +23,7 @@ from linkedout import __version__
 from linkedout.errors import LinkedOutError, SettingError
 from linkedout.extract.backbones import Backbone, ItemInput, Packer, Prepared
 from linkedout.extract.config import ExtractConfig
-from linkedout.extract.decode import DecodeError, decode_video
+from linkedout.extract.decode import DecodeError, decode_video, unreadable_reason
 from linkedout.extract.discover import CatalogItem
 from linkedout.extract.pool import PoolingRecipe
 from linkedout.storage import FailedItem, FeatureRow, Manifest
@@ -133,6 +133,29 @@ def parse_layers(spec: str, num_layers: int) -> tuple[int, ...]:
     return layers
 
 
+def check_frames_fit(
+    frames: int, settings: object | None, max_positions: int | None, model: str
+) -> None:
+    """Refuse, before the first item, a frame count whose video tokens alone overflow the
+    model's positions even at the smallest frame size the packer makes (so every item would
+    fail). `settings` is a Video LLM packer's `PackSettings` (None: nothing to check). Clips
+    that only overflow at their own resolution fail one by one (`Backbone.refuse`)."""
+    if settings is None or max_positions is None:
+        return
+    fewest = settings.fewest_video_tokens(frames)
+    if fewest < max_positions:
+        return
+    per_patch = settings.fewest_video_tokens(settings.temporal_patch_size)
+    fits = max(1, (max_positions - 1) // per_patch * settings.temporal_patch_size)
+    raise SettingError(
+        "frames",
+        frames,
+        f"{frames} frames make at least {fewest} video tokens (at the smallest frame size, "
+        f"{min(settings.min_pixels, settings.max_pixels)} pixels), but {model} holds "
+        f"{max_positions} positions: use `frames` {fits} or fewer",
+    )
+
+
 def build_manifest(plan: ExtractPlan, engine: Mapping[str, str]) -> Manifest:
     """The manifest of this run; `engine` is the engine's own provenance (its name, versions)."""
     facts = plan.facts
@@ -173,6 +196,12 @@ def fill_prompt(template: str, title: str | None) -> str:
     return "\n".join(line for line in template.splitlines() if "{title}" not in line).strip()
 
 
+EMPTY_PROMPT = (
+    "the prompt is empty for this video: every line of it holds {title} and the video has no "
+    "title; add a line without {title} to --prompt, or a title for it"
+)
+
+
 @dataclass
 class PreparedItem:
     """An item packed for the model. The decoded frames are not kept: only what the row
@@ -196,8 +225,11 @@ def prepare_item(
     try:
         if item.source == "text":
             return PreparedItem(item, sha, packer.prepare(ItemInput(text=item.title or "")))
-        video = decode_video(item.source, plan.frames)
         text = fill_prompt(plan.prompt, item.title)
+        why = unreadable_reason(item.source) or (None if text.strip() else EMPTY_PROMPT)
+        if why:  # a dangling link or FIFO says so first; a FIFO is never opened
+            return FailedItem(item.item_id, why, sha, item.source, item.title)
+        video = decode_video(item.source, plan.frames)
         prepared = packer.prepare(ItemInput(text, video.frames, tuple(video.seconds)))
         return PreparedItem(item, sha, prepared, video.indices, video.seconds)
     except (DecodeError, LinkedOutError) as e:

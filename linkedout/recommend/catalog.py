@@ -12,6 +12,9 @@ index, row 0 being the padding item:
 
     item_id   string                                "" in row 0
     experts   arrow.fixed_shape_tensor<float32>[L, r]   absent for ID-only models
+
+and the schema metadata `linkedout_run_id`: the run id of the run that wrote it (absent in
+catalogs written before run ids, and in validation's spills).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import torch
 
 from linkedout.errors import LinkedOutError
 from linkedout.memory import MemoryBudget
+
+RUN_ID_KEY = b"linkedout_run_id"
 
 CHUNK_ITEMS = 4096
 """Items per chunk, for computing e and for ranking against it: bounds the memory of both to
@@ -50,6 +55,8 @@ class Catalog:
 
     num_items: int
     ids: torch.Tensor | None
+    run_id: str | None = None
+    """The run id stored with a catalog.lance (None in memory, or in an older catalog)."""
 
     def experts_of(self, items: torch.Tensor) -> torch.Tensor | None:
         """`e[items]`: `[*items.shape, L, r]` (None for ID-only models)."""
@@ -91,6 +98,8 @@ class LanceCatalog(Catalog):
         self.ids = ids
         self.num_items = self._ds.count_rows()
         self.content = "experts" in self._ds.schema.names
+        stamp = (self._ds.schema.metadata or {}).get(RUN_ID_KEY)
+        self.run_id = stamp.decode() if stamp is not None else None
 
     @property
     def nbytes(self) -> int:
@@ -99,7 +108,9 @@ class LanceCatalog(Catalog):
         return catalog_bytes((self.num_items, layers, d))
 
     def load(self) -> MemoryCatalog:
-        return MemoryCatalog(_experts(self._ds.to_table(columns=["experts"])), self.ids)
+        loaded = MemoryCatalog(_experts(self._ds.to_table(columns=["experts"])), self.ids)
+        loaded.run_id = self.run_id
+        return loaded
 
     def experts_of(self, items: torch.Tensor) -> torch.Tensor | None:
         if not self.content:
@@ -154,14 +165,16 @@ def write_catalog(
     experts: Iterator[torch.Tensor] | None,
     item_ids: list[str] | None,
     shape: tuple[int, int, int],
+    run_id: str | None = None,
 ) -> None:
     """Write a catalog dataset from e's chunks (None for ID-only models) without holding e.
-    `item_ids[i]` names model item i + 1, as in the split."""
+    `item_ids[i]` names model item i + 1, as in the split; `run_id` goes in the schema
+    metadata."""
     n, layers, d = shape
     fields = [pa.field("item_id", pa.string())]
     if experts is not None:
         fields.append(pa.field("experts", pa.fixed_shape_tensor(pa.float32(), [layers, d])))
-    schema = pa.schema(fields)
+    schema = pa.schema(fields, metadata={RUN_ID_KEY: run_id.encode()} if run_id else None)
     names = ["", *item_ids] if item_ids is not None else None
 
     def batches() -> Iterator[pa.RecordBatch]:
@@ -186,16 +199,41 @@ def write_catalog(
     lance.write_dataset(reader, str(path), schema=schema, mode="create")
 
 
+def catalog_run_id(path: Path) -> str | None:
+    """The run id stamped on a catalog dataset, read from its schema only."""
+    try:
+        stamp = (lance.dataset(str(path)).schema.metadata or {}).get(RUN_ID_KEY)
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LinkedOutError(
+            f"{path} is not a readable catalog ({reason.split(', /')[0][:160]}): the run "
+            "directory is damaged; train it again"
+        ) from None
+    return stamp.decode() if stamp is not None else None
+
+
 def open_catalog(path: Path, ids: torch.Tensor | None, memory_budget: MemoryBudget) -> Catalog:
     """A run's catalog dataset: loaded when it fits `memory_budget`, else read on demand."""
     if not path.exists():
         raise LinkedOutError(
-            f"{path} is missing: this run was trained by an older linkedout; train it again"
+            f"{path} is missing: the run was trained by an older linkedout, or its directory is "
+            "damaged; train it again"
         )
-    catalog = LanceCatalog(path, ids)
-    if catalog.content and memory_budget.fits(catalog.nbytes):
-        return catalog.load()
-    return catalog if catalog.content else MemoryCatalog(None, ids)
+    try:
+        catalog = LanceCatalog(path, ids)
+        if catalog.content and memory_budget.fits(catalog.nbytes):
+            return catalog.load()
+    except (OSError, ValueError, KeyError, pa.ArrowException) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LinkedOutError(
+            f"{path} is not a readable catalog ({reason.split(', /')[0][:160]}): the run "
+            "directory is damaged; train it again"
+        ) from None
+    if catalog.content:
+        return catalog
+    memory = MemoryCatalog(None, ids)
+    memory.run_id = catalog.run_id
+    return memory
 
 
 def _names(names: list[str] | None, start: int, stop: int) -> pa.Array:

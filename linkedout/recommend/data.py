@@ -1,13 +1,7 @@
-"""Interactions -> chronological leave-one-out split -> padded sequences for training and ranking.
-
-Item index 0 is padding; items with stored features take indices 1..F in the store's order,
-items without features (kept only with `allow_missing`) follow.
-"""
+"""A split (split.py) -> padded sequences for training and ranking, as Lightning data."""
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import lightning as L
@@ -15,101 +9,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.config import SplitConfig
-from linkedout.recommend.interactions import InteractionLog
+from linkedout.recommend.split import SequenceSplit
 from linkedout.recommend.tokens import ItemTokens, Prefetched
-
-MISSING_LIMIT = 0.01  # above this share of items without features, stop unless allow_missing
-
-
-@dataclass
-class SplitReport:
-    users: int = 0
-    users_dropped: int = 0
-    items_missing_features: int = 0
-    interactions_dropped: int = 0
-
-    def line(self) -> str:
-        parts = [f"{self.users:,} users"]
-        if self.users_dropped:
-            parts.append(f"{self.users_dropped:,} dropped (too few interactions)")
-        if self.items_missing_features:
-            parts.append(
-                f"{self.items_missing_features:,} items without features "
-                f"({self.interactions_dropped:,} interactions dropped)"
-            )
-        return ", ".join(parts)
-
-
-@dataclass
-class SequenceSplit:
-    """Leave-one-out: each user's last item is the test target, the one before it validation."""
-
-    item_ids: list[str]
-    """Model index i + 1 is item_ids[i]."""
-    num_with_features: int
-    users: list[str]
-    train: list[list[int]]
-    valid: list[int]
-    test: list[int]
-    report: SplitReport = field(default_factory=SplitReport)
-
-    @property
-    def num_items(self) -> int:
-        """Vocabulary size including the padding index 0."""
-        return len(self.item_ids) + 1
-
-    def history(self, user: int, split: str) -> list[int]:
-        """What the model may see before the `split` target."""
-        return self.train[user] if split == "valid" else self.train[user] + [self.valid[user]]
-
-    def target(self, user: int, split: str) -> int:
-        return self.valid[user] if split == "valid" else self.test[user]
-
-    def train_counts(self) -> torch.Tensor:
-        """How often each item occurs in the training sequences ([num_items], index 0 = 0)."""
-        counts = torch.zeros(self.num_items)
-        for item, n in Counter(i for seq in self.train for i in seq).items():
-            counts[item] = n
-        return counts
-
-
-def build_split(log: InteractionLog, catalog: list[str], config: SplitConfig) -> SequenceSplit:
-    """`catalog`: ids of the items with features, in store order."""
-    index = {item: i + 1 for i, item in enumerate(catalog)}
-    logged = {item for seq in log.sequences for item in seq}
-    missing = sorted(logged - index.keys())
-    report = SplitReport(items_missing_features=len(missing))
-    share = len(missing) / max(len(logged), 1)
-    if missing and share > MISSING_LIMIT and not config.allow_missing:
-        raise LinkedOutError(
-            f"{len(missing):,} of {len(logged):,} items in {log.source} ({share:.1%}) have no "
-            f"stored features, e.g. {', '.join(missing[:3])}: extract them, or pass "
-            "--allow-missing to serve them by their ID embedding only"
-        )
-    item_ids = list(catalog)
-    if config.allow_missing:
-        for item in missing:
-            index[item] = len(item_ids) + 1
-            item_ids.append(item)
-    users, train, valid, test = [], [], [], []
-    for user, seq in zip(log.users, log.sequences, strict=True):
-        kept = [index[i] for i in seq if i in index]
-        report.interactions_dropped += len(seq) - len(kept)
-        if len(kept) < max(config.min_interactions, 3):
-            report.users_dropped += 1
-            continue
-        users.append(user)
-        train.append(kept[:-2])
-        valid.append(kept[-2])
-        test.append(kept[-1])
-    report.users = len(users)
-    if not users:
-        raise LinkedOutError(
-            f"no user in {log.source} has {config.min_interactions}+ interactions with items "
-            "that have features: check that the interactions and the features use the same ids"
-        )
-    return SequenceSplit(item_ids, len(catalog), users, train, valid, test, report)
 
 
 def left_pad(seq: list[int], length: int) -> list[int]:

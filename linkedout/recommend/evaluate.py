@@ -21,7 +21,10 @@ class TrainedRun:
 
     The embeddings are loaded when they fit `memory_budget` (default: half the free memory),
     else ranked chunk by chunk from disk: same results, one read of the file per ranking pass.
-    `module`: the best checkpoint already loaded (training has it), instead of reading it."""
+    `module`: the best checkpoint already loaded (training has it), instead of reading it.
+
+    config.json, the checkpoint and catalog.lance must carry the same run id (none, for runs
+    trained before run ids): files mixed from two runs are refused, not ranked."""
 
     def __init__(
         self,
@@ -30,13 +33,15 @@ class TrainedRun:
         module: LinkedOutModule | None = None,
     ):
         self.run = path if isinstance(path, RunDir) else RunDir(path)
-        self.run.require_checkpoint()
+        if module is None:  # else training is finishing the run: it has no metrics.json yet
+            self.run.require_checkpoint()
         self.path = self.run.path
         self.config = self.run.config()
-        self.module = self.run.checkpoint() if module is None else module
+        run_id = self.config.run_id
+        self.module = self.run.checkpoint(run_id) if module is None else module
         ids = self.module.model.ids.weight.detach() if self.module.model.ids is not None else None
         budget = MemoryBudget.resolve(None) if memory_budget is None else memory_budget
-        self.catalog: Catalog = self.run.catalog(ids, budget)
+        self.catalog: Catalog = self.run.catalog(ids, budget, run_id)
         self.split = self.run.split()
         self.item_ids: list[str] = self.split.item_ids
         if self.catalog.num_items != self.split.num_items:

@@ -54,6 +54,8 @@ class LinkedOutModule(L.LightningModule):
         self._memory_budget: MemoryBudget | None = None
         self._spill_dir: Path | None = None
         self._targets_per_batch: float | None = None
+        self.run_id: str | None = None
+        """The run this module trains or was read from: stamped on its checkpoints."""
 
     @classmethod
     def create(
@@ -220,6 +222,10 @@ class LinkedOutModule(L.LightningModule):
         if self.config.fusion == "moe" and self.config.balance_weight > 0:
             loss = loss + self.config.balance_weight * balance_loss(gate)
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Read back by `RunDir`: a checkpoint copied from another run is refused.
+        checkpoint["linkedout"] = {"run_id": self.run_id}
 
     def configure_optimizers(self):
         return torch.optim.AdamW(

@@ -4,6 +4,8 @@ Run directory:
     config.json            the resolved TrainConfig, the feature manifest, the split report
                            (`RunConfig`)
     checkpoints/best.ckpt  the best epoch by validation NDCG@10
+    checkpoints/last.ckpt  the latest epoch, for resuming a run that was stopped
+    train.lock             while `train` runs: who trains the run (`RunLock`)
     split/                 the leave-one-out split as TSV files (see split_files.py): any other
                            library can be trained and ranked on exactly this split
     catalog.lance          per-depth item vectors `e` of the best model, for ranking and serving
@@ -13,6 +15,11 @@ Run directory:
     epochs.json            per epoch: train loss, validation metrics, train and validation seconds
     gates.png              per-layer gate weights, overall and for a sample of users
     logs/                  CSV (and TensorBoard when installed) training logs
+
+config.json, both checkpoints and catalog.lance carry one run id (a uuid4): a file copied from
+another run is refused instead of ranked. Runs written before the run id carry none anywhere.
+Checkpoints are read with `weights_only=True` only: one that holds anything but tensors and
+plain values is refused, never unpickled.
 """
 
 from __future__ import annotations
@@ -21,15 +28,22 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from linkedout.errors import LinkedOutError
 from linkedout.memory import MemoryBudget
-from linkedout.recommend.catalog import Catalog, open_catalog, write_catalog
-from linkedout.recommend.data import SequenceSplit
-from linkedout.recommend.module import LinkedOutModule
+from linkedout.recommend.catalog import Catalog, catalog_run_id, open_catalog, write_catalog
+from linkedout.recommend.checkpoints import checkpoint_run_id, read_checkpoint
+from linkedout.recommend.run_lock import RunLock
 from linkedout.recommend.split_files import read_split, write_split
+
+if TYPE_CHECKING:
+    from linkedout.recommend.module import LinkedOutModule
+    from linkedout.recommend.split import SequenceSplit
+
+RESUME_HINT = "re-run the same `linkedout train` command to resume it"
 
 
 @dataclass
@@ -46,13 +60,17 @@ class RunConfig:
     """The split report."""
     softmax: str
     """full or sampled."""
+    run_id: str | None = None
+    """Stamped on the checkpoints and catalog.lance too (None: a run from before run ids)."""
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> RunConfig:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        # run_id is absent from runs trained before it; every other entry is required.
+        names = [f.name for f in fields(cls) if f.name != "run_id" or "run_id" in data]
+        return cls(**{name: data[name] for name in names})
 
 
 @dataclass
@@ -103,11 +121,14 @@ class RunDir:
         self.checkpoint_dir = self.path / "checkpoints"
         self.checkpoint_name = "best"
         self.best_checkpoint = self.checkpoint_dir / f"{self.checkpoint_name}.ckpt"
+        self.last_checkpoint = self.checkpoint_dir / "last.ckpt"
         self.split_dir = self.path / "split"
         self.catalog_file = self.path / "catalog.lance"
         self.metrics_file = self.path / "metrics.json"
         self.epochs_file = self.path / "epochs.json"
         self.gates_file = self.path / "gates.png"
+        self.lock_file = self.path / "train.lock"
+        self.logs_dir = self.path / "logs"
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -115,12 +136,40 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.best_checkpoint.exists()
 
+    def is_finished(self) -> bool:
+        """`train` got to the end: metrics.json is written last (before gates.png)."""
+        return self.metrics_file.exists() and self.has_checkpoint()
+
     def require_checkpoint(self) -> None:
+        """A finished run to read (evaluate, recommend), else one line on what to do."""
+        if self.path.is_dir() and self.config_file.exists() and not self.metrics_file.exists():
+            if self.lock_file.exists() and RunLock(self.lock_file).holder_alive():
+                raise LinkedOutError(
+                    f"{self.path} is still being trained ({RunLock(self.lock_file).describe()}): "
+                    "wait for it to finish"
+                )
+            raise LinkedOutError(
+                f"{self.path} is an unfinished run (training stopped before it wrote "
+                f"metrics.json): {RESUME_HINT}"
+            )
         if not self.has_checkpoint():
             raise LinkedOutError(
                 f"{self.path} holds no trained run (no checkpoints/best.ckpt): "
                 "train one with `linkedout train`"
             )
+
+    def verify(self) -> RunConfig:
+        """Check a finished run's files before anything heavy loads (the CLI calls it before
+        importing Lightning): config.json readable, the best checkpoint a weights-only file of
+        this run, catalog.lance of this run. Each problem is one line naming the file."""
+        self.require_checkpoint()
+        config = self.config()
+        saved = read_checkpoint(self.best_checkpoint, mmap=True)  # mapped: not read twice
+        self.check_run_id(self.best_checkpoint, checkpoint_run_id(saved), config.run_id)
+        if self.catalog_file.exists():  # ID-only runs' catalog holds names only
+            found = catalog_run_id(self.catalog_file)
+            self.check_run_id(self.catalog_file, found, config.run_id)
+        return config
 
     # -- config.json ------------------------------------------------------------------------
     def write_config(self, config: RunConfig) -> None:
@@ -128,7 +177,27 @@ class RunDir:
         _write_json(self.config_file, config.to_json())
 
     def config(self) -> RunConfig:
-        return RunConfig.from_json(json.loads(self.config_file.read_text()))
+        try:
+            data = json.loads(self.config_file.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            config = RunConfig.from_json(data)
+            if not isinstance(config.train, dict) or not isinstance(config.layers, list):
+                raise ValueError("`train` or `layers` has the wrong type")
+        except FileNotFoundError:
+            raise LinkedOutError(
+                f"{self.config_file} is missing: the run directory is damaged; train it again"
+            ) from None
+        except KeyError as e:
+            raise LinkedOutError(
+                f"{self.config_file} is damaged (no {e} entry): train the run again"
+            ) from None
+        except (OSError, ValueError, TypeError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise LinkedOutError(
+                f"{self.config_file} is damaged ({reason}): train the run again"
+            ) from None
+        return config
 
     # -- split/ -----------------------------------------------------------------------------
     def write_split(self, split: SequenceSplit) -> str:
@@ -138,20 +207,48 @@ class RunDir:
         return read_split(self.split_dir)
 
     # -- checkpoints/ (written by Lightning's ModelCheckpoint, named here) ------------------
-    def checkpoint(self) -> LinkedOutModule:
-        """The best checkpoint's module, on the CPU, in eval mode."""
-        saved = torch.load(self.best_checkpoint, map_location="cpu", weights_only=False)
-        hparams = dict(saved["hyper_parameters"])
-        if "layers" in hparams:  # runs trained before the depth count was named num_layers
-            hparams["num_layers"] = hparams.pop("layers")
-        module = LinkedOutModule(**hparams)
-        module.load_state_dict(saved["state_dict"])
+    def checkpoint(self, run_id: str | None = None) -> LinkedOutModule:
+        """The best checkpoint's module, on the CPU, in eval mode; refused unless it carries
+        `run_id` (config.json's)."""
+        saved = self.read_checkpoint(self.best_checkpoint)
+        self.check_run_id(self.best_checkpoint, checkpoint_run_id(saved), run_id)
+        try:
+            hparams = dict(saved["hyper_parameters"])
+            if "layers" in hparams:  # runs trained before the depth count was named num_layers
+                hparams["num_layers"] = hparams.pop("layers")
+            from linkedout.recommend.module import LinkedOutModule  # Lightning: on use only
+
+            module = LinkedOutModule(**hparams)
+            module.load_state_dict(saved["state_dict"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise LinkedOutError(
+                f"{self.best_checkpoint} does not hold this model ({reason[:200]}): the run "
+                "directory is damaged; train it again"
+            ) from None
+        module.run_id = run_id
         return module.eval()
 
     def load_checkpoint_into(self, module: LinkedOutModule) -> None:
         """The best weights into the training module, on its device."""
-        saved = torch.load(self.best_checkpoint, map_location=module.device, weights_only=False)
+        saved = self.read_checkpoint(self.best_checkpoint, map_location=module.device)
+        self.check_run_id(self.best_checkpoint, checkpoint_run_id(saved), module.run_id)
         module.load_state_dict(saved["state_dict"])
+
+    @staticmethod
+    def read_checkpoint(path: Path, map_location="cpu") -> dict:
+        """A checkpoint's dict, read with `weights_only=True` (tensors and plain values only,
+        whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says: an explicit True wins over it since
+        torch 2.6); anything else is one line naming the file."""
+        return read_checkpoint(path, map_location)
+
+    def check_run_id(self, path: Path, found: str | None, expected: str | None) -> None:
+        if found != expected:
+            raise LinkedOutError(
+                f"{path} belongs to another training run (run id {found or 'none'}, "
+                f"{self.config_file.name} says {expected or 'none'}): the run directory mixes "
+                "files of two runs; train it again"
+            )
 
     # -- catalog.lance ----------------------------------------------------------------------
     def write_catalog(
@@ -159,11 +256,16 @@ class RunDir:
         experts: Iterator[torch.Tensor] | None,
         item_ids: list[str],
         shape: tuple[int, int, int],
+        run_id: str | None = None,
     ) -> None:
-        write_catalog(self.catalog_file, experts, item_ids, shape)
+        write_catalog(self.catalog_file, experts, item_ids, shape, run_id=run_id)
 
-    def catalog(self, ids: torch.Tensor | None, memory_budget: MemoryBudget) -> Catalog:
-        return open_catalog(self.catalog_file, ids, memory_budget)
+    def catalog(
+        self, ids: torch.Tensor | None, memory_budget: MemoryBudget, run_id: str | None = None
+    ) -> Catalog:
+        catalog = open_catalog(self.catalog_file, ids, memory_budget)
+        self.check_run_id(self.catalog_file, catalog.run_id, run_id)
+        return catalog
 
     # -- metrics.json, epochs.json ----------------------------------------------------------
     def write_metrics(self, report: EvalReport) -> None:

@@ -49,6 +49,8 @@ def recommend(
 ) -> Recommendations:
     if k < 1:
         raise LinkedOutError(f"--k {k}: ask for at least 1 item")
+    if not history:
+        raise LinkedOutError("the history lists no item ids: pass the ids watched, oldest first")
     known = [run.index[i] for i in history if i in run.index]
     unknown = [i for i in history if i not in run.index]
     if not known:

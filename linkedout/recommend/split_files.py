@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.data import SequenceSplit, SplitReport
+from linkedout.recommend.split import SequenceSplit, SplitReport
 
 FORMAT = "linkedout-split/1"
 PROTOCOL = (

@@ -2,15 +2,23 @@
 layout is in run.py). Three steps: `prepare` reads the inputs and builds the module and the
 data, `fit` runs Lightning, `finalize` turns the best checkpoint into the catalog and the
 metrics.
+
+A run directory is trained by one `train` at a time (train.lock), and a run stopped on the way
+(killed, power lost) resumes where its last checkpoint left it when the same command runs
+again: checkpoints/last.ckpt holds, besides what Lightning keeps (weights, optimizer, epoch,
+early stopping, the best score so far), the random states of torch, Python and NumPy and of
+the batch order, so the resumed epochs draw the same numbers as an uninterrupted run and the
+run ends with the same best epoch and metrics.json. `--out` is refused when it is a file, a
+folder of other files, a finished run, or an unfinished run of other settings.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,12 +30,23 @@ from lightning.pytorch.accelerators import CPUAccelerator
 
 from linkedout.errors import LinkedOutError, SettingError
 from linkedout.memory import MemoryBudget
+from linkedout.recommend.callbacks import EpochSummary, ResumeState, RunCheckpoint
 from linkedout.recommend.config import TrainConfig
-from linkedout.recommend.data import SequenceData, SequenceSplit, TrainSequences, build_split
+from linkedout.recommend.data import SequenceData, TrainSequences
 from linkedout.recommend.evaluate import TrainedRun, evaluate, write_report
 from linkedout.recommend.interactions import read_interactions
 from linkedout.recommend.module import LinkedOutModule
-from linkedout.recommend.run import RunConfig, RunDir
+from linkedout.recommend.resume import (
+    Plan,
+    jsonable,
+    new_run_id,
+    plan_out_dir,
+    refuse_other_data,
+    restore_earlier_logs,
+    set_aside_earlier_logs,
+)
+from linkedout.recommend.run import RunConfig, RunDir, RunLock
+from linkedout.recommend.split import SequenceSplit, build_split
 from linkedout.recommend.tokens import ItemTokens, open_item_tokens
 from linkedout.storage import FeatureStore
 
@@ -58,22 +77,63 @@ class Prepared:
     budget: MemoryBudget
 
 
+RESUME_ENV = "LINKEDOUT_RESUME_CHECKPOINT"
+"""Set by the first process for the processes Lightning starts for data-parallel ranks: the
+checkpoint they resume from too ("" for none)."""
+
+
 def train(config: TrainConfig) -> Path | None:
     """Train, then evaluate the best checkpoint; returns the run directory (None on the other
-    ranks of a data-parallel run, which the first rank finishes)."""
+    ranks of a data-parallel run, which the first rank finishes). An unfinished run of the
+    same settings in `config.out` is resumed from its last checkpoint."""
     run = RunDir(config.out)
-    if run.has_checkpoint():
-        raise LinkedOutError(f"{run.path} already holds a trained run: choose a new --out")
-    prepared = prepare(config, run)
-    trainer = fit(config, prepared)
-    if not trainer.is_global_zero:
-        return None  # the first rank finishes the run
-    return finalize(prepared)
+    if not is_first_process():
+        # A data-parallel rank Lightning started: the first process checked --out, holds the
+        # lock and writes everything; this one only trains its share.
+        resume = os.environ.get(RESUME_ENV)
+        if resume is None:  # started by hand on another machine
+            resume = str(run.last_checkpoint) if run.last_checkpoint.exists() else ""
+        plan = Plan(run_id="", resume=Path(resume) if resume else None)
+        prepared = prepare(config, run, plan)
+        fit(config, prepared, _trainer(config, run), plan)
+        return None
+    plan_out_dir(config, run)  # refuse a bad --out before writing anything
+    trainer = _trainer(config, run)  # and settings Lightning refuses
+    lock = RunLock(run.lock_file)
+    created = not run.path.exists()
+    note = lock.acquire()
+    try:
+        if note:
+            print(f"note: {note}", file=sys.stderr, flush=True)
+        plan = plan_out_dir(config, run, lock)  # again, now that no other `train` can
+        for path in plan.clean:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        prepared = prepare(config, run, plan)
+        if plan.resume is not None:
+            print(f"resuming {run.path} from {plan.resume.name}", file=sys.stderr, flush=True)
+        if not plan.fitted:
+            trainer = fit(config, prepared, trainer, plan)
+            if not trainer.is_global_zero:
+                return None
+        return finalize(prepared)
+    finally:
+        lock.release()
+        if created and run.path.is_dir() and not any(run.path.iterdir()):
+            run.path.rmdir()  # failed before writing anything: leave no empty folder behind
 
 
-def prepare(config: TrainConfig, run: RunDir) -> Prepared:
+def is_first_process() -> bool:
+    """Whether this process is the first of a (possibly data-parallel) run, the one that
+    writes: Lightning's rank (from RANK/LOCAL_RANK/SLURM_PROCID, which it sets for the ranks it
+    starts) and, for runs over several machines, the machine's NODE_RANK."""
+    node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "0"
+    return rank_zero_only.rank == 0 and node == "0"
+
+
+def prepare(config: TrainConfig, run: RunDir, plan: Plan | None = None) -> Prepared:
     """Read the features and interactions, split, build the module and the data; the first
-    rank writes config.json and the split."""
+    rank writes config.json and the split (a resumed run's must match what it finds)."""
+    plan = Plan(run_id=new_run_id()) if plan is None else plan
     store = FeatureStore.open(config.features, config.storage_options)
     layers = feature_layers(store, config.model.fusion)
     log_ = read_interactions(config.interactions, config.user_col, config.item_col, config.time_col)
@@ -88,19 +148,24 @@ def prepare(config: TrainConfig, run: RunDir) -> Prepared:
     if config.model.fusion != "none":
         tokens = open_item_tokens(store, layers, split.item_ids, split.num_with_features, budget)
     module = _module(config, split, tokens, budget, run)
+    module.run_id = plan.run_id or None
     # Data-parallel ranks each build the same split (deterministic) but only the first writes;
     # Lightning starts the other ranks by running this same command again.
-    if rank_zero_only.rank == 0:
-        run.write_config(
-            RunConfig(
-                train=_jsonable(asdict(config)),
-                layers=layers,
-                manifest=asdict(store.manifest),
-                features_version=store.version,
-                split=asdict(split.report),
-                softmax="sampled" if module.sampled else "full",
-            )
+    if is_first_process():
+        written = RunConfig(
+            train=jsonable(asdict(config)),
+            layers=layers,
+            manifest=asdict(store.manifest),
+            features_version=store.version,
+            split=asdict(split.report),
+            softmax="sampled" if module.sampled else "full",
+            run_id=plan.run_id,
         )
+        if plan.previous is not None:
+            refuse_other_data(run, plan.previous, written)
+            # The settings that may differ (NO_EFFECT) are kept as the run started.
+            written.train = plan.previous.train
+        run.write_config(written)
         run.write_split(split)
     data = SequenceData(
         split,
@@ -145,16 +210,35 @@ def _module(
     return module
 
 
-def fit(config: TrainConfig, prepared: Prepared) -> L.Trainer:
-    trainer = _trainer(config, prepared.run)
+def fit(
+    config: TrainConfig,
+    prepared: Prepared,
+    trainer: L.Trainer | None = None,
+    plan: Plan | None = None,
+) -> L.Trainer:
+    trainer = _trainer(config, prepared.run) if trainer is None else trainer
+    resume = plan.resume if plan is not None else None
     if trainer.num_devices > 1 and isinstance(trainer.accelerator, CPUAccelerator):
         # Processes on one machine share its cores: a full set of threads each would
         # oversubscribe them.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // trainer.num_devices))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        if resume is not None:  # the folders of the run being resumed: expected, and kept
+            warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+        # Lightning starts the other data-parallel ranks inside fit, with this environment.
+        os.environ[RESUME_ENV] = str(resume) if resume is not None else ""
+        if resume is not None and is_first_process():
+            set_aside_earlier_logs(prepared.run, plan.start_epoch)
         try:
-            trainer.fit(prepared.module, datamodule=prepared.data)
+            trainer.fit(
+                prepared.module,
+                datamodule=prepared.data,
+                ckpt_path=resume,
+                # Our checkpoints hold tensors and plain values only (`ResumeState`); Lightning
+                # would otherwise unpickle whatever the file holds.
+                **({"weights_only": True} if _FIT_TAKES_WEIGHTS_ONLY else {}),
+            )
         except SystemExit:
             # Lightning turns Ctrl-C into sys.exit after a graceful stop; the run is still
             # worth finishing from the best checkpoint so far.
@@ -162,8 +246,20 @@ def fit(config: TrainConfig, prepared: Prepared) -> L.Trainer:
                 raise
             log.warning("interrupted: finishing the run from the best checkpoint so far")
         finally:
+            os.environ.pop(RESUME_ENV, None)
             signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignored it
+    if resume is not None and trainer.is_global_zero:
+        restore_earlier_logs(prepared.run)
     return trainer
+
+
+def _fit_takes_weights_only() -> bool:
+    import inspect
+
+    return "weights_only" in inspect.signature(L.Trainer.fit).parameters
+
+
+_FIT_TAKES_WEIGHTS_ONLY = _fit_takes_weights_only()
 
 
 def finalize(prepared: Prepared) -> Path:
@@ -188,11 +284,12 @@ def write_run_catalog(run: RunDir, module: LinkedOutModule, item_ids: list[str])
     shape = (len(item_ids) + 1, model.num_layers, model.expert_dim)
     with torch.inference_mode():
         chunks = module.code_chunks() if model.content else None
-        run.write_catalog(chunks, item_ids, shape)
+        run.write_catalog(chunks, item_ids, shape, run_id=module.run_id)
 
 
 def _trainer(config: TrainConfig, run: RunDir) -> L.Trainer:
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.callbacks import EarlyStopping
     from lightning.pytorch.loggers import CSVLogger
 
     loggers = [CSVLogger(run.path, name="logs", version="")]
@@ -204,86 +301,40 @@ def _trainer(config: TrainConfig, run: RunDir) -> L.Trainer:
     except ImportError:
         pass
     monitor = "val_NDCG@10"
-    return L.Trainer(
-        max_epochs=config.epochs,
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        # SequenceData shards batches and validation users across ranks itself.
-        use_distributed_sampler=False,
-        logger=loggers,
-        callbacks=[
-            ModelCheckpoint(
-                run.checkpoint_dir,
-                filename=run.checkpoint_name,
-                monitor=monitor,
-                mode="max",
-                save_top_k=1,
-                enable_version_counter=False,
-            ),
-            EarlyStopping(monitor, mode="max", patience=config.patience),
-            EpochSummary(run),
-        ],
-        enable_progress_bar=not config.quiet,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=10,
-        deterministic=True,
-    )
-
-
-class EpochSummary(L.Callback):
-    """One line per epoch on stderr (loss, validation ranking, seconds, a new best marked),
-    and the same in `epochs.json`, rewritten each epoch, for curves and throughput."""
-
-    def __init__(self, run: RunDir):
-        self.run = run
-        self.best = float("-inf")
-        self.epochs: list[dict] = []
-        self._train_start = self._val_start = 0.0
-        self._val_seconds = 0.0
-
-    def on_train_epoch_start(self, trainer, module) -> None:
-        self._train_start = time.perf_counter()
-        self._val_seconds = 0.0
-
-    def on_validation_epoch_start(self, trainer, module) -> None:
-        self._val_start = time.perf_counter()
-
-    def on_validation_epoch_end(self, trainer, module) -> None:
-        self._val_seconds += time.perf_counter() - self._val_start
-
-    def on_train_epoch_end(self, trainer, module) -> None:  # runs after the epoch's validation
-        m = trainer.callback_metrics
-        if "val_HR@10" not in m or not trainer.is_global_zero:
-            return
-        seconds = time.perf_counter() - self._train_start
-        record = {
-            "epoch": trainer.current_epoch,
-            "train_loss": float(m["train_loss"]) if "train_loss" in m else None,
-            "train_seconds": seconds - self._val_seconds,
-            "val_seconds": self._val_seconds,
-            "train_sequences": len(trainer.train_dataloader.dataset),
-        } | {f"val_{k}": float(m[f"val_{k}"]) for k in ("HR@10", "NDCG@10", "HR@20", "NDCG@20")}
-        self.epochs.append(record)
-        self.run.write_epochs(self.epochs)
-        ndcg = record["val_NDCG@10"]
-        mark = " (best)" if ndcg > self.best else ""
-        self.best = max(self.best, ndcg)
-        loss = f"loss {record['train_loss']:.4f}, " if record["train_loss"] is not None else ""
-        print(
-            f"epoch {trainer.current_epoch}: {loss}val HR@10 {record['val_HR@10']:.4f}, "
-            f"NDCG@10 {ndcg:.4f}{mark} ({record['train_seconds']:.0f} s train, "
-            f"{self._val_seconds:.0f} s validation)",
-            file=sys.stderr,
-            flush=True,
+    callbacks = [
+        RunCheckpoint(
+            run.checkpoint_dir,
+            filename=run.checkpoint_name,
+            monitor=monitor,
+            mode="max",
+            save_top_k=1,
+            save_last=True,  # checkpoints/last.ckpt, every epoch: what a resume starts from
+            enable_version_counter=False,
+        ),
+        EarlyStopping(monitor, mode="max", patience=config.patience),
+        EpochSummary(run),
+        ResumeState(),
+    ]
+    try:
+        return L.Trainer(
+            max_epochs=config.epochs,
+            accelerator=config.accelerator,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            strategy=config.strategy,
+            # SequenceData shards batches and validation users across ranks itself.
+            use_distributed_sampler=False,
+            logger=loggers,
+            callbacks=callbacks,
+            enable_progress_bar=not config.quiet,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=10,
+            deterministic=True,
         )
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+    except MisconfigurationException as e:  # e.g. --accelerator gpu on a machine without one
+        reason = " ".join(str(e).split())
+        raise LinkedOutError(
+            f"cannot train with --accelerator {config.accelerator} --devices {config.devices} "
+            f"--strategy {config.strategy}: {reason}"
+        ) from None

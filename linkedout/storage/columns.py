@@ -2,7 +2,8 @@
 
 On-disk layout of one row (format version 1):
 
-    item_id          string, unique        catalog item id (video file stem unless mapped)
+    item_id          string, unique        catalog item id (video file stem unless mapped); declared
+                                           Lance's (unenforced) primary key, see `PRIMARY_KEY`
     tokens           struct, null=failed   one field per tapped layer, `layer_<index>`, each an
                                            `arrow.fixed_shape_tensor` of shape [T, D]
     error            string, null=ok       why extraction failed; such rows hold no tokens
@@ -32,6 +33,11 @@ from linkedout.storage.manifest import Manifest
 from linkedout.storage.rows import FailedItem, FeatureRow
 
 MANIFEST_KEY = b"linkedout.manifest"
+
+PRIMARY_KEY = {"lance-schema:unenforced-primary-key": "true"}
+"""item_id's field metadata. Lance does not enforce it on append, but with it a merge_insert that
+inserts a key another writer committed meanwhile is a commit conflict, re-planned against the
+new version: that is what keeps one row per item under concurrent writers."""
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
@@ -67,7 +73,7 @@ def _tokens_type(manifest: Manifest) -> pa.StructType:
 def arrow_schema(manifest: Manifest) -> pa.Schema:
     return pa.schema(
         [
-            pa.field("item_id", pa.string(), nullable=False),
+            pa.field("item_id", pa.string(), nullable=False, metadata=PRIMARY_KEY),
             pa.field("tokens", _tokens_type(manifest)),
             pa.field("error", pa.string()),
             pa.field("content_sha256", pa.string()),
@@ -81,6 +87,12 @@ def arrow_schema(manifest: Manifest) -> pa.Schema:
         ],
         metadata={MANIFEST_KEY: manifest.to_json().encode()},
     )
+
+
+def declares_primary_key(schema: pa.Schema) -> bool:
+    """Whether item_id carries `PRIMARY_KEY` (datasets of older versions do not)."""
+    metadata = schema.field("item_id").metadata or {}
+    return all(metadata.get(k.encode()) == v.encode() for k, v in PRIMARY_KEY.items())
 
 
 def rows_to_table(rows: Sequence[FeatureRow | FailedItem], manifest: Manifest) -> pa.Table:

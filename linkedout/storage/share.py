@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lance
+
 from linkedout import __version__
 from linkedout.errors import LinkedOutError
 from linkedout.storage.store import FeatureStore, exists
-from linkedout.storage.uri import normalize, write_text
+from linkedout.storage.uri import (
+    describe_storage_error,
+    is_local,
+    list_names,
+    normalize,
+    write_text,
+)
 
 CARD_NAME = "README.md"
+
+# The destination check fails fast on an endpoint that does not answer; the copy itself keeps
+# Lance's own retries.
+_PROBE_OPTIONS = {"client_max_retries": "1", "client_retry_timeout": "15", "connect_timeout": "5s"}
 
 
 def export(
@@ -19,23 +31,73 @@ def export(
     dest_options: dict[str, str] | None = None,
 ) -> FeatureStore:
     """Copy the current version of `src` to `dest` (data, deletions and the item_id index) and
-    write its card. `dest` must not hold a dataset yet: an export never overwrites one."""
+    write its card. `dest` must be a new (or empty) folder or prefix: an export never
+    overwrites a dataset, nor writes among other files."""
     store = FeatureStore.open(src, src_options)
     dest = normalize(dest)
     dest_options = dict(dest_options or {})
-    if exists(dest, dest_options):
-        raise LinkedOutError(
-            f"{dest} already holds a Lance dataset: export to a new path, or delete it first"
+    check_destination(dest, dest_options)
+    try:
+        store.dataset.deep_clone(dest, store.version, storage_options=dest_options or None)
+        copy = FeatureStore.open(dest, dest_options)
+        write_text(
+            dest,
+            CARD_NAME,
+            dataset_card(copy, source=f"{store.uri} (version {store.version})"),
+            dest_options,
         )
-    store.dataset.deep_clone(dest, store.version, storage_options=dest_options or None)
-    copy = FeatureStore.open(dest, dest_options)
-    write_text(
-        dest,
-        CARD_NAME,
-        dataset_card(copy, source=f"{store.uri} (version {store.version})"),
-        dest_options,
-    )
+    except (OSError, ValueError) as e:
+        raise LinkedOutError(
+            f"cannot export to {dest}: {describe_storage_error(dest_options, e)}"
+        ) from None
     return copy
+
+
+def check_destination(dest: str, options: dict[str, str]) -> None:
+    """Refuse, before anything is written, a destination that is a file, holds a dataset or
+    holds anything else, and one that cannot be reached."""
+    if is_local(dest):
+        path = Path(dest)
+        blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise LinkedOutError(f"{blocked} is a file, so {path} cannot be created in it")
+        if path.is_file():
+            raise LinkedOutError(f"{path} is a file: export to a new folder path")
+        if path.is_dir() and any(path.iterdir()):
+            if exists(dest, options):
+                raise LinkedOutError(_holds_dataset(dest))
+            names = sorted(p.name for p in path.iterdir())
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise LinkedOutError(
+                f"{path} already holds other files ({shown}): export to a new or empty folder"
+            )
+        return
+    probe = {**_PROBE_OPTIONS, **options}
+    try:
+        lance.dataset(dest, storage_options=probe)
+    except (OSError, ValueError) as e:
+        if "not found" not in str(e).lower():
+            raise LinkedOutError(
+                f"cannot export to {dest}: {describe_storage_error(options, e)}"
+            ) from None
+    else:
+        raise LinkedOutError(_holds_dataset(dest))
+    try:
+        names = list_names(dest, options)
+    except OSError as e:
+        raise LinkedOutError(
+            f"cannot export to {dest}: {describe_storage_error(options, e)}"
+        ) from None
+    if names:
+        raise LinkedOutError(
+            f"{dest} already holds other objects ({', '.join(names[:3])}"
+            f"{f' and {len(names) - 3} more' if len(names) > 3 else ''}): "
+            "export to a new or empty prefix"
+        )
+
+
+def _holds_dataset(dest: str) -> str:
+    return f"{dest} already holds a Lance dataset: export to a new path, or delete it first"
 
 
 def dataset_card(store: FeatureStore, source: str | None = None) -> str:

@@ -47,6 +47,9 @@ class StoreInfo:
     fragments: int
     indices: list[str]
     schema: pa.Schema
+    duplicates: int = 0
+    """Rows beyond one per item id, which only older LinkedOut versions wrote: `optimize`
+    removes them (reads already use one row per item)."""
 
     def to_json(self, failed_items: Sequence[Failure] = ()) -> dict:
         """A JSON-ready dict (`linkedout info --json`), listing `failed_items` among the facts.
@@ -59,6 +62,7 @@ class StoreInfo:
             "rows": self.rows,
             "failures": self.failures,
             "failed_items": [asdict(f) for f in failed_items],
+            "duplicate_rows": self.duplicates,
             "size_bytes": self.size_bytes,
             "version": self.version,
             "versions": self.versions,
@@ -75,3 +79,5 @@ class OptimizeReport:
     fragments_after: int
     bytes_before: int
     bytes_after: int
+    duplicates_removed: int = 0
+    """Extra rows of items stored more than once (by older versions), deleted."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -16,24 +17,32 @@ import torch
 from linkedout.errors import LinkedOutError, MissingItemsError
 from linkedout.storage.columns import (
     MANIFEST_KEY,
+    PRIMARY_KEY,
     TORCH_DTYPES,
     arrow_schema,
     arrow_to_tokens,
+    declares_primary_key,
     layer_arrays,
     tokens_column,
 )
 from linkedout.storage.manifest import Manifest
 from linkedout.storage.status import Failure, OptimizeReport, StoredStatus, StoreInfo
-from linkedout.storage.uri import is_local, normalize
+from linkedout.storage.uri import describe_storage_error, is_local, normalize
 
 log = logging.getLogger(__name__)
 
 _OK = "error IS NULL"
+_STORED_FAILED = "target.error IS NOT NULL"
+_CHOICE_COLUMNS = ["item_id", "error", "extracted_at"]
 
 
 class FeatureStore:
     """A LinkedOut feature dataset at one version: read with `read_tokens`/`load`, commit rows
-    with `append`/`upsert` (`FeatureWriter` batches them)."""
+    with `append`/`upsert` (`FeatureWriter` batches them).
+
+    A dataset written by an older LinkedOut may hold several rows for one item; every read then
+    uses the same one per item (`_kept_positions`) and `optimize` deletes the others.
+    """
 
     def __init__(
         self, uri: str, dataset: lance.LanceDataset, manifest: Manifest, storage_options: dict
@@ -43,6 +52,9 @@ class FeatureStore:
         self.manifest = manifest
         self.storage_options = storage_options
         self._offsets: dict[str, int] | None = None
+        self._committed: set[int] = set()  # versions this handle committed
+        self._distinct = 0  # item ids stored, good or failed; set with _offsets
+        self._duplicates = 0  # rows beyond one per item id; set with _offsets
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -58,7 +70,7 @@ class FeatureStore:
         try:
             ds = lance.dataset(uri, version=version, storage_options=options or None)
         except (ValueError, OSError) as e:
-            raise LinkedOutError(_not_a_dataset(uri, e)) from None
+            raise LinkedOutError(_not_a_dataset(uri, e, options)) from None
         raw = (ds.schema.metadata or {}).get(MANIFEST_KEY)
         if raw is None:
             raise LinkedOutError(
@@ -81,12 +93,15 @@ class FeatureStore:
         _refuse_foreign_directory(uri)
         schema = arrow_schema(manifest)
         try:
-            ds = lance.write_dataset(
-                pa.RecordBatchReader.from_batches(schema, []),
+            # A commit that may not be retried: of two writers creating the same path at once,
+            # exactly one wins and the other gets an error (then joins it in open_or_create).
+            # write_dataset(mode="create") would instead retry the loser as an Overwrite on top
+            # of the winner's version, wiping whatever it committed meanwhile.
+            ds = lance.LanceDataset.commit(
                 uri,
-                schema=schema,
-                mode="create",
+                lance.LanceOperation.Overwrite(schema, []),
                 storage_options=options or None,
+                max_retries=0,
             )
         except OSError as e:
             raise LinkedOutError(
@@ -103,8 +118,9 @@ class FeatureStore:
             try:
                 return cls.create(uri, manifest, storage_options)
             except LinkedOutError:
-                # Another shard may have created it a moment ago; if so, join it below.
-                if not exists(uri, storage_options):
+                # Another writer may be creating it right now (its folder exists before its
+                # first version does); if one appears, join it below.
+                if not _appears(uri, storage_options):
                     raise
         store = cls.open(uri, storage_options)
         diffs = store.manifest.mismatches(manifest)
@@ -113,6 +129,7 @@ class FeatureStore:
                 f"{uri} holds features made another way ({'; '.join(diffs)}): "
                 "write these to a new output path, or repeat the original settings"
             )
+        store.declare_primary_key()
         return store
 
     def __reduce__(self):
@@ -143,11 +160,16 @@ class FeatureStore:
     def status(self, item_ids: Iterable[str] | None = None) -> dict[str, StoredStatus]:
         """What is stored for these ids (absent ids are left out); every row when None."""
         columns = ["item_id", "content_sha256", "error", "title"]
+        read = [*columns, "extracted_at"]
         wanted = None if item_ids is None else list(dict.fromkeys(item_ids))
+        if wanted == []:
+            return {}
         if wanted is not None and len(wanted) <= 1000:
-            table = self._ds.to_table(columns=columns, filter=_id_filter(wanted))
-        else:  # one scan of four small columns beats many IN-list queries
-            table = self._ds.to_table(columns=columns)
+            table = self._ds.to_table(columns=read, filter=_id_filter(wanted))
+        else:  # one scan of five small columns beats many IN-list queries
+            table = self._ds.to_table(columns=read)
+        if _has_duplicates(table.column("item_id")):
+            table = table.take(_kept_positions(table))  # the row reads use, as they do
         keep = None if wanted is None else set(wanted)
         return {
             item_id: StoredStatus(sha, error, title)
@@ -175,20 +197,32 @@ class FeatureStore:
         ]
 
     def failures(self) -> list[Failure]:
+        """Items whose extraction failed and that hold no good row, one entry per item."""
         table = self._ds.to_table(
             columns=["item_id", "source", "error"], filter="error IS NOT NULL"
         )
-        return [Failure(r["item_id"], r["source"] or "", r["error"]) for r in table.to_pylist()]
+        found = {r["item_id"]: r for r in table.to_pylist()}
+        if self.duplicate_rows():
+            good = self._offset_map()
+            found = {i: r for i, r in found.items() if i not in good}
+        return [Failure(i, r["source"] or "", r["error"]) for i, r in found.items()]
+
+    def duplicate_rows(self) -> int:
+        """Rows beyond one per item id: only older LinkedOut versions wrote them (concurrent
+        runs without --shard); `optimize` removes them."""
+        self._offset_map()
+        return self._duplicates
 
     def info(self) -> StoreInfo:
         versions = self._ds.versions()
         stamps = [v["timestamp"] for v in versions]
         files = self._ds.all_files().read_all()
+        good = len(self)  # also counts the distinct ids and the duplicates
         return StoreInfo(
             uri=self.uri,
             manifest=self.manifest,
-            rows=len(self),
-            failures=self._ds.count_rows(filter="error IS NOT NULL"),
+            rows=good,
+            failures=self._distinct - good,
             size_bytes=int(pc.sum(files.column("size_bytes")).as_py() or 0),
             version=self.version,
             versions=len(versions),
@@ -201,6 +235,7 @@ class FeatureStore:
                 for i in self._ds.describe_indices()
             ],
             schema=self._ds.schema,
+            duplicates=self.duplicate_rows(),
         )
 
     # ---------------------------------------------------------------- reading
@@ -254,27 +289,65 @@ class FeatureStore:
         return ids, out
 
     def _scan(self, batch_size: int, layers: list[int]):
+        if self.duplicate_rows():
+            yield from self._take_kept(batch_size, layers)
+            return
         columns = ["item_id", *(tokens_column(x) for x in layers)]
         for batch in self._ds.to_batches(columns=columns, filter=_OK, batch_size=batch_size):
             if batch.num_rows:
                 yield batch.column(0).to_pylist(), layer_arrays(batch, layers)
 
+    def _take_kept(self, batch_size: int, layers: list[int]):
+        # A scan would yield every copy of a duplicated item; take just the row kept for each.
+        offsets = self._offset_map()
+        ids = list(offsets)
+        rows = np.fromiter(offsets.values(), dtype=np.int64, count=len(ids))
+        columns = [tokens_column(x) for x in layers]
+        for start in range(0, len(ids), batch_size):
+            table = self._ds.take(rows[start : start + batch_size], columns=columns)
+            yield ids[start : start + batch_size], layer_arrays(table, layers)
+
     # ---------------------------------------------------------------- writing
     def append(self, table: pa.Table) -> None:
-        """Add rows (`columns.rows_to_table`) for ids not stored yet, as one atomic commit."""
-        lance.write_dataset(
-            table, self._ds, mode="append", storage_options=self.storage_options or None
-        )
-        self._refresh()
+        """Add rows (`columns.rows_to_table`) for ids not stored yet, as one atomic commit; a
+        stored row of one of these ids is replaced only if it is a failure.
+
+        Like every write, a merge_insert on the declared primary key: if another writer commits
+        one of these ids first, Lance finds the conflict at commit and re-plans against that
+        commit, so the item keeps one row (the good one, when one of the two failed).
+        """
+        self._merge(table, replace_when=_STORED_FAILED)
 
     def upsert(self, table: pa.Table) -> None:
         """Replace the stored rows of these ids (adding any not stored), as one atomic commit."""
+        self._merge(table, replace_when=None)
+
+    def declare_primary_key(self) -> None:
+        """Declare item_id the primary key of a dataset written before LinkedOut did: one commit
+        of schema metadata that rewrites no data, and nothing to do on a current dataset."""
+        if declares_primary_key(self._ds.schema):
+            return
+        try:
+            self._ds.update_field_metadata({"item_id": PRIMARY_KEY})
+        except (OSError, RuntimeError, ValueError):
+            self._refresh()  # another writer may have declared it a moment ago
+            if not declares_primary_key(self._ds.schema):
+                raise
+        self._refresh()
+
+    def _merge(self, table: pa.Table, replace_when: str | None) -> None:
+        # Without the declared key Lance would not see a concurrent insert of the same id.
+        self.declare_primary_key()
         (
             self._ds.merge_insert("item_id")
-            .when_matched_update_all()
+            .when_matched_update_all(condition=replace_when)
             .when_not_matched_insert_all()
+            # pylance 14 rejects a conditional update planned through the item_id index
+            # ("Primary key column ... must not be nullable"); its scan join works.
+            .use_index(replace_when is None)
             .execute(table)
         )
+        self._committed.add(self._ds.version)  # execute() moved the handle to its commit
         self._refresh()
 
     # ---------------------------------------------------------------- maintenance
@@ -284,17 +357,26 @@ class FeatureStore:
             self._ds.optimize.optimize_indices()
         else:
             self._ds.create_scalar_index("item_id", "BTREE")
+        self._committed.add(self._ds.version)
         self._refresh()
 
+    def only_writer_since(self, version: int) -> bool:
+        """Whether every commit after `version`, up to the latest, was made through this
+        handle: if so no other process is known to be writing, and pruning is safe."""
+        self._refresh()
+        return set(range(version + 1, self.version + 1)) <= self._committed
+
     def optimize(self, prune_old_versions: bool = True) -> OptimizeReport:
-        """Merge the small fragments batched writes leave behind into large ones, and (with
-        `prune_old_versions`) delete the files only older versions use.
+        """Delete duplicate rows older versions left (keeping one per item), merge the small
+        fragments batched writes leave behind into large ones, and (with `prune_old_versions`)
+        delete the files only older versions use.
 
         Run it when no other process writes or reads an older version of this dataset
         (`linkedout extract` does at the end of an unsharded run): pruning removes files such a
         process may still need.
         """
         before = self.info()
+        removed = self._delete_duplicates()
         self._ds.optimize.compact_files()
         self._refresh()
         self.update_index()
@@ -303,8 +385,22 @@ class FeatureStore:
             self._refresh()
         after = self.info()
         return OptimizeReport(
-            before.fragments, after.fragments, before.size_bytes, after.size_bytes
+            before.fragments, after.fragments, before.size_bytes, after.size_bytes, removed
         )
+
+    def _delete_duplicates(self) -> int:
+        """Delete every row but the kept one of each item id, in one commit; rows removed."""
+        if not self.duplicate_rows():
+            return 0
+        table = self._ds.to_table(columns=_CHOICE_COLUMNS, with_row_address=True)
+        kept = np.zeros(table.num_rows, dtype=bool)
+        kept[_kept_positions(table)] = True
+        addresses = table.column("_rowaddr").to_numpy()[~kept]
+        # Row addresses name exact rows and are never reused, so a retried delete cannot hit
+        # a row committed meanwhile: each item keeps its chosen row or a newer one.
+        self._ds.delete(f"_rowaddr IN ({','.join(map(str, addresses.tolist()))})")
+        self._refresh()
+        return len(addresses)
 
     def _refresh(self) -> None:
         self._ds = lance.dataset(self.uri, storage_options=self.storage_options or None)
@@ -315,9 +411,26 @@ class FeatureStore:
         """item_id -> row offset, for the stored (non-failed) rows of this version."""
         if self._offsets is None:
             table = self._ds.to_table(columns=["item_id", "error"])
+            positions = None
+            if _has_duplicates(table.column("item_id")):
+                table = self._ds.to_table(columns=_CHOICE_COLUMNS)
+                positions = _kept_positions(table)
+                self._duplicates = table.num_rows - len(positions)
+                log.warning(
+                    "%s holds %d duplicate row(s) (written by an older LinkedOut); reading one "
+                    "per item: run `linkedout optimize %s` to remove them",
+                    self.uri,
+                    self._duplicates,
+                    self.uri,
+                )
+            else:
+                self._duplicates = 0
             ids = table.column("item_id").to_pylist()
             ok = table.column("error").is_null().to_pylist()
-            self._offsets = {item_id: i for i, (item_id, good) in enumerate(zip(ids, ok)) if good}
+            if positions is None:
+                positions = range(len(ids))
+            self._distinct = len(positions)
+            self._offsets = {ids[i]: int(i) for i in positions if ok[i]}
         return self._offsets
 
     def _missing_message(self, missing: list[str]) -> str:
@@ -341,6 +454,44 @@ def exists(uri: str | Path, storage_options: dict[str, str] | None = None) -> bo
     return True
 
 
+def _appears(uri: str | Path, storage_options: dict[str, str] | None, wait: float = 5.0) -> bool:
+    deadline = time.monotonic() + wait
+    while not exists(uri, storage_options):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _has_duplicates(ids: pa.ChunkedArray) -> bool:
+    return len(ids) != pc.count_distinct(ids).as_py()
+
+
+def _kept_positions(table: pa.Table) -> np.ndarray:
+    """Ascending positions of the one row per item_id that reads use and `optimize` keeps.
+
+    A good row beats a failure; then the later extracted_at; then the later position, so the
+    choice is the same every time for one version.
+    """
+    n = table.num_rows
+    stamps = table.column("extracted_at").cast(pa.int64())
+    keyed = pa.table(
+        {
+            "item_id": table.column("item_id"),
+            "good": table.column("error").is_null(),
+            "at": pc.fill_null(stamps, np.iinfo(np.int64).min),
+            "pos": pa.array(np.arange(n, dtype=np.int64)),
+        }
+    ).sort_by(
+        [("item_id", "ascending"), ("good", "ascending"), ("at", "ascending"), ("pos", "ascending")]
+    )
+    ids = keyed.column("item_id")
+    last = np.ones(n, dtype=bool)  # the last row of each item id after the sort wins
+    if n > 1:
+        last[:-1] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy()
+    return np.sort(keyed.column("pos").to_numpy()[last])
+
+
 def _id_filter(ids: Sequence[str]) -> str:
     quoted = ",".join("'" + i.replace("'", "''") + "'" for i in ids)
     return f"item_id IN ({quoted})"
@@ -358,7 +509,7 @@ def _refuse_foreign_directory(uri: str) -> None:
         )
 
 
-def _not_a_dataset(uri: str, error: Exception) -> str:
+def _not_a_dataset(uri: str, error: Exception, options: dict[str, str]) -> str:
     if is_local(uri):
         path = Path(uri.removeprefix("file://"))
         if not path.exists():
@@ -370,7 +521,7 @@ def _not_a_dataset(uri: str, error: Exception) -> str:
             f"{path} is not a Lance dataset (no _versions folder): "
             "point at a dataset written by `linkedout extract`"
         )
-    return f"cannot open a Lance dataset at {uri}: {_first_line(error)}"
+    return f"cannot open a Lance dataset at {uri}: {describe_storage_error(options, error)}"
 
 
 def _first_line(error: Exception) -> str:

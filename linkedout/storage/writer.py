@@ -1,13 +1,18 @@
 """Batched, idempotent, crash-safe writes into a `FeatureStore`: the policy over its commits.
 
 Each flush is one atomic commit of the store's: `store.append` of the items the dataset does not
-hold yet, and (only when some rows replace stored ones) a second, `store.upsert`. A writer killed
-at any moment therefore leaves every earlier batch whole and no half-written one, and re-running
-the same work skips what was committed (same id, content hash and title) and writes the rest.
+hold yet or holds as failures, and (only when some rows replace good stored ones) a second,
+`store.upsert`. A writer killed at any moment therefore leaves every earlier batch whole and no
+half-written one, and re-running the same work skips what was committed (same id, content hash
+and title) and writes the rest.
 
-The writer reads what is stored once, when it starts, and keeps that map up to date: appends
-then cost O(batch) instead of a join against the whole dataset. Concurrent writers must write
-disjoint ids (as `--shard` does).
+The writer reads what is stored once, when it starts, and keeps that map up to date: deciding
+what to skip then costs O(batch). Both commits are merge_inserts on item_id, the dataset's
+declared primary key, so writers running at once (the same command started twice, two hosts on
+one bucket) still leave one row per item: Lance finds the clash at commit and re-plans the later
+commit against the earlier. Both may extract the same item, though (the work, not the row, is
+duplicated); `--shard` gives each writer its own ids. The stats count what this writer asked
+for, which includes rows a concurrent writer's commit made redundant.
 """
 
 from __future__ import annotations
@@ -19,14 +24,12 @@ import torch
 
 from linkedout.errors import LinkedOutError, SettingError
 from linkedout.storage.columns import TORCH_DTYPES, rows_to_table
+from linkedout.storage.defaults import COMMIT_EVERY
 from linkedout.storage.rows import FailedItem, FeatureRow
 from linkedout.storage.status import StoredStatus
 from linkedout.storage.store import FeatureStore
 
 log = logging.getLogger(__name__)
-
-COMMIT_EVERY = 16
-"""Rows per atomic commit: a killed run loses at most this many; more makes fewer fragments."""
 
 
 @dataclass
@@ -111,13 +114,15 @@ class FeatureWriter:
             keep.append(row)
         if not keep:
             return
-        new = [r for r in keep if r.item_id not in stored]
-        again = [r for r in keep if r.item_id in stored]
+        # A failure (or a stored failure) never goes through the upsert: `append` replaces
+        # only stored failures, re-checked at commit, so no writer trades a good row for one.
+        upserts = [r for r in keep if _replaces_good(r, stored)]
+        new = [r for r in keep if not _replaces_good(r, stored)]
         if new:
             self.store.append(rows_to_table(new, self.store.manifest))
             self.stats.commits += 1
-        if again:
-            self.store.upsert(rows_to_table(again, self.store.manifest))
+        if upserts:
+            self.store.upsert(rows_to_table(upserts, self.store.manifest))
             self.stats.commits += 1
         for r in keep:
             error = r.error if isinstance(r, FailedItem) else None
@@ -158,9 +163,19 @@ class FeatureWriter:
         return row
 
     def _maintain(self) -> None:
-        # The index only speeds lookups up; failing to update it (say, a concurrent writer's
-        # commit won the race) must not fail a run whose data is already committed.
-        try:
-            self.store.update_index()
-        except (OSError, RuntimeError, ValueError) as e:
-            log.warning("could not update the item_id index of %s: %s", self.store.uri, e)
+        # The index only speeds lookups up; failing to update it must not fail a run whose
+        # data is already committed. A writer finishing at the same time often wins the race
+        # with the same index, so try once more against its commit before warning.
+        for attempt in (1, 2):
+            try:
+                self.store.update_index()
+                return
+            except (OSError, RuntimeError, ValueError) as e:
+                if attempt == 2:
+                    log.warning("could not update the item_id index of %s: %s", self.store.uri, e)
+                self.store._refresh()
+
+
+def _replaces_good(row: FeatureRow | FailedItem, stored: dict[str, StoredStatus]) -> bool:
+    before = stored.get(row.item_id)
+    return isinstance(row, FeatureRow) and before is not None and before.ok

@@ -9,10 +9,10 @@ from linkedout.errors import LinkedOutError
 from linkedout.recommend.data import (
     LengthGroupedBatches,
     SequenceData,
-    SequenceSplit,
     TrainSequences,
     pad_batch,
 )
+from linkedout.recommend.split import SequenceSplit
 from linkedout.recommend.split_files import digest, read_split, write_split
 
 
@@ -99,8 +99,9 @@ def test_ids_that_tsv_cannot_hold_are_refused(tmp_path):
 
 def test_both_token_tables_agree_and_prefetch_reads_only_what_it_lacks(tmp_path):
     from linkedout.memory import MemoryBudget
-    from linkedout.recommend.data import SplitConfig, build_split
+    from linkedout.recommend.config import SplitConfig
     from linkedout.recommend.interactions import read_interactions
+    from linkedout.recommend.split import build_split
     from linkedout.recommend.tokens import LanceItemTokens, MemoryItemTokens, open_item_tokens
     from linkedout.storage import FeatureStore
     from tests.recommend.planted import make_planted

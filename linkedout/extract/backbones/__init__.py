@@ -89,10 +89,17 @@ class ModelInfo:
     model_type: str
     num_layers: int
     hidden_size: int
+    max_positions: int | None = None
+    """The decoder's `max_position_embeddings`: the longest sequence (video + prompt tokens) it
+    was made for; None where the config states none."""
 
     @property
     def is_video(self) -> bool:
         return self.model_type in VIDEO_MODEL_TYPES
+
+    @property
+    def kind(self) -> str:
+        return "video-llm" if self.is_video else "text"
 
 
 def inspect_model(model: str, want: str | None = None) -> ModelInfo:
@@ -113,14 +120,29 @@ def inspect_model(model: str, want: str | None = None) -> ModelInfo:
             f"a {config.model_type} model, not a supported Video LLM "
             f"({', '.join(VIDEO_MODEL_TYPES)}): pass one, or extract text with `texts`",
         )
+    if want == "text" and is_video:
+        raise SettingError(
+            "model",
+            model,
+            f"a Video LLM ({config.model_type}): it reads videos, not a table of texts; pass "
+            "`videos` DIR, or a text model (e.g. sentence-transformers/all-MiniLM-L6-v2) for "
+            "`texts`",
+        )
     if not is_video and hasattr(config, "vision_config"):
         raise LinkedOutError(
             f"{model} ({config.model_type}) is a vision-language model this version does not "
             f"support; supported Video LLMs: {', '.join(VIDEO_MODEL_TYPES)}"
         )
     text = getattr(config, "text_config", None) or config
+    positions = getattr(text, "max_position_embeddings", None)
     return ModelInfo(
-        model, path, revision, config.model_type, int(text.num_hidden_layers), int(text.hidden_size)
+        model,
+        path,
+        revision,
+        config.model_type,
+        int(text.num_hidden_layers),
+        int(text.hidden_size),
+        int(positions) if positions else None,
     )
 
 

@@ -100,6 +100,23 @@ class PackSettings:
             )
         return settings
 
+    @classmethod
+    def of_checkpoint(cls, model: str, max_pixels: int | None = None) -> PackSettings:
+        """The settings a packer of this checkpoint would use (its config files only)."""
+        return cls.from_preprocessor_config(_preprocessor_config(model), max_pixels=max_pixels)
+
+    def fewest_video_tokens(self, frames: int) -> int:
+        """The fewest video tokens `frames` frames pack into, whatever the clip: every frame is
+        resized to at least `min_pixels` (or the whole `max_pixels` where that is smaller)."""
+        factor = self.patch_size * self.merge_size
+        per_patch = max(1, min(self.min_pixels, self.max_pixels) // factor**2)
+        return math.ceil(frames / self.temporal_patch_size) * per_patch
+
+    def most_video_tokens(self, frames: int) -> int:
+        """The most video tokens `frames` frames pack into (frames of `max_pixels` or more)."""
+        factor = self.patch_size * self.merge_size
+        return math.ceil(frames / self.temporal_patch_size) * max(1, self.max_pixels // factor**2)
+
 
 def _first_given(*values: int | None) -> int:
     return next(value for value in values if value is not None)
@@ -305,6 +322,8 @@ class QwenVLBackbone(HookedBackbone):
         self.dtype: torch.dtype = model.dtype
         pad = self.tokenizer.pad_token_id
         self._pad_id: int = pad if pad is not None else self.tokenizer.eos_token_id
+        positions = getattr(text_config, "max_position_embeddings", None)
+        self.max_positions: int | None = int(positions) if positions else None
 
     @classmethod
     def load(
@@ -331,6 +350,16 @@ class QwenVLBackbone(HookedBackbone):
     @property
     def family(self) -> str:
         return self.packer.family
+
+    def refuse(self, prepared: Prepared, new_tokens: int) -> str | None:
+        length = int(prepared.inputs["input_ids"].shape[1]) + new_tokens
+        if self.max_positions is None or length <= self.max_positions:
+            return None
+        video = prepared.token_counts.get("video", 0)
+        return (
+            f"{length} tokens ({video} of them video) exceed the model's "
+            f"{self.max_positions} positions: lower --frames or --max-pixels"
+        )
 
     def decoder_layers(self) -> nn.ModuleList:
         return self.model.model.language_model.layers
