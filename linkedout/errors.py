@@ -8,6 +8,16 @@ import re
 from collections.abc import Callable
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message as a short reason for a one-line error: its first line, without
+    the Rust source location Lance appends, cut to `limit`; the type name when it is empty."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    text = text.splitlines()[0].split(", /")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class LinkedOutError(Exception):
     """Bad input or data: the message says what was wrong and what to do."""
 

@@ -18,9 +18,10 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from linkedout.errors import LinkedOutError, SettingError
+from linkedout.errors import LinkedOutError, SettingError, first_line
 from linkedout.extract.backbones import Backbone, inspect_model, load_backbone
 from linkedout.extract.config import ExtractConfig
 from linkedout.extract.decode import unreadable_reason
@@ -188,26 +189,20 @@ def _todo(
 
 
 # ------------------------------------------------------------------ the run
-class _writing:
+@contextmanager
+def _writing(uri: str):
     """Turns an OS error while writing the dataset (read-only folder, full disk, quota) into
     one line naming the dataset and the reason; Lance commits are atomic, so every batch
     committed before it stays whole and a re-run resumes from there."""
-
-    def __init__(self, uri: str):
-        self.uri = uri
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is None or not isinstance(exc, OSError):
-            return
-        code = _os_code(exc)
+    try:
+        yield
+    except OSError as e:
+        code = _os_code(e)
         fix = "free some space" if code in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
         raise LinkedOutError(
-            f"cannot write the dataset {self.uri}: {_os_reason(exc, code)}; the batches "
+            f"cannot write the dataset {uri}: {_os_reason(e, code)}; the batches "
             f"committed before this are kept: {fix} (or pass another --out) and re-run to resume"
-        ) from exc
+        ) from e
 
 
 def _os_code(error: OSError) -> int | None:
@@ -221,8 +216,7 @@ def _os_code(error: OSError) -> int | None:
 def _os_reason(error: OSError, code: int | None) -> str:
     if code is not None:
         return f"{error.strerror or os.strerror(code)} ({errno.errorcode.get(code, code)})"
-    text = str(error)
-    return text.splitlines()[0] if text else type(error).__name__
+    return first_line(error)
 
 
 def extract(

@@ -28,7 +28,7 @@ import lance
 import pyarrow as pa
 import torch
 
-from linkedout.errors import LinkedOutError
+from linkedout.errors import LinkedOutError, first_line
 from linkedout.memory import MemoryBudget
 
 RUN_ID_KEY = b"linkedout_run_id"
@@ -204,11 +204,7 @@ def catalog_run_id(path: Path) -> str | None:
     try:
         stamp = (lance.dataset(str(path)).schema.metadata or {}).get(RUN_ID_KEY)
     except (OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LinkedOutError(
-            f"{path} is not a readable catalog ({reason.split(', /')[0][:160]}): the run "
-            "directory is damaged; train it again"
-        ) from None
+        raise _unreadable(path, e) from None
     return stamp.decode() if stamp is not None else None
 
 
@@ -224,16 +220,19 @@ def open_catalog(path: Path, ids: torch.Tensor | None, memory_budget: MemoryBudg
         if catalog.content and memory_budget.fits(catalog.nbytes):
             return catalog.load()
     except (OSError, ValueError, KeyError, pa.ArrowException) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LinkedOutError(
-            f"{path} is not a readable catalog ({reason.split(', /')[0][:160]}): the run "
-            "directory is damaged; train it again"
-        ) from None
+        raise _unreadable(path, e) from None
     if catalog.content:
         return catalog
     memory = MemoryCatalog(None, ids)
     memory.run_id = catalog.run_id
     return memory
+
+
+def _unreadable(path: Path, error: Exception) -> LinkedOutError:
+    return LinkedOutError(
+        f"{path} is not a readable catalog ({first_line(error, 160)}): the run directory is "
+        "damaged; train it again"
+    )
 
 
 def _names(names: list[str] | None, start: int, stop: int) -> pa.Array:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from linkedout.errors import LinkedOutError
+from linkedout.errors import LinkedOutError, first_line
 
 
 def read_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
@@ -38,7 +38,7 @@ def read_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
         ) from None
     except Exception as e:  # truncated, not a zip, random bytes: torch raises many kinds
         raise LinkedOutError(
-            f"{path} is not a readable checkpoint ({_first_line(e)}): the run directory is "
+            f"{path} is not a readable checkpoint ({first_line(e, 160)}): the run directory is "
             "damaged; train it again"
         ) from None
     if not isinstance(saved, dict) or "state_dict" not in saved:
@@ -46,11 +46,6 @@ def read_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
             f"{path} is not a linkedout checkpoint (no state_dict): train the run again"
         )
     return saved
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:160] if text else type(error).__name__
 
 
 def checkpoint_run_id(saved: dict) -> str | None:

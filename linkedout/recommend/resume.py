@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from linkedout.errors import LinkedOutError, SettingError
-from linkedout.recommend.checkpoints import checkpoint_run_id
+from linkedout.recommend.checkpoints import checkpoint_run_id, read_checkpoint
 from linkedout.recommend.config import TrainConfig
 from linkedout.recommend.run import RunConfig, RunDir
 from linkedout.recommend.run_lock import RunLock
@@ -78,7 +78,7 @@ def plan_out_dir(config: TrainConfig, run: RunDir, lock: RunLock | None = None) 
         stale = [run.checkpoint_dir, run.epochs_file, run.logs_dir, run.catalog_file]
         stale += [run.gates_file, *path.glob("validation-catalog-rank*.lance")]
         return Plan(run_id=run_id, previous=previous, clean=[p for p in stale if p.exists()])
-    saved = run.read_checkpoint(run.last_checkpoint)
+    saved = read_checkpoint(run.last_checkpoint, mmap=True)  # epoch and callbacks only: mapped
     if previous.run_id is not None:
         run.check_run_id(run.last_checkpoint, checkpoint_run_id(saved), previous.run_id)
     return Plan(

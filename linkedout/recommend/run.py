@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from linkedout.errors import LinkedOutError
+from linkedout.errors import LinkedOutError, first_line
 from linkedout.memory import MemoryBudget
 from linkedout.recommend.catalog import Catalog, catalog_run_id, open_catalog, write_catalog
 from linkedout.recommend.checkpoints import checkpoint_run_id, read_checkpoint
@@ -193,9 +193,8 @@ class RunDir:
                 f"{self.config_file} is damaged (no {e} entry): train the run again"
             ) from None
         except (OSError, ValueError, TypeError) as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise LinkedOutError(
-                f"{self.config_file} is damaged ({reason}): train the run again"
+                f"{self.config_file} is damaged ({first_line(e)}): train the run again"
             ) from None
         return config
 
@@ -210,7 +209,7 @@ class RunDir:
     def checkpoint(self, run_id: str | None = None) -> LinkedOutModule:
         """The best checkpoint's module, on the CPU, in eval mode; refused unless it carries
         `run_id` (config.json's)."""
-        saved = self.read_checkpoint(self.best_checkpoint)
+        saved = read_checkpoint(self.best_checkpoint)
         self.check_run_id(self.best_checkpoint, checkpoint_run_id(saved), run_id)
         try:
             hparams = dict(saved["hyper_parameters"])
@@ -221,9 +220,8 @@ class RunDir:
             module = LinkedOutModule(**hparams)
             module.load_state_dict(saved["state_dict"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise LinkedOutError(
-                f"{self.best_checkpoint} does not hold this model ({reason[:200]}): the run "
+                f"{self.best_checkpoint} does not hold this model ({first_line(e, 200)}): the run "
                 "directory is damaged; train it again"
             ) from None
         module.run_id = run_id
@@ -231,16 +229,9 @@ class RunDir:
 
     def load_checkpoint_into(self, module: LinkedOutModule) -> None:
         """The best weights into the training module, on its device."""
-        saved = self.read_checkpoint(self.best_checkpoint, map_location=module.device)
+        saved = read_checkpoint(self.best_checkpoint, map_location=module.device)
         self.check_run_id(self.best_checkpoint, checkpoint_run_id(saved), module.run_id)
         module.load_state_dict(saved["state_dict"])
-
-    @staticmethod
-    def read_checkpoint(path: Path, map_location="cpu") -> dict:
-        """A checkpoint's dict, read with `weights_only=True` (tensors and plain values only,
-        whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says: an explicit True wins over it since
-        torch 2.6); anything else is one line naming the file."""
-        return read_checkpoint(path, map_location)
 
     def check_run_id(self, path: Path, found: str | None, expected: str | None) -> None:
         if found != expected:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from linkedout.errors import LinkedOutError, MissingItemsError
+from linkedout.errors import LinkedOutError, MissingItemsError, first_line
 from linkedout.storage.columns import (
     MANIFEST_KEY,
     PRIMARY_KEY,
@@ -105,7 +105,7 @@ class FeatureStore:
             )
         except OSError as e:
             raise LinkedOutError(
-                f"cannot create a feature dataset at {uri}: {_first_line(e)}"
+                f"cannot create a feature dataset at {uri}: {first_line(e)}"
             ) from None
         return cls(uri, ds, manifest, options)
 
@@ -522,9 +522,3 @@ def _not_a_dataset(uri: str, error: Exception, options: dict[str, str]) -> str:
             "point at a dataset written by `linkedout extract`"
         )
     return f"cannot open a Lance dataset at {uri}: {describe_storage_error(options, error)}"
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    # Lance appends Rust source locations; they help no user.
-    return text.split(", /")[0]
