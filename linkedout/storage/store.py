@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import lance
 import numpy as np
@@ -30,10 +31,12 @@ from linkedout.storage.status import Failure, OptimizeReport, StoredStatus, Stor
 from linkedout.storage.uri import describe_storage_error, is_local, normalize
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _OK = "error IS NULL"
 _STORED_FAILED = "target.error IS NOT NULL"
 _CHOICE_COLUMNS = ["item_id", "error", "extracted_at"]
+_PRUNED_ATTEMPTS = 3
 
 
 class FeatureStore:
@@ -165,9 +168,10 @@ class FeatureStore:
         if wanted == []:
             return {}
         if wanted is not None and len(wanted) <= 1000:
-            table = self._ds.to_table(columns=read, filter=_id_filter(wanted))
+            query = {"columns": read, "filter": _id_filter(wanted)}
         else:  # one scan of five small columns beats many IN-list queries
-            table = self._ds.to_table(columns=read)
+            query = {"columns": read}
+        table = self._despite_pruning(lambda: self._ds.to_table(**query))
         if _has_duplicates(table.column("item_id")):
             table = table.take(_kept_positions(table))  # the row reads use, as they do
         keep = None if wanted is None else set(wanted)
@@ -338,14 +342,16 @@ class FeatureStore:
     def _merge(self, table: pa.Table, replace_when: str | None) -> None:
         # Without the declared key Lance would not see a concurrent insert of the same id.
         self.declare_primary_key()
-        (
-            self._ds.merge_insert("item_id")
-            .when_matched_update_all(condition=replace_when)
-            .when_not_matched_insert_all()
-            # pylance 14 rejects a conditional update planned through the item_id index
-            # ("Primary key column ... must not be nullable"); its scan join works.
-            .use_index(replace_when is None)
-            .execute(table)
+        self._despite_pruning(
+            lambda: (
+                self._ds.merge_insert("item_id")
+                .when_matched_update_all(condition=replace_when)
+                .when_not_matched_insert_all()
+                # pylance 14 rejects a conditional update planned through the item_id index
+                # ("Primary key column ... must not be nullable"); its scan join works.
+                .use_index(replace_when is None)
+                .execute(table)
+            )
         )
         self._committed.add(self._ds.version)  # execute() moved the handle to its commit
         self._refresh()
@@ -401,6 +407,21 @@ class FeatureStore:
         self._ds.delete(f"_rowaddr IN ({','.join(map(str, addresses.tolist()))})")
         self._refresh()
         return len(addresses)
+
+    def _despite_pruning(self, action: Callable[[], T]) -> T:
+        """Run a read or a commit of this handle's version; if another process pruned that
+        version's files meanwhile (its end-of-run optimize), run it again on the latest version,
+        whose files a prune always keeps. A failed read or merge commits nothing, so a retry is
+        safe, and a merge re-planned on the latest version still keeps one row per item."""
+        for attempt in range(_PRUNED_ATTEMPTS):
+            try:
+                return action()
+            except OSError as error:
+                if attempt + 1 == _PRUNED_ATTEMPTS or not _pruned_meanwhile(error):
+                    raise
+                log.info("%s: another writer pruned this version; using the latest", self.uri)
+                self._refresh()
+        raise AssertionError("unreachable")
 
     def _refresh(self) -> None:
         self._ds = lance.dataset(self.uri, storage_options=self.storage_options or None)
@@ -461,6 +482,12 @@ def _appears(uri: str | Path, storage_options: dict[str, str] | None, wait: floa
             return False
         time.sleep(0.05)
     return True
+
+
+def _pruned_meanwhile(error: OSError) -> bool:
+    """Whether a read failed because a file of this handle's version is gone (Lance: `Not
+    found: .../data/<fragment>.lance`), which only pruning by another process does."""
+    return "Not found:" in str(error)
 
 
 def _has_duplicates(ids: pa.ChunkedArray) -> bool:

@@ -67,3 +67,22 @@ def test_two_processes_writing_the_same_ids_leave_one_row_per_item(tmp_path):
     assert not failed, "\n".join(failed)
     for case in cases:
         _check(case)
+
+
+def test_a_writer_whose_version_another_writer_pruned_still_commits(tmp_path):
+    # The CI failure behind this test: run A finished first and, seeing no other commit yet,
+    # compacted and pruned; run B's next commit then read a fragment A had deleted.
+    manifest = make_manifest()
+    uri = str(tmp_path / "pruned.lance")
+    first = FeatureStore.create(uri, manifest)
+    second = FeatureStore.open(uri)
+    late = FeatureWriter(second, commit_every=1)
+    late.add(make_row("early", manifest))  # committed: `second` now reads that version
+    with FeatureWriter(first, commit_every=1) as w:
+        w.extend(make_row(f"a{i}", manifest) for i in range(3))
+    first.optimize()  # compacts, then deletes every file only older versions use
+    late.extend(make_row(i, manifest) for i in ("a1", "b0"))
+    late.close()
+    store = FeatureStore.open(uri)
+    assert sorted(store.ids()) == ["a0", "a1", "a2", "b0", "early"]
+    assert store.info().duplicates == 0
