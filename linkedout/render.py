@@ -96,6 +96,13 @@ def recommendations(result, watched: int, explain: bool) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    if explain and not result.gate:
+        err_console.print(
+            "note: this run ranks by item IDs alone (--fusion none): no depths to explain",
+            highlight=False,
+            soft_wrap=True,
+        )
+        explain = False
     table = Table(
         "#",
         "item",
@@ -109,7 +116,7 @@ def recommendations(result, watched: int, explain: bool) -> None:
             str(rank), Text(r.item_id), f"{r.score:.3f}", *([str(r.top_layer)] if explain else [])
         )
     console.print(table, highlight=False)
-    if explain and result.gate:
+    if explain:
         gates = "  ".join(f"layer {layer}: {w:.2f}" for layer, w in result.gate.items())
         console.print(f"this user's gate over depths: {gates}", highlight=False)
 

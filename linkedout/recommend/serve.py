@@ -75,5 +75,7 @@ def recommend(
             out.append(Recommendation(run.item_ids[item - 1], score, run.layers[best], per_layer))
         else:
             out.append(Recommendation(run.item_ids[item - 1], score))
-    gates = dict(zip(run.layers, gate[0].tolist(), strict=True)) if explain else {}
+    # An ID-only run has no depths: its one fixed gate weight explains nothing.
+    explained = explain and run.module.model.content
+    gates = dict(zip(run.layers, gate[0].tolist(), strict=True)) if explained else {}
     return Recommendations(out, history, gates, unknown)

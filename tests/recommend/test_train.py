@@ -131,6 +131,17 @@ def test_cli_evaluate_and_recommend(runs):
     assert len(json.loads(result.output)["items"]) == 10
 
 
+def test_explain_on_an_id_only_run_ranks_and_says_there_is_no_depth(runs):
+    trained = TrainedRun(runs["ids"])
+    history = user_history(trained, trained.split.users[3])
+    explained = recommend(trained, history, k=4, explain=True)
+    assert explained.gate == {} and all(r.top_layer is None for r in explained.items)
+    assert explained.items == recommend(trained, history, k=4).items
+    result = runner.invoke(app, ["recommend", str(runs["ids"]), "--user", "u3", "--explain"])
+    assert result.exit_code == 0, result.output
+    assert "no depths to explain" in result.output and "strongest layer" not in result.output
+
+
 TRAIN = "train --features {features} --out {tmp}/r --interactions"
 
 
