@@ -8,7 +8,8 @@ import lance
 
 from linkedout import __version__
 from linkedout.errors import LinkedOutError
-from linkedout.storage.store import FeatureStore, exists
+from linkedout.storage.location import exists
+from linkedout.storage.store import FeatureStore
 from linkedout.storage.uri import (
     describe_storage_error,
     is_local,

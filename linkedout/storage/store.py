@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -26,16 +25,22 @@ from linkedout.storage.columns import (
     layer_arrays,
     tokens_column,
 )
+from linkedout.storage.duplicates import (
+    CHOICE_COLUMNS,
+    has_duplicates,
+    kept_positions,
+    surplus_addresses,
+)
+from linkedout.storage.location import appears, exists, not_a_dataset, refuse_foreign_directory
 from linkedout.storage.manifest import Manifest
 from linkedout.storage.status import Failure, OptimizeReport, StoredStatus, StoreInfo
-from linkedout.storage.uri import describe_storage_error, is_local, normalize
+from linkedout.storage.uri import normalize
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _OK = "error IS NULL"
 _STORED_FAILED = "target.error IS NOT NULL"
-_CHOICE_COLUMNS = ["item_id", "error", "extracted_at"]
 _PRUNED_ATTEMPTS = 3
 
 
@@ -44,7 +49,7 @@ class FeatureStore:
     with `append`/`upsert` (`FeatureWriter` batches them).
 
     A dataset written by an older LinkedOut may hold several rows for one item; every read then
-    uses the same one per item (`_kept_positions`) and `optimize` deletes the others.
+    uses the same one per item (`kept_positions`) and `optimize` deletes the others.
     """
 
     def __init__(
@@ -73,7 +78,7 @@ class FeatureStore:
         try:
             ds = lance.dataset(uri, version=version, storage_options=options or None)
         except (ValueError, OSError) as e:
-            raise LinkedOutError(_not_a_dataset(uri, e, options)) from None
+            raise LinkedOutError(not_a_dataset(uri, e, options)) from None
         raw = (ds.schema.metadata or {}).get(MANIFEST_KEY)
         if raw is None:
             raise LinkedOutError(
@@ -93,7 +98,7 @@ class FeatureStore:
         """Create an empty dataset whose schema carries `manifest`; refuses an existing one."""
         uri = normalize(uri)
         options = dict(storage_options or {})
-        _refuse_foreign_directory(uri)
+        refuse_foreign_directory(uri)
         schema = arrow_schema(manifest)
         try:
             # A commit that may not be retried: of two writers creating the same path at once,
@@ -123,7 +128,7 @@ class FeatureStore:
             except LinkedOutError:
                 # Another writer may be creating it right now (its folder exists before its
                 # first version does); if one appears, join it below.
-                if not _appears(uri, storage_options):
+                if not appears(uri, storage_options):
                     raise
         store = cls.open(uri, storage_options)
         diffs = store.manifest.mismatches(manifest)
@@ -172,8 +177,8 @@ class FeatureStore:
         else:  # one scan of five small columns beats many IN-list queries
             query = {"columns": read}
         table = self._despite_pruning(lambda: self._ds.to_table(**query))
-        if _has_duplicates(table.column("item_id")):
-            table = table.take(_kept_positions(table))  # the row reads use, as they do
+        if has_duplicates(table.column("item_id")):
+            table = table.take(kept_positions(table))  # the row reads use, as they do
         keep = None if wanted is None else set(wanted)
         return {
             item_id: StoredStatus(sha, error, title)
@@ -398,10 +403,7 @@ class FeatureStore:
         """Delete every row but the kept one of each item id, in one commit; rows removed."""
         if not self.duplicate_rows():
             return 0
-        table = self._ds.to_table(columns=_CHOICE_COLUMNS, with_row_address=True)
-        kept = np.zeros(table.num_rows, dtype=bool)
-        kept[_kept_positions(table)] = True
-        addresses = table.column("_rowaddr").to_numpy()[~kept]
+        addresses = surplus_addresses(self._ds)
         # Row addresses name exact rows and are never reused, so a retried delete cannot hit
         # a row committed meanwhile: each item keeps its chosen row or a newer one.
         self._ds.delete(f"_rowaddr IN ({','.join(map(str, addresses.tolist()))})")
@@ -433,9 +435,9 @@ class FeatureStore:
         if self._offsets is None:
             table = self._ds.to_table(columns=["item_id", "error"])
             positions = None
-            if _has_duplicates(table.column("item_id")):
-                table = self._ds.to_table(columns=_CHOICE_COLUMNS)
-                positions = _kept_positions(table)
+            if has_duplicates(table.column("item_id")):
+                table = self._ds.to_table(columns=CHOICE_COLUMNS)
+                positions = kept_positions(table)
                 self._duplicates = table.num_rows - len(positions)
                 log.warning(
                     "%s holds %d duplicate row(s) (written by an older LinkedOut); reading one "
@@ -466,86 +468,12 @@ class FeatureStore:
         )
 
 
-def exists(uri: str | Path, storage_options: dict[str, str] | None = None) -> bool:
-    """Whether a Lance dataset exists at `uri` (any Lance dataset, LinkedOut's or not)."""
-    try:
-        lance.dataset(normalize(uri), storage_options=storage_options or None)
-    except (ValueError, OSError):
-        return False
-    return True
-
-
-def _appears(uri: str | Path, storage_options: dict[str, str] | None, wait: float = 5.0) -> bool:
-    deadline = time.monotonic() + wait
-    while not exists(uri, storage_options):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def _pruned_meanwhile(error: OSError) -> bool:
     """Whether a read failed because a file of this handle's version is gone (Lance: `Not
     found: .../data/<fragment>.lance`), which only pruning by another process does."""
     return "Not found:" in str(error)
 
 
-def _has_duplicates(ids: pa.ChunkedArray) -> bool:
-    return len(ids) != pc.count_distinct(ids).as_py()
-
-
-def _kept_positions(table: pa.Table) -> np.ndarray:
-    """Ascending positions of the one row per item_id that reads use and `optimize` keeps.
-
-    A good row beats a failure; then the later extracted_at; then the later position, so the
-    choice is the same every time for one version.
-    """
-    n = table.num_rows
-    stamps = table.column("extracted_at").cast(pa.int64())
-    keyed = pa.table(
-        {
-            "item_id": table.column("item_id"),
-            "good": table.column("error").is_null(),
-            "at": pc.fill_null(stamps, np.iinfo(np.int64).min),
-            "pos": pa.array(np.arange(n, dtype=np.int64)),
-        }
-    ).sort_by(
-        [("item_id", "ascending"), ("good", "ascending"), ("at", "ascending"), ("pos", "ascending")]
-    )
-    ids = keyed.column("item_id")
-    last = np.ones(n, dtype=bool)  # the last row of each item id after the sort wins
-    if n > 1:
-        last[:-1] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy()
-    return np.sort(keyed.column("pos").to_numpy()[last])
-
-
 def _id_filter(ids: Sequence[str]) -> str:
     quoted = ",".join("'" + i.replace("'", "''") + "'" for i in ids)
     return f"item_id IN ({quoted})"
-
-
-def _refuse_foreign_directory(uri: str) -> None:
-    # Lance would happily create its folders inside any directory; a typo'd --out must not
-    # turn someone's video folder into a dataset.
-    if not is_local(uri):
-        return
-    path = Path(uri.removeprefix("file://"))
-    if path.is_file() or (path.is_dir() and any(path.iterdir())):
-        raise LinkedOutError(
-            f"{path} exists and is not a Lance dataset: choose a new path for the feature dataset"
-        )
-
-
-def _not_a_dataset(uri: str, error: Exception, options: dict[str, str]) -> str:
-    if is_local(uri):
-        path = Path(uri.removeprefix("file://"))
-        if not path.exists():
-            return (
-                f"no feature dataset at {path}: the path does not exist "
-                "(check it, or create one with `linkedout extract`)"
-            )
-        return (
-            f"{path} is not a Lance dataset (no _versions folder): "
-            "point at a dataset written by `linkedout extract`"
-        )
-    return f"cannot open a Lance dataset at {uri}: {describe_storage_error(options, error)}"

@@ -19,7 +19,7 @@ from linkedout.storage import (
     open_features,
 )
 from linkedout.storage.columns import arrow_schema, rows_to_table
-from linkedout.storage.store import exists
+from linkedout.storage.location import exists
 from tests.factories import content_hash, item_tokens, make_manifest, make_row, make_rows
 
 
