@@ -18,9 +18,8 @@ from linkedout import __version__, render
 from linkedout.cli_options import flag_of, options_from
 from linkedout.errors import LinkedOutError, SettingError
 from linkedout.extract.config import ExtractConfig
-from linkedout.memory import MemoryBudget
-from linkedout.recommend.config import TrainConfig
-from linkedout.storage.uri import STORAGE_OPTIONS_HELP
+from linkedout.recommend.config import EvaluateConfig, RecommendConfig, TrainConfig
+from linkedout.storage.config import ExportConfig, InfoConfig, OptimizeConfig
 
 
 class _Group(typer.core.TyperGroup):
@@ -45,10 +44,6 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-
-StorageOptions = Annotated[
-    list[str] | None, typer.Option("--storage-option", "-s", help=STORAGE_OPTIONS_HELP)
-]
 
 
 def _version(value: bool) -> None:
@@ -127,80 +122,47 @@ def train(config: TrainConfig) -> None:
         render.metrics(RunDir(run).metrics(), title=str(run))
 
 
-CatalogMemory = Annotated[
-    float | None,
-    typer.Option(
-        help="Load the run's per-layer item embeddings (catalog.lance) up to this many GiB, "
-        "else rank them chunk by chunk from disk (default: half the free memory)."
-    ),
-]
-
-
-def _budget(gib: float | None) -> MemoryBudget:
-    if gib is not None and gib < 0:
-        raise SettingError("catalog_memory_gb", gib, "give a size of 0 or more")
-    return MemoryBudget.resolve(gib)
-
-
-@app.command()
+@app.command(no_args_is_help=True)
+@options_from(EvaluateConfig)
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run directory written by `linkedout train`.")],
-    split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+    config: EvaluateConfig,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-    catalog_memory_gb: CatalogMemory = None,
 ) -> None:
     """Full-ranking HR/NDCG/MRR of a trained run, beside popularity and the cold-start slice."""
-    if split not in ("valid", "test"):
-        raise LinkedOutError(f"--split {split!r}: use valid or test")
-    budget = _budget(catalog_memory_gb)
-    _verify_run(run)
+    budget = config.memory_budget()
+    _verify_run(config.run)
 
     from linkedout.recommend.evaluate import evaluate_run
 
-    report = evaluate_run(run, splits=(split,), memory_budget=budget)
+    report = evaluate_run(config.run, splits=(config.split,), memory_budget=budget)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:
-        render.metrics(report, title=f"{run} ({split})")
+        render.metrics(report, title=f"{config.run} ({config.split})")
 
 
-@app.command()
+@app.command(no_args_is_help=True)
+@options_from(RecommendConfig)
 def recommend(
-    run: Annotated[Path, typer.Argument(help="Run directory written by `linkedout train`.")],
-    user: Annotated[str | None, typer.Option(help="A user of the run's interactions.")] = None,
-    history: Annotated[
-        str | None, typer.Option(help="Watched item ids, oldest first: ID,ID,...")
-    ] = None,
-    k: Annotated[int, typer.Option(help="How many items.")] = 10,
-    explain: Annotated[
-        bool, typer.Option(help="Show the user's per-depth gate and each item's strongest depth.")
-    ] = False,
+    config: RecommendConfig,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-    catalog_memory_gb: CatalogMemory = None,
 ) -> None:
     """Top-k items for a user or a watch history."""
-    # Checked before the model's libraries load: a typo is answered at once.
-    if (user is None) == (history is None):
-        raise LinkedOutError("pass exactly one of --user U or --history ID,ID,...")
-    if user is not None and not user.strip():
-        raise LinkedOutError("--user is empty: give a user id of the run's interactions")
-    watched = None if history is None else _history_ids(history)
-    if k < 1:
-        raise LinkedOutError(f"--k {k}: ask for at least 1 item")
-    budget = _budget(catalog_memory_gb)
-    _verify_run(run)
+    # The config is checked before the model's libraries load: a typo is answered at once.
+    budget = config.memory_budget()
+    _verify_run(config.run)
 
     from linkedout.recommend.evaluate import TrainedRun
     from linkedout.recommend.serve import recommend as run_recommend
     from linkedout.recommend.serve import user_history
 
-    trained = TrainedRun(run, budget)
-    items = user_history(trained, user) if watched is None else watched
-    result = run_recommend(trained, items, k=k, explain=explain)
+    trained = TrainedRun(config.run, budget)
+    items = user_history(trained, config.user) if config.history is None else list(config.history)
+    result = run_recommend(trained, items, k=config.k, explain=config.explain)
     if as_json:
         typer.echo(json.dumps(asdict(result), indent=2))
         return
-    render.recommendations(result, len(items), explain)
+    render.recommendations(result, len(items), config.explain)
 
 
 def _verify_run(run: Path) -> None:
@@ -208,15 +170,6 @@ def _verify_run(run: Path) -> None:
     from linkedout.recommend.run import RunDir
 
     RunDir(run).verify()
-
-
-def _history_ids(history: str) -> list[str]:
-    items = [i.strip() for i in history.split(",") if i.strip()]
-    if not items:
-        raise LinkedOutError(
-            f"--history {history!r} lists no item ids: pass watched ids, oldest first, as ID,ID,..."
-        )
-    return items
 
 
 def _quiet_lightning() -> None:
@@ -232,49 +185,35 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", module="lightning")
 
 
-@app.command()
+@app.command(no_args_is_help=True)
+@options_from(InfoConfig)
 def info(
-    uri: Annotated[str, typer.Argument(help="Feature dataset: a local path or s3://bucket/path.")],
-    storage_option: StorageOptions = None,
+    config: InfoConfig,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-    show_failures: Annotated[
-        int, typer.Option("--failures", help="How many failed items to list.")
-    ] = 10,
 ) -> None:
     """Show how a feature dataset was made: manifest, rows, failures, size, versions."""
     from linkedout.storage.store import FeatureStore
-    from linkedout.storage.uri import parse_storage_options
 
-    store = FeatureStore.open(uri, parse_storage_options(storage_option))
+    store = FeatureStore.open(config.uri, config.storage_options)
     stored = store.info()
-    failures = store.failures()[: max(show_failures, 0)] if stored.failures else []
+    failures = store.failures()[: config.failures] if stored.failures else []
     if as_json:
         typer.echo(json.dumps(stored.to_json(failures), indent=2))
         return
     render.dataset_info(stored, failures)
 
 
-@app.command()
-def export(
-    src: Annotated[str, typer.Argument(help="Feature dataset to copy (path or URI).")],
-    dest: Annotated[
-        str, typer.Argument(help="Where to put the copy: a new path or s3://bucket/path.")
-    ],
-    storage_option: StorageOptions = None,
-    src_storage_option: Annotated[
-        list[str] | None,
-        typer.Option("--src-storage-option", help="KEY=VALUE for the source only; repeatable."),
-    ] = None,
-) -> None:
+@app.command(no_args_is_help=True)
+@options_from(ExportConfig)
+def export(config: ExportConfig) -> None:
     """Copy a feature dataset to any URI and write its dataset card (README.md inside it)."""
     from linkedout.storage.share import export as export_dataset
-    from linkedout.storage.uri import parse_storage_options
 
     copy = export_dataset(
-        src,
-        dest,
-        src_options=parse_storage_options(src_storage_option),
-        dest_options=parse_storage_options(storage_option),
+        config.src,
+        config.dest,
+        src_options=config.src_storage_options,
+        dest_options=config.storage_options,
     )
     render.console.print(
         f"exported {len(copy):,} items to {copy.uri} (card: {copy.uri}/README.md)",
@@ -284,17 +223,9 @@ def export(
     )
 
 
-@app.command()
-def optimize(
-    uri: Annotated[str, typer.Argument(help="Feature dataset (path or URI).")],
-    storage_option: StorageOptions = None,
-    keep_old_versions: Annotated[
-        bool,
-        typer.Option(
-            help="Keep the files of older versions (time travel) instead of freeing them."
-        ),
-    ] = False,
-) -> None:
+@app.command(no_args_is_help=True)
+@options_from(OptimizeConfig)
+def optimize(config: OptimizeConfig) -> None:
     """Merge the small fragments of batched writes, free the space older versions hold, and
     delete duplicate rows older versions left (one row per item is kept).
 
@@ -302,10 +233,9 @@ def optimize(
     after all shards of a sharded extraction have finished).
     """
     from linkedout.storage.store import FeatureStore
-    from linkedout.storage.uri import parse_storage_options
 
-    store = FeatureStore.open(uri, parse_storage_options(storage_option))
-    report = store.optimize(prune_old_versions=not keep_old_versions)
+    store = FeatureStore.open(config.uri, config.storage_options)
+    report = store.optimize(prune_old_versions=not config.keep_old_versions)
     repaired = (
         f", {report.duplicates_removed:,} duplicate row(s) removed"
         if report.duplicates_removed

@@ -40,18 +40,23 @@ class Option:
     default: Any
     help: str
     parse: Callable[[Any], Any] | None
+    argument: bool = False
+    """Positional (`linkedout info URI`) rather than an option."""
 
     @property
     def name(self) -> str:
         return self.path[-1]
 
     def parameter(self) -> inspect.Parameter:
-        if self.cli_type is bool and not self.short:  # --ids/--no-ids, as typer's own bools
-            names = [f"{self.flag}/--no-{self.flag[2:]}"]
+        default = inspect.Parameter.empty if self.default is MISSING else self.default
+        if self.argument:
+            info = typer.Argument(help=escape(self.help), show_default=False)
+        elif self.cli_type is bool and not self.short:  # --ids/--no-ids, as typer's own bools
+            info = typer.Option(f"{self.flag}/--no-{self.flag[2:]}", help=escape(self.help))
         else:
             names = [self.flag, *([self.short] if self.short else [])]
-        default = inspect.Parameter.empty if self.default is MISSING else self.default
-        annotation = Annotated[self.cli_type, typer.Option(*names, help=escape(self.help))]
+            info = typer.Option(*names, help=escape(self.help))
+        annotation = Annotated[self.cli_type, info]
         return inspect.Parameter(
             self.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
         )
@@ -67,6 +72,8 @@ def options(cls: type) -> list[Option]:
             continue
         meta = f.metadata
         flag = "--" + (meta.get("flag") or f.name.replace("_", "-"))
+        if meta.get("argument"):
+            flag = f.name.upper()  # how --help and the errors name a positional: RUN
         if flag != flag_of(f.name):
             _FLAGS[f.name] = flag
         cli_type = meta.get("cli_type") or (
@@ -85,6 +92,7 @@ def options(cls: type) -> list[Option]:
                 default,
                 docs(cls).get(f.name, ""),
                 meta.get("parse"),
+                bool(meta.get("argument")),
             )  # fmt: skip
         )
     names = [o.name for o in found]

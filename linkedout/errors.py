@@ -38,13 +38,18 @@ class SettingError(LinkedOutError):
     (`frames=0: ...`, other settings quoted as `name`); the CLI shows the same error in flags
     (`--frames 0: ...`)."""
 
+    UNSET = object()
+    """The value of a setting that was not given (`pass exactly one of ...`)."""
+
     def __init__(self, setting: str, value: object, reason: str):
-        super().__init__(f"{setting}={value!r}: {reason}")
+        shown = "" if value is SettingError.UNSET else f"={value!r}"
+        super().__init__(f"{setting}{shown}: {reason}")
         self.setting = setting
         self.value = value
         self.reason = reason
 
     def with_flags(self, flag_of: Callable[[str], str]) -> str:
         shown = repr(self.value) if isinstance(self.value, str) else str(self.value)
+        shown = "" if self.value is SettingError.UNSET else f" {shown}"
         reason = re.sub(r"`(\w+)`", lambda m: flag_of(m.group(1)), self.reason)
-        return f"{flag_of(self.setting)} {shown}: {reason}"
+        return f"{flag_of(self.setting)}{shown}: {reason}"

@@ -32,12 +32,21 @@ def setting(
     cli_type: Any = None,
     parse: Callable[[Any], Any] | None = None,
     help: str | None = None,
+    argument: bool = False,
 ) -> Any:
     """A dataclass field with command-line facts: `flag` (default: the name with dashes),
     `short` (e.g. "-o"), and `cli_type` + `parse` when the command line spells the value in
     another type than the field's (parse turns the former into the latter); `help` stands in
-    for a docstring (a setting shared by several configs, documented once)."""
-    metadata = {"flag": flag, "short": short, "cli_type": cli_type, "parse": parse, "help": help}
+    for a docstring (a setting shared by several configs, documented once); `argument` makes
+    it positional (`linkedout info URI`), in field order."""
+    metadata = {
+        "flag": flag,
+        "short": short,
+        "cli_type": cli_type,
+        "parse": parse,
+        "help": help,
+        "argument": argument,
+    }
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 

@@ -8,7 +8,7 @@ another one) on fixed inputs and prints sha256 digests of everything it stored:
   - `train` of the planted-signal dataset (deterministic, CPU): every tensor of the best
     checkpoint, catalog.lance, metrics.json and epochs.json minus their seconds.
 
-    python scripts/fingerprint.py --work /tmp/fp-after > after.json
+    PYTHONPATH=. python scripts/fingerprint.py --work /tmp/fp-after > after.json
     PYTHONPATH=/tmp/before python scripts/fingerprint.py --work /tmp/fp-before > before.json
     diff before.json after.json
 """
@@ -81,14 +81,14 @@ def extraction(work: Path, videos: Path) -> dict:
     return out
 
 
-def training(work: Path) -> dict:
+def training(work: Path, *extra: str) -> dict:
     from tests.recommend.planted import make_planted
 
-    planted = make_planted(work / "planted")
-    run = work / "run"
+    planted = make_planted(work / f"planted{'-'.join(extra)}")
+    run = work / f"run{'-'.join(extra)}"
     cli("train", "--features", str(planted.features), "--interactions", str(planted.interactions),
         "--out", str(run), "--ids", "--epochs", "3", "--seed", "0", "--accelerator", "cpu",
-        "--quiet")  # fmt: skip
+        "--quiet", *extra)  # fmt: skip
     state = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
     return {
         "checkpoint": {
@@ -106,10 +106,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="empty scratch folder")
     shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
     parser.add_argument("--videos", type=Path, default=shared, help="the shared clips")
+    parser.add_argument("--only", choices=["extract", "train"], help="fingerprint one stage")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=False)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    result = {"extract": extraction(args.work, args.videos.resolve()), "train": training(args.work)}
+    result = {}
+    if args.only in (None, "extract"):
+        result["extract"] = extraction(args.work, args.videos.resolve())
+    if args.only in (None, "train"):
+        result["train"] = training(args.work)
+        # A sampled softmax (the path large catalogs take) draws its negatives in every step.
+        result["train_sampled"] = training(args.work, "--full-softmax-max-items", "0")
     print(json.dumps(result, indent=1, sort_keys=True))
 
 

@@ -183,9 +183,9 @@ def test_export_refuses_a_prefix_that_holds_other_objects(planted, s3_bucket):
 
 
 RECOMMEND_CASES = [
-    (["--history", ""], ["--history '' lists no item ids", "ID,ID"]),
-    (["--history", ",,,"], ["--history ',,,' lists no item ids"]),
-    (["--user", ""], ["--user is empty"]),
+    (["--history", ""], ["--history '': lists no item ids", "ID,ID"]),
+    (["--history", ",,,"], ["--history ',,,': lists no item ids"]),
+    (["--user", ""], ["--user '': is empty"]),
     (["--user", "[red]x[/red]"], ["user '[red]x[/red]' is not in this run's interactions"]),
     (["--history", "[/bold],[b]x[/b]"], ["none of the 2 history item(s)", "'[/bold]'"]),
     ([], ["exactly one of --user"]),
@@ -207,7 +207,7 @@ def test_evaluate_bad_split_is_one_line(trained):
     run, _ = trained
     before = tree_digest(run)
     proc = run_linkedout(["evaluate", run, "--split", "[b]train[/b]"])
-    assert_one_line_error(proc, "--split '[b]train[/b]'", "valid or test")
+    assert_one_line_error(proc, "--split '[b]train[/b]'", "use valid, test")
     assert tree_digest(run) == before
 
 

@@ -15,8 +15,9 @@ from linkedout.cli import app
 from linkedout.cli_options import options, options_from
 from linkedout.errors import SettingError
 from linkedout.extract.config import ExtractConfig, RayOptions
-from linkedout.recommend.config import ModelConfig, TrainConfig
+from linkedout.recommend.config import EvaluateConfig, ModelConfig, RecommendConfig, TrainConfig
 from linkedout.settings import docs, types
+from linkedout.storage.config import ExportConfig, InfoConfig, OptimizeConfig
 
 runner = CliRunner()
 
@@ -32,7 +33,18 @@ def leaf_fields(cls: type) -> dict[str, tuple[type, dataclasses.Field]]:
     return found
 
 
-@pytest.mark.parametrize("command, config", [("extract", ExtractConfig), ("train", TrainConfig)])
+COMMANDS = [
+    ("extract", ExtractConfig),
+    ("train", TrainConfig),
+    ("evaluate", EvaluateConfig),
+    ("recommend", RecommendConfig),
+    ("info", InfoConfig),
+    ("export", ExportConfig),
+    ("optimize", OptimizeConfig),
+]
+
+
+@pytest.mark.parametrize("command, config", COMMANDS)
 def test_every_setting_is_an_option_with_its_docstring_and_its_one_default(command, config):
     params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
     for name, (owner, field) in leaf_fields(config).items():
@@ -95,3 +107,12 @@ def test_a_literal_setting_refuses_what_it_does_not_list():
     with pytest.raises(SettingError, match="use target, batch"):
         TrainConfig(features="f", interactions="i", out="o", loss_weighting="sum")
     assert [o.cli_type for o in options(ModelConfig) if o.name == "token_pool"] == [str]
+
+
+def test_a_command_declares_by_hand_only_how_it_prints():
+    # Everything a command computes with comes from its config; what is left is output form.
+    commands = typer.main.get_command(app).commands
+    for command, config in COMMANDS:
+        own = {p.name for p in commands[command].params} - set(leaf_fields(config))
+        assert own <= {"as_json", "quiet", "prompt_file", "help"}, (command, own)
+    assert set(commands) == {name for name, _ in COMMANDS}  # every command has its config

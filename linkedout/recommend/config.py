@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from linkedout.errors import SettingError
+from linkedout.memory import MemoryBudget
 from linkedout.settings import at_least, check_choices, setting
 from linkedout.storage.uri import storage_options_setting
 
@@ -158,3 +160,76 @@ class TrainConfig:
         at_least(self, "weight_decay", 0, "must be 0 or more")
         at_least(self, "patience", 0, "must be 0 or more")
         at_least(self, "feature_memory_gb", 0, "give a size of 0 or more")
+
+
+def _run_setting():
+    return setting(argument=True, help="Run directory written by `linkedout train`.")
+
+
+def _catalog_memory_setting():
+    return setting(
+        default=None,
+        help="Load the run's per-layer item embeddings (catalog.lance) up to this many GiB, "
+        "else rank them chunk by chunk from disk (default: half the free memory).",
+    )
+
+
+def parse_history(text: str | None) -> tuple[str, ...] | None:
+    """`ID,ID,...` -> the ids, oldest first (blanks between commas ignored)."""
+    if text is None:
+        return None
+    items = tuple(i.strip() for i in text.split(",") if i.strip())
+    if not items:
+        raise SettingError(
+            "history", text, "lists no item ids: pass watched ids, oldest first, as ID,ID,..."
+        )
+    return items
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What `linkedout evaluate` ranks."""
+
+    run: Path = _run_setting()
+    split: Literal["valid", "test"] = "test"
+    """The split whose targets are ranked: valid or test."""
+    catalog_memory_gb: float | None = _catalog_memory_setting()
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        at_least(self, "catalog_memory_gb", 0, "give a size of 0 or more")
+
+    def memory_budget(self) -> MemoryBudget:
+        return MemoryBudget.resolve(self.catalog_memory_gb)
+
+
+@dataclass(frozen=True)
+class RecommendConfig:
+    """Whom `linkedout recommend` ranks for, and how much it shows."""
+
+    run: Path = _run_setting()
+    user: str | None = None
+    """A user of the run's interactions (ranked after everything the run saw of them)."""
+    history: tuple[str, ...] | None = setting(
+        default=None, cli_type=str | None, parse=parse_history
+    )
+    """Watched item ids, oldest first: ID,ID,..."""
+    k: int = 10
+    """How many items."""
+    explain: bool = False
+    """Show the user's per-depth gate and each item's strongest depth."""
+    catalog_memory_gb: float | None = _catalog_memory_setting()
+
+    def __post_init__(self) -> None:
+        if (self.user is None) == (self.history is None):
+            reason = "pass exactly one of `user` U or `history` ID,ID,..."
+            raise SettingError("user", SettingError.UNSET, reason)
+        if self.user is not None and not self.user.strip():
+            raise SettingError(
+                "user", self.user, "is empty: give a user id of the run's interactions"
+            )
+        at_least(self, "k", 1, "ask for at least 1 item")
+        at_least(self, "catalog_memory_gb", 0, "give a size of 0 or more")
+
+    def memory_budget(self) -> MemoryBudget:
+        return MemoryBudget.resolve(self.catalog_memory_gb)

@@ -21,6 +21,7 @@ from linkedout.recommend.model import LinkedOut, balance_loss
 from linkedout.recommend.ranking import rank_targets
 from linkedout.recommend.softmax import product_dtype
 from linkedout.recommend.tokens import ItemTokens
+from linkedout.recommend.training_items import TrainingItems
 
 
 class LinkedOutModule(L.LightningModule):
@@ -41,12 +42,10 @@ class LinkedOutModule(L.LightningModule):
         self.config = ModelConfig(**model)
         shape = None if num_layers is None else (num_layers, tokens, dim)
         self.model = LinkedOut(self.config, num_items, shape)
-        self.sampled = num_items > full_softmax_max_items
+        self.softmax_items = TrainingItems(num_items, num_items > full_softmax_max_items, negatives)
         # Filled by `attach`: the item tokens are data (read from the store), not weights.
         self.register_buffer("item_table", torch.zeros(0), persistent=False)
         self._streamed: ItemTokens | None = None
-        self.register_buffer("log_q", torch.zeros(num_items), persistent=False)
-        self.register_buffer("candidates", torch.arange(1, num_items), persistent=False)
         self.metrics = RankingMetrics()
         self._catalog: Catalog | None = None
         self._histories: list[list[int]] | None = None
@@ -91,18 +90,13 @@ class LinkedOutModule(L.LightningModule):
                 self.model.whitening.fit(item_tokens)
             self._attach_tokens(item_tokens, budget)
         if train_counts is not None:
-            q = train_counts.double() ** 0.75  # word2vec's smoothing: frequent, not only popular
-            self.log_q = torch.log(q / q.sum()).float().clamp_min(-1e4)
-            if self.model.content:
-                # Items no training sequence holds are left out of the softmax, as items that
-                # arrive after training would be: pushed down as ever-negatives, their content
-                # would be learned as "never relevant" and cold-start ranking would be lost.
-                # They are scored by content alone (an ID never trained stays at zero).
-                unseen = train_counts == 0
-                self.candidates = torch.nonzero(~unseen[1:])[:, 0] + 1
-                if self.model.ids is not None:
-                    with torch.no_grad():
-                        self.model.ids.weight[unseen] = 0
+            # With content, items no training sequence holds stay out of the softmax and are
+            # scored by content alone (an ID never trained stays at zero); ID-only is a
+            # faithful SASRec, where every item competes.
+            self.softmax_items.fit(train_counts, drop_unseen=self.model.content)
+            if self.model.content and self.model.ids is not None:
+                with torch.no_grad():
+                    self.model.ids.weight[train_counts == 0] = 0
         self._histories = histories
         self._targets_per_batch = targets_per_batch
         self._memory_budget = memory_budget
@@ -121,7 +115,7 @@ class LinkedOutModule(L.LightningModule):
             self._streamed = None
         else:  # read from the store batch by batch and reduced in the step
             self._streamed = item_tokens
-            if not self.sampled:
+            if not self.softmax_items.sampled:
                 raise LinkedOutError(
                     "the item features do not fit the memory budget, and a full softmax scores "
                     "every item at every step: raise --feature-memory-gb, or train with a "
@@ -179,26 +173,18 @@ class LinkedOutModule(L.LightningModule):
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx):
         inputs, targets = batch.inputs, batch.targets
-        candidates = negatives = None
-        if self.sampled:
-            negatives = torch.multinomial(
-                self.log_q.exp(), self.hparams.negatives, replacement=True
-            )
-            needed = torch.unique(torch.cat([inputs.flatten(), targets.flatten(), negatives]))
-        else:
-            candidates = self.candidates
-            needed = torch.arange(self.hparams.num_items, device=inputs.device)
+        step = self.softmax_items.draw(inputs, targets)
         reduced = None
         if self.model.content:
-            reduced = self.reduced_tokens(needed, batch.tokens)
+            reduced = self.reduced_tokens(step.needed, batch.tokens)
         loss, gate = self.model.loss(
             inputs,
             targets,
-            needed,
+            step.needed,
             reduced,
-            candidates=candidates,
-            negatives=negatives,
-            log_q=self.log_q,
+            candidates=step.candidates,
+            negatives=step.negatives,
+            log_q=self.softmax_items.log_q,
             product_dtype=product_dtype(self.device),
         )
         if not torch.isfinite(loss):

@@ -158,7 +158,7 @@ def prepare(config: TrainConfig, run: RunDir, plan: Plan | None = None) -> Prepa
             manifest=asdict(store.manifest),
             features_version=store.version,
             split=asdict(split.report),
-            softmax="sampled" if module.sampled else "full",
+            softmax="sampled" if module.softmax_items.sampled else "full",
             run_id=plan.run_id,
         )
         if plan.previous is not None:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from linkedout.recommend.config import ModelConfig
 from linkedout.recommend.module import LinkedOutModule
 from linkedout.recommend.tokens import MemoryItemTokens
+from linkedout.recommend.training_items import TrainingItems
 
 INPUTS = torch.tensor([[0, 1, 2, 3], [0, 0, 8, 9]])
 TARGETS = torch.tensor([[0, 2, 3, 4], [0, 0, 9, 10]])
@@ -36,7 +37,9 @@ def _full_loss(module) -> torch.Tensor:
     model = module.model
     reduced = module.item_table if model.content else None
     needed = torch.arange(60)
-    return model.loss(INPUTS, TARGETS, needed, reduced, candidates=module.candidates)[0]
+    return model.loss(INPUTS, TARGETS, needed, reduced, candidates=module.softmax_items.candidates)[
+        0
+    ]
 
 
 def _reference_states(module):
@@ -55,10 +58,12 @@ def test_full_softmax_equals_cross_entropy_over_the_candidates_scores():
         module = _module(ids, full_softmax_max_items=100, fusion=fusion)
         needed = torch.arange(60)
         reduced = module.item_table if module.model.content else None
-        loss, _ = module.model.loss(INPUTS, TARGETS, needed, reduced, candidates=module.candidates)
+        loss, _ = module.model.loss(
+            INPUTS, TARGETS, needed, reduced, candidates=module.softmax_items.candidates
+        )
         h, gate, codes, id_rows = _reference_states(module)
-        logits = module.model.score(h, gate, codes, id_rows)[:, module.candidates]
-        target_col = torch.searchsorted(module.candidates, TARGETS[TARGETS != 0])
+        logits = module.model.score(h, gate, codes, id_rows)[:, module.softmax_items.candidates]
+        target_col = torch.searchsorted(module.softmax_items.candidates, TARGETS[TARGETS != 0])
         torch.testing.assert_close(loss, F.cross_entropy(logits, target_col))
 
 
@@ -68,12 +73,17 @@ def test_sampled_softmax_equals_the_formula_over_full_logits():
         needed = torch.arange(60)
         negatives = torch.tensor([2, 4, 9, 4, 30, 21, 10])  # 4 twice; 10 is also a target
         loss, _ = module.model.loss(
-            INPUTS, TARGETS, needed, module.item_table, negatives=negatives, log_q=module.log_q
+            INPUTS,
+            TARGETS,
+            needed,
+            module.item_table,
+            negatives=negatives,
+            log_q=module.softmax_items.log_q,
         )
         h, gate, codes, id_rows = _reference_states(module)
         logits = module.model.score(h, gate, codes, id_rows)
         targets = TARGETS[TARGETS != 0]
-        log_q = module.log_q
+        log_q = module.softmax_items.log_q
         pos = logits.gather(1, targets[:, None]) - log_q[targets][:, None]
         neg = (logits[:, negatives] - log_q[negatives]).masked_fill(
             negatives[None] == targets[:, None], float("-inf")
@@ -84,10 +94,13 @@ def test_sampled_softmax_equals_the_formula_over_full_logits():
 
 def test_items_no_training_sequence_holds_never_compete_with_content_and_do_with_ids_only():
     sampled = _module(ids=True, full_softmax_max_items=10)
-    draws = torch.multinomial(sampled.log_q.exp(), 5000, replacement=True)
+    draws = torch.multinomial(sampled.softmax_items.log_q.exp(), 5000, replacement=True)
     assert not (draws % 7 == 0).any()
     full = _module(ids=True, full_softmax_max_items=100)
-    assert not (full.candidates % 7 == 0).any() and len(full.candidates) == 59 - 8
+    assert (
+        not (full.softmax_items.candidates % 7 == 0).any()
+        and len(full.softmax_items.candidates) == 59 - 8
+    )
     assert not full.model.ids.weight[::7].any()  # an ID never trained stays at zero
     loss = _full_loss(full)
     with torch.no_grad():  # raising unseen items' content changes nothing
@@ -95,4 +108,21 @@ def test_items_no_training_sequence_holds_never_compete_with_content_and_do_with
     assert torch.equal(_full_loss(full), loss)
     # ID-only is a faithful SASRec: every item competes, as in RecBole.
     ids_only = _module(ids=True, full_softmax_max_items=100, fusion="none")
-    assert torch.equal(ids_only.candidates, torch.arange(1, 60))
+    assert torch.equal(ids_only.softmax_items.candidates, torch.arange(1, 60))
+
+
+def test_a_sampled_step_computes_exactly_its_inputs_targets_and_negatives():
+    counts = torch.tensor([0, 5, 0, 3, 1, 0, 2])  # items 2 and 5 never occur in training
+    items = TrainingItems(7, sampled=True, negatives=50)
+    items.fit(counts, drop_unseen=True)
+    inputs, targets = torch.tensor([[0, 1, 3]]), torch.tensor([[0, 3, 6]])
+    step = items.draw(inputs, targets)
+    assert step.candidates is None and len(step.negatives) == 50
+    assert not torch.isin(step.negatives, torch.tensor([0, 2, 5])).any()  # never unseen
+    expected = torch.unique(torch.cat([inputs.flatten(), targets.flatten(), step.negatives]))
+    assert torch.equal(step.needed, expected)
+    full = TrainingItems(7, sampled=False, negatives=50)
+    full.fit(counts, drop_unseen=True)
+    step = full.draw(inputs, targets)
+    assert step.negatives is None and torch.equal(step.needed, torch.arange(7))
+    assert step.candidates.tolist() == [1, 3, 4, 6]

@@ -1,0 +1,50 @@
+"""The settings of the feature-dataset commands (`info`, `export`, `optimize`); their options
+are generated from these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from linkedout.settings import at_least, setting
+from linkedout.storage.uri import parse_storage_options, storage_options_setting
+
+
+@dataclass(frozen=True)
+class InfoConfig:
+    """What `linkedout info` shows."""
+
+    uri: str = setting(argument=True, help="Feature dataset: a local path or s3://bucket/path.")
+    storage_options: dict[str, str] = storage_options_setting()
+    failures: int = 10
+    """How many failed items to list."""
+
+    def __post_init__(self) -> None:
+        at_least(self, "failures", 0, "list 0 or more failed items")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What `linkedout export` copies, and where."""
+
+    src: str = setting(argument=True, help="Feature dataset to copy (path or URI).")
+    dest: str = setting(
+        argument=True, help="Where to put the copy: a new path or s3://bucket/path."
+    )
+    storage_options: dict[str, str] = storage_options_setting()
+    src_storage_options: dict[str, str] = setting(
+        default_factory=dict,
+        flag="src-storage-option",
+        cli_type=list[str] | None,
+        parse=parse_storage_options,
+        help="KEY=VALUE for the source only; repeatable.",
+    )
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    """Which dataset `linkedout optimize` compacts, and whether it frees old versions."""
+
+    uri: str = setting(argument=True, help="Feature dataset (path or URI).")
+    storage_options: dict[str, str] = storage_options_setting()
+    keep_old_versions: bool = False
+    """Keep the files of older versions (time travel) instead of freeing them."""
