@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.common import write_json  # noqa: E402
 from linkedout.storage import FeatureRow, FeatureStore, FeatureWriter, Manifest  # noqa: E402
+from linkedout.storage.maintenance import optimize  # noqa: E402
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
@@ -145,7 +146,7 @@ def main() -> None:
             with FeatureWriter(store, commit_every=args.batch) as writer:
                 for i, item_id in enumerate(ids):
                     writer.add(FeatureRow(item_id, tensors[i], content_sha256=item_id))
-            store.optimize()  # as `linkedout extract` ends: one fragment, old files freed
+            optimize(store)  # as `linkedout extract` ends: one fragment, old files freed
 
         results["lance"]["write"] = timed(write_lance, 1)
         store = FeatureStore.open(lance_path)

@@ -31,14 +31,14 @@ from tests.factories import make_manifest, make_rows  # noqa: E402
 def plain_append(store: FeatureStore, table: pa.Table) -> None:
     """The commit LinkedOut made before: no join, so no check against what is stored."""
     lance.write_dataset(table, store.dataset, mode="append")
-    store._refresh()
+    store.refresh()
 
 
 def insert_only(store: FeatureStore, table: pa.Table) -> None:
     """merge_insert without the replace-a-failure condition (which forces a scan, see below)."""
     store.declare_primary_key()
     store.dataset.merge_insert("item_id").when_not_matched_insert_all().execute(table)
-    store._refresh()
+    store.refresh()
 
 
 COMMITS: dict[str, Callable[[FeatureStore, pa.Table], None]] = {

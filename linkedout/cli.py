@@ -232,10 +232,11 @@ def optimize(config: OptimizeConfig) -> None:
     Run it when nothing else writes to or reads an older version of the dataset (for instance
     after all shards of a sharded extraction have finished).
     """
+    from linkedout.storage.maintenance import optimize as optimize_dataset
     from linkedout.storage.store import FeatureStore
 
     store = FeatureStore.open(config.uri, config.storage_options)
-    report = store.optimize(prune_old_versions=not config.keep_old_versions)
+    report = optimize_dataset(store, prune_old_versions=not config.keep_old_versions)
     repaired = (
         f", {report.duplicates_removed:,} duplicate row(s) removed"
         if report.duplicates_removed

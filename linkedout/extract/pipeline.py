@@ -38,6 +38,7 @@ from linkedout.extract.steps import (
     parse_layers,
 )
 from linkedout.storage import FailedItem, FeatureStore, FeatureWriter
+from linkedout.storage.maintenance import optimize
 from linkedout.storage.rows import sha256_file, sha256_text
 
 
@@ -261,7 +262,7 @@ def extract(
     if config.shard is None and stats.commits and store.only_writer_since(first_version):
         # One writer, finished: merge the batch fragments and free what they superseded.
         with _writing(store.uri):
-            store.optimize()
+            optimize(store)
     elif config.shard is None and stats.commits:
         # Another process wrote meanwhile (the same command started twice): pruning could
         # delete files its next commit still reads.

@@ -26,6 +26,7 @@ _EXPORTS = {
     "export": "share",
     "item_loader": "features",
     "open_features": "features",
+    "optimize": "maintenance",
     "sha256_file": "rows",
     "sha256_text": "rows",
 }
@@ -46,6 +47,7 @@ __all__ = [
     "export",
     "item_loader",
     "open_features",
+    "optimize",
     "sha256_file",
     "sha256_text",
 ]
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
         item_loader,
         open_features,
     )
+    from linkedout.storage.maintenance import optimize
     from linkedout.storage.manifest import FORMAT_VERSION, Manifest
     from linkedout.storage.rows import FailedItem, FeatureRow, sha256_file, sha256_text
     from linkedout.storage.share import dataset_card, export

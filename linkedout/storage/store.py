@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,11 +28,10 @@ from linkedout.storage.duplicates import (
     CHOICE_COLUMNS,
     has_duplicates,
     kept_positions,
-    surplus_addresses,
 )
 from linkedout.storage.location import appears, exists, not_a_dataset, refuse_foreign_directory
 from linkedout.storage.manifest import Manifest
-from linkedout.storage.status import Failure, OptimizeReport, StoredStatus, StoreInfo
+from linkedout.storage.status import Failure, StoredStatus, StoreInfo
 from linkedout.storage.uri import normalize
 
 log = logging.getLogger(__name__)
@@ -339,10 +337,10 @@ class FeatureStore:
         try:
             self._ds.update_field_metadata({"item_id": PRIMARY_KEY})
         except (OSError, RuntimeError, ValueError):
-            self._refresh()  # another writer may have declared it a moment ago
+            self.refresh()  # another writer may have declared it a moment ago
             if not declares_primary_key(self._ds.schema):
                 raise
-        self._refresh()
+        self.refresh()
 
     def _merge(self, table: pa.Table, replace_when: str | None) -> None:
         # Without the declared key Lance would not see a concurrent insert of the same id.
@@ -359,7 +357,7 @@ class FeatureStore:
             )
         )
         self._committed.add(self._ds.version)  # execute() moved the handle to its commit
-        self._refresh()
+        self.refresh()
 
     # ---------------------------------------------------------------- maintenance
     def update_index(self) -> None:
@@ -369,46 +367,13 @@ class FeatureStore:
         else:
             self._ds.create_scalar_index("item_id", "BTREE")
         self._committed.add(self._ds.version)
-        self._refresh()
+        self.refresh()
 
     def only_writer_since(self, version: int) -> bool:
         """Whether every commit after `version`, up to the latest, was made through this
         handle: if so no other process is known to be writing, and pruning is safe."""
-        self._refresh()
+        self.refresh()
         return set(range(version + 1, self.version + 1)) <= self._committed
-
-    def optimize(self, prune_old_versions: bool = True) -> OptimizeReport:
-        """Delete duplicate rows older versions left (keeping one per item), merge the small
-        fragments batched writes leave behind into large ones, and (with `prune_old_versions`)
-        delete the files only older versions use.
-
-        Run it when no other process writes or reads an older version of this dataset
-        (`linkedout extract` does at the end of an unsharded run): pruning removes files such a
-        process may still need.
-        """
-        before = self.info()
-        removed = self._delete_duplicates()
-        self._ds.optimize.compact_files()
-        self._refresh()
-        self.update_index()
-        if prune_old_versions:
-            self._ds.cleanup_old_versions(older_than=timedelta(0))
-            self._refresh()
-        after = self.info()
-        return OptimizeReport(
-            before.fragments, after.fragments, before.size_bytes, after.size_bytes, removed
-        )
-
-    def _delete_duplicates(self) -> int:
-        """Delete every row but the kept one of each item id, in one commit; rows removed."""
-        if not self.duplicate_rows():
-            return 0
-        addresses = surplus_addresses(self._ds)
-        # Row addresses name exact rows and are never reused, so a retried delete cannot hit
-        # a row committed meanwhile: each item keeps its chosen row or a newer one.
-        self._ds.delete(f"_rowaddr IN ({','.join(map(str, addresses.tolist()))})")
-        self._refresh()
-        return len(addresses)
 
     def _despite_pruning(self, action: Callable[[], T]) -> T:
         """Run a read or a commit of this handle's version; if another process pruned that
@@ -422,10 +387,11 @@ class FeatureStore:
                 if attempt + 1 == _PRUNED_ATTEMPTS or not _pruned_meanwhile(error):
                     raise
                 log.info("%s: another writer pruned this version; using the latest", self.uri)
-                self._refresh()
+                self.refresh()
         raise AssertionError("unreachable")
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
+        """Move this handle to the dataset's latest version (another process's commits too)."""
         self._ds = lance.dataset(self.uri, storage_options=self.storage_options or None)
         self._offsets = None
 

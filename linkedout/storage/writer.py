@@ -173,7 +173,7 @@ class FeatureWriter:
             except (OSError, RuntimeError, ValueError) as e:
                 if attempt == 2:
                     log.warning("could not update the item_id index of %s: %s", self.store.uri, e)
-                self.store._refresh()
+                self.store.refresh()
 
 
 def _replaces_good(row: FeatureRow | FailedItem, stored: dict[str, StoredStatus]) -> bool:

@@ -8,6 +8,7 @@ import multiprocessing as mp
 import torch
 
 from linkedout.storage import FeatureStore, FeatureWriter
+from linkedout.storage.maintenance import optimize
 from tests.factories import content_hash, item_tokens, make_manifest, make_row
 from tests.storage._concurrent_job import IDS, Case, work
 from tests.storage._legacy import old_append
@@ -80,7 +81,7 @@ def test_a_writer_whose_version_another_writer_pruned_still_commits(tmp_path):
     late.add(make_row("early", manifest))  # committed: `second` now reads that version
     with FeatureWriter(first, commit_every=1) as w:
         w.extend(make_row(f"a{i}", manifest) for i in range(3))
-    first.optimize()  # compacts, then deletes every file only older versions use
+    optimize(first)  # compacts, then deletes every file only older versions use
     late.extend(make_row(i, manifest) for i in ("a1", "b0"))
     late.close()
     store = FeatureStore.open(uri)

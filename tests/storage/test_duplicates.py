@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from linkedout.cli import app
 from linkedout.storage import FailedItem, FeatureStore, FeatureWriter
 from linkedout.storage.columns import declares_primary_key
+from linkedout.storage.maintenance import optimize
 from tests.factories import content_hash, item_tokens, make_manifest, make_row, make_rows
 from tests.storage._legacy import old_append
 
@@ -82,7 +83,7 @@ def test_duplicates_are_read_once_and_reported(doubled):
 
 def test_optimize_keeps_one_row_per_item_with_its_data(doubled):
     version = doubled.version
-    report = doubled.optimize()
+    report = optimize(doubled)
     assert report.duplicates_removed == 7 and report.fragments_after == 1
     table = doubled.dataset.to_table(columns=["item_id", "error", "content_sha256"])
     assert sorted(table.column("item_id").to_pylist()) == sorted([*_expected(doubled), "broken"])

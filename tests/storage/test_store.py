@@ -20,6 +20,7 @@ from linkedout.storage import (
 )
 from linkedout.storage.columns import arrow_schema, rows_to_table
 from linkedout.storage.location import exists
+from linkedout.storage.maintenance import optimize
 from tests.factories import content_hash, item_tokens, make_manifest, make_row, make_rows
 
 
@@ -343,7 +344,7 @@ def test_optimize_merges_fragments_and_frees_old_files_without_changing_data(tmp
     store = _store(tmp_path, n=40, commit_every=4)
     ids = store.ids()
     before = store.load()[1]
-    report = store.optimize()
+    report = optimize(store)
     assert report.fragments_before == 10 and report.fragments_after == 1
     assert report.bytes_after < report.bytes_before
     assert store.ids() == ids and torch.equal(store.load()[1], before)
