@@ -49,7 +49,9 @@ class SettingError(LinkedOutError):
         self.reason = reason
 
     def with_flags(self, flag_of: Callable[[str], str]) -> str:
-        shown = repr(self.value) if isinstance(self.value, str) else str(self.value)
-        shown = "" if self.value is SettingError.UNSET else f" {shown}"
+        if self.value is SettingError.UNSET:
+            shown = ""
+        else:
+            shown = f" {self.value!r}" if isinstance(self.value, str) else f" {self.value}"
         reason = re.sub(r"`(\w+)`", lambda m: flag_of(m.group(1)), self.reason)
         return f"{flag_of(self.setting)}{shown}: {reason}"

@@ -175,6 +175,15 @@ def _catalog_memory_setting():
     )
 
 
+def _check_catalog_memory(config) -> None:
+    at_least(config, "catalog_memory_gb", 0, "give a size of 0 or more")
+
+
+def _memory_budget(config) -> MemoryBudget:
+    """How much of the run's catalog may sit in memory (`catalog_memory_gb`, resolved once)."""
+    return MemoryBudget.resolve(config.catalog_memory_gb)
+
+
 def parse_history(text: str | None) -> tuple[str, ...] | None:
     """`ID,ID,...` -> the ids, oldest first (blanks between commas ignored)."""
     if text is None:
@@ -198,10 +207,9 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        at_least(self, "catalog_memory_gb", 0, "give a size of 0 or more")
+        _check_catalog_memory(self)
 
-    def memory_budget(self) -> MemoryBudget:
-        return MemoryBudget.resolve(self.catalog_memory_gb)
+    memory_budget = _memory_budget
 
 
 @dataclass(frozen=True)
@@ -230,7 +238,6 @@ class RecommendConfig:
                 "user", self.user, "is empty: give a user id of the run's interactions"
             )
         at_least(self, "k", 1, "ask for at least 1 item")
-        at_least(self, "catalog_memory_gb", 0, "give a size of 0 or more")
+        _check_catalog_memory(self)
 
-    def memory_budget(self) -> MemoryBudget:
-        return MemoryBudget.resolve(self.catalog_memory_gb)
+    memory_budget = _memory_budget

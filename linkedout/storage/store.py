@@ -380,15 +380,15 @@ class FeatureStore:
         version's files meanwhile (its end-of-run optimize), run it again on the latest version,
         whose files a prune always keeps. A failed read or merge commits nothing, so a retry is
         safe, and a merge re-planned on the latest version still keeps one row per item."""
-        for attempt in range(_PRUNED_ATTEMPTS):
+        for _ in range(_PRUNED_ATTEMPTS - 1):
             try:
                 return action()
             except OSError as error:
-                if attempt + 1 == _PRUNED_ATTEMPTS or not _pruned_meanwhile(error):
+                if not _pruned_meanwhile(error):
                     raise
                 log.info("%s: another writer pruned this version; using the latest", self.uri)
                 self.refresh()
-        raise AssertionError("unreachable")
+        return action()  # the last attempt's error, if any, is the caller's
 
     def refresh(self) -> None:
         """Move this handle to the dataset's latest version (another process's commits too)."""
