@@ -21,9 +21,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from linkedout.extract.defaults import DEFAULT_VIDEO_MODEL
+
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = REPO / "examples" / "clips"
-VIDEO_MODEL = os.environ.get("LINKEDOUT_VIDEO_MODEL", "Qwen/Qwen2.5-VL-3B-Instruct")
+VIDEO_MODEL = os.environ.get("LINKEDOUT_VIDEO_MODEL", DEFAULT_VIDEO_MODEL)
 OUT = REPO / "out" / "demo"
 CLI = [sys.executable, "-m", "linkedout.cli"]
 

@@ -82,3 +82,11 @@ def test_bad_input_gets_one_line_and_exit_code_2(store, tmp_path, args, message)
 def test_version_and_help():
     assert runner.invoke(app, ["--version"]).output.startswith("linkedout ")
     assert "Copy a feature dataset" in runner.invoke(app, ["--help"]).output
+
+
+def test_extract_help_lists_every_supported_video_family():
+    from linkedout.extract.backbones import VIDEO_FAMILIES
+
+    output = runner.invoke(app, ["extract", "--help"], terminal_width=200).output
+    missing = [family for family in VIDEO_FAMILIES if family not in output]
+    assert not missing, f"`extract --help` does not name {missing}"

@@ -21,7 +21,13 @@ class LayerCapture:
     """`with LayerCapture(blocks, layers, reduce) as cap: cap.run(forward)` -> `cap.states`.
 
     `reduce(hidden [B, S, D]) -> tensor` is applied to each tapped layer; `states[layer]` holds
-    its result. Layer 0 is the input of the first block, layer i >= 1 the output of block i.
+    its result. Layer 0 is the input of the first block; layer i >= 1 is the residual stream
+    after block i, read as the input of block i + 1 (the last block's output for the deepest).
+
+    Reading what the next block reads matters where a model changes the stream between blocks:
+    Qwen3-VL adds vision features (DeepStack) to the video positions after each of its first
+    blocks, so block i's own output lacks what block i + 1 is given. Elsewhere the two are the
+    same tensor.
     """
 
     def __init__(
@@ -39,8 +45,10 @@ class LayerCapture:
 
     def __enter__(self) -> LayerCapture:
         for layer in self.layers:
-            if layer == 0:
-                handle = self.blocks[0].register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+            if layer < len(self.blocks):
+                handle = self.blocks[layer].register_forward_pre_hook(
+                    self._pre_hook_for(layer), with_kwargs=True
+                )
             else:
                 handle = self.blocks[layer - 1].register_forward_hook(self._hook_for(layer))
             self._handles.append(handle)
@@ -67,9 +75,11 @@ class LayerCapture:
         if layer == self._deepest and len(self.states) == len(self.layers):
             raise _Done
 
-    def _pre_hook(self, module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        self._store(0, hidden)
+    def _pre_hook_for(self, layer: int):
+        def hook(module, args, kwargs):
+            self._store(layer, args[0] if args else kwargs["hidden_states"])
+
+        return hook
 
     def _hook_for(self, layer: int):
         def hook(module, args, output):

@@ -65,7 +65,9 @@ class ExtractConfig:
     texts: Path | None = None
     """Table of item texts (CSV/TSV/JSONL/Parquet) for a text backbone, instead of videos."""
     model: str = DEFAULT_VIDEO_MODEL
-    """Hub id or local checkpoint folder, loaded with from_pretrained."""
+    """Hub id or local checkpoint folder, loaded with from_pretrained. Video LLM families:
+    qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, qwen3_5, qwen3_5_moe (hub or transformers-5
+    checkpoint layout); with --texts, any transformers text model."""
     prompt: str = DEFAULT_PROMPT
     """Query given with every video; {title} is filled from the titles table (lines with
     {title} are dropped for untitled videos)."""

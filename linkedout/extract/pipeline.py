@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from linkedout.errors import LinkedOutError, SettingError, first_line
-from linkedout.extract.backbones import Backbone, inspect_model, load_backbone
+from linkedout.extract.backbones import Backbone, inspect_model, load_backbone, writes_timestamps
 from linkedout.extract.config import ExtractConfig
 from linkedout.extract.decode import unreadable_reason
 from linkedout.extract.discover import CatalogItem, discover_videos, read_texts, read_titles
@@ -126,9 +126,9 @@ def make_engine(config: ExtractConfig, backbone: Backbone | None = None) -> Engi
         info = inspect_model(config.model, want)
         num_layers, kind = info.num_layers, info.kind
         if info.is_video:
-            from linkedout.extract.backbones.qwen_vl import PackSettings
+            from linkedout.extract.backbones.qwen_vl import pack_settings
 
-            settings = PackSettings.of_checkpoint(info.path, config.max_pixels)
+            settings = pack_settings(info.path, info.model_type, config.max_pixels)
             check_frames_fit(config.frames, settings, info.max_positions, config.model)
     elif config.engine == "ray":
         raise ValueError("a preloaded backbone runs in this process: use engine='local'")
@@ -147,7 +147,10 @@ def make_engine(config: ExtractConfig, backbone: Backbone | None = None) -> Engi
                 backbone.model_id,
             )
     layers = parse_layers(config.layers, num_layers)
-    recipe = PoolingRecipe.make(kind, config.tokens_per_layer, config.new_tokens)
+    model_type = info.model_type if info is not None else getattr(backbone, "family", None)
+    recipe = PoolingRecipe.make(
+        kind, config.tokens_per_layer, config.new_tokens, timestamps=writes_timestamps(model_type)
+    )
     if config.engine == "ray":
         facts = ray_engine.cluster_facts(config, info)
         plan = ExtractPlan.make(config, facts, layers, recipe)

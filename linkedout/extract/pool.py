@@ -3,7 +3,8 @@
 The recipe is fixed by (backbone kind, T, generated tokens) and written into the manifest by
 `PoolingRecipe.describe()`, so a reader knows what every slot of `[T, D]` holds:
 
-- video-llm: the video tokens, laid out on their (time, height, width) grid, are averaged into
+- video-llm: the video tokens (without the text timestamps some models write between temporal
+  patches), laid out on their (time, height, width) grid, are averaged into
   `(T_v / 4) x 2 x 2` bins (slots in time-major, then row-major order: time bin, top/bottom,
   left/right); the prompt span gives its mean, its last token (the position where a decoder
   summarises what it read) and the means of equal chunks of it; generated tokens (when asked
@@ -32,9 +33,14 @@ class PoolingRecipe:
     video_bins: tuple[int, int, int] | None
     prompt_slots: int
     generated_slots: int
+    timestamps: bool = False
+    """The model writes text timestamps between temporal patches (Qwen3-VL): a span of its
+    own, kept out of the video bins and out of every slot."""
 
     @classmethod
-    def make(cls, kind: str, tokens_per_layer: int, new_tokens: int = 0) -> PoolingRecipe:
+    def make(
+        cls, kind: str, tokens_per_layer: int, new_tokens: int = 0, timestamps: bool = False
+    ) -> PoolingRecipe:
         t = tokens_per_layer
         if kind == "text":
             if t < 3:
@@ -49,7 +55,7 @@ class PoolingRecipe:
                 f"too few: a video backbone needs at least {6 + generated} (4 video slots, "
                 "2 prompt slots" + (", 2 generated-token slots)" if generated else ")"),
             )
-        return cls(kind, t, (video // 4, 2, 2), t - video - generated, generated)
+        return cls(kind, t, (video // 4, 2, 2), t - video - generated, generated, timestamps)
 
     def describe(self) -> str:
         if self.video_bins is None:
@@ -70,6 +76,8 @@ class PoolingRecipe:
             parts.append(f"[{v + 2}:{p_end}] means of {self.prompt_slots - 2} equal prompt chunks")
         if self.generated_slots:
             parts.append(f"[{p_end}] generated mean; [{p_end + 1}] generated last token")
+        if self.timestamps:
+            parts.append("timestamp tokens between temporal patches in no slot")
         return "; ".join(parts)
 
     def pool(self, hidden: torch.Tensor, spans: Spans) -> torch.Tensor:
@@ -87,7 +95,7 @@ class PoolingRecipe:
         if spans.video is None or spans.video_grid is None:
             raise ValueError("a video backbone's spans need the video positions and grid")
         t, h, w = spans.video_grid
-        video = hidden[spans.video].T.reshape(1, -1, t, h, w)  # [1, D, t, h, w]
+        video = hidden[spans.video_positions()].T.reshape(1, -1, t, h, w)  # [1, D, t, h, w]
         video = F.adaptive_avg_pool3d(video, self.video_bins).flatten(2)[0].T  # [bins, D]
         prompt = hidden[spans.prompt]
         slots = [video, prompt.mean(0, keepdim=True), prompt[-1:]]

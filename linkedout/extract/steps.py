@@ -140,7 +140,16 @@ def check_frames_fit(
     model's positions even at the smallest frame size the packer makes (so every item would
     fail). `settings` is a Video LLM packer's `PackSettings` (None: nothing to check). Clips
     that only overflow at their own resolution fail one by one (`Backbone.refuse`)."""
-    if settings is None or max_positions is None:
+    if settings is None:
+        return
+    if settings.budget == "clip" and frames < settings.temporal_patch_size:
+        raise SettingError(
+            "frames",
+            frames,
+            f"{model} packs at least {settings.temporal_patch_size} frames (one temporal patch) "
+            f"per video: use `frames` {settings.temporal_patch_size} or more",
+        )
+    if max_positions is None:
         return
     fewest = settings.fewest_video_tokens(frames)
     if fewest < max_positions:

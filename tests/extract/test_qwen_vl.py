@@ -14,18 +14,15 @@ from transformers import GPT2Config
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from linkedout.errors import LinkedOutError
-from linkedout.extract.backbones.base import ItemInput
-from linkedout.extract.backbones.qwen_vl import (
-    VIDEO_TOKEN,
-    PackSettings,
-    QwenVLBackbone,
-    pack_video,
-)
+from linkedout.extract.backbones.base import ItemInput, Prepared
+from linkedout.extract.backbones.qwen_pixels import PackSettings, pack_video
+from linkedout.extract.backbones.qwen_vl import VIDEO_TOKEN, QwenVLBackbone, QwenVLPacker
 from tests.conftest import shared_data
-from tests.extract.tiny_qwen import FAMILIES
+from tests.extract.tiny_qwen import FAMILIES, QWEN3
 
 CPU = torch.device("cpu")
-# 12 merged tokens per temporal patch at most: keeps every forward tiny.
+# 12 merged tokens per temporal patch at most (Qwen2) or about that (Qwen3's 32-pixel tokens):
+# keeps every forward tiny.
 MAX_PIXELS = 28 * 28 * 12
 SETTINGS = PackSettings(min_pixels=56 * 56, max_pixels=28 * 28 * 20)
 
@@ -70,21 +67,12 @@ def image_processor(settings: PackSettings) -> Qwen2VLImageProcessorPil:
     )
 
 
-def all_layers(backbone: QwenVLBackbone, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """`backbone.forward(inputs)` captured with hooks: layer 0 = input of block 1, layer i =
-    output of block i."""
-    blocks = backbone.decoder_layers()
-    states: list[torch.Tensor] = []
-    handles = [blocks[0].register_forward_pre_hook(lambda _m, args: states.append(args[0]))]
-    handles += [
-        block.register_forward_hook(lambda _m, _args, out: states.append(out)) for block in blocks
-    ]
-    try:
-        backbone.forward(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [state.detach().clone() for state in states]
+def all_layers(backbone: QwenVLBackbone, batch: list[Prepared]) -> list[torch.Tensor]:
+    """Every depth of a padded forward of `batch` as extraction captures it (`LayerCapture`):
+    `[B, S, D]` per layer, layer 0 = input of block 1, layer i = what block i + 1 reads."""
+    layers = tuple(range(backbone.num_layers + 1))
+    tokens = backbone.pooled_states(batch, layers, lambda hidden, spans: hidden, 0).tokens
+    return [tokens[:, layer] for layer in layers]
 
 
 # (a) pack_video against transformers' torchvision-free image processor -------------------------
@@ -152,29 +140,68 @@ def test_pack_video_matches_the_transformers_video_processor():
 
 
 def test_load_reads_the_checkpoint(checkpoints):
-    for family, max_pixels in [("qwen2_vl", 12845056), ("qwen2_5_vl", 28 * 28 * 768)]:
+    expected = {  # the video processor's (min, max) pixels, per frame or (Qwen3) per clip
+        "qwen2_vl": (3136, 12845056),
+        "qwen2_5_vl": (3136, 28 * 28 * 768),
+        **dict.fromkeys(QWEN3, (4096, 25165824)),
+    }
+    for family, pixels in expected.items():
         path = checkpoints[family]
         backbone = QwenVLBackbone.load(str(path), CPU, torch.float32)
         assert backbone.kind == "video-llm"
         assert (backbone.num_layers, backbone.hidden_size) == (4, 64)
         assert len(backbone.decoder_layers()) == 4
-        # qwen2_5_vl's video_preprocessor_config.json wins over preprocessor_config.json.
-        assert (backbone.settings.min_pixels, backbone.settings.max_pixels) == (3136, max_pixels)
+        # video_preprocessor_config.json wins over preprocessor_config.json where both exist.
+        assert (backbone.settings.min_pixels, backbone.settings.max_pixels) == pixels
+        assert backbone.settings.budget == ("clip" if family in QWEN3 else "frame")
+        assert backbone.settings.patch_size == (16 if family in QWEN3 else 14)
         expected_revision = hashlib.sha256((path / "config.json").read_bytes()).hexdigest()
         assert backbone.revision == expected_revision
+    path = checkpoints["qwen2_5_vl"]
     overridden = QwenVLBackbone.load(str(path), CPU, torch.float32, max_pixels=9999, min_pixels=10)
     assert (overridden.settings.min_pixels, overridden.settings.max_pixels) == (10, 9999)
     named = QwenVLBackbone.load(str(path), CPU, torch.float32, model_id="org/name", revision="abc")
     assert (named.model_id, named.revision) == ("org/name", "abc")
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_both_checkpoint_layouts_pack_the_same_inputs(checkpoints, saved_checkpoints, family, clip):
+    """A Hub-style folder and the one transformers 5's save_pretrained writes (nested
+    processor_config.json, chat_template.jinja, no preprocessor_config.json) are one model."""
+    hub = QwenVLPacker.load(str(checkpoints[family]), max_pixels=MAX_PIXELS)
+    saved = QwenVLPacker.load(str(saved_checkpoints[family]), max_pixels=MAX_PIXELS)
+    assert not (saved_checkpoints[family] / "preprocessor_config.json").exists()
+    assert hub.settings == saved.settings
+    assert hub.tokenizer.chat_template == saved.tokenizer.chat_template
+    a, b = hub.prepare(clip), saved.prepare(clip)
+    assert a.spans == b.spans and a.token_counts == b.token_counts
+    assert a.inputs.keys() == b.inputs.keys()
+    for key in a.inputs:
+        assert torch.equal(a.inputs[key], b.inputs[key]), key
+
+
 def test_unsupported_architecture_is_a_user_error(tmp_path):
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
-    with pytest.raises(LinkedOutError, match=r"gpt2 model.*Qwen2-VL \(qwen2_vl\).*qwen2_5_vl"):
+    with pytest.raises(LinkedOutError, match=r"gpt2 model.*Qwen2-VL \(qwen2_vl\).*Qwen3\.5"):
         QwenVLBackbone.load(str(tmp_path), CPU, torch.float32)
 
 
 # (c) spans and the layer convention on a real clip -------------------------------------------
+
+
+def expected_placeholder(backbone: QwenVLBackbone, item: ItemInput, t: int, per_patch: int) -> str:
+    """What the family's transformers processor expands the one video token into."""
+    if backbone.family not in QWEN3:
+        return VIDEO_TOKEN * t * per_patch
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+
+    # Its timestamps are frame index / fps: with fps 1 the "indices" are our frame times.
+    times = Qwen3VLProcessor._calculate_timestamps(None, list(item.frame_seconds), 1.0, 2)
+    assert len(times) == t
+    return "".join(
+        f"<{time:.1f} seconds><|vision_start|>{VIDEO_TOKEN * per_patch}<|vision_end|>"
+        for time in times
+    )
 
 
 def test_spans_are_exactly_the_video_and_prompt_tokens(backbone, clip):
@@ -183,9 +210,12 @@ def test_spans_are_exactly_the_video_and_prompt_tokens(backbone, clip):
     spans, tokenizer = prepared.spans, backbone.tokenizer
     video_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
     t, h, w = spans.video_grid
-    assert (spans.video.stop - spans.video.start) == t * h * w == prepared.token_counts["video"]
+    video = spans.video_positions()
+    positions = list(range(len(ids)))[video] if isinstance(video, slice) else video
+    assert len(positions) == t * h * w == prepared.token_counts["video"]
     assert t == 2  # three frames, padded to two temporal patches
-    assert (ids == video_id).nonzero().flatten().tolist() == list(range(len(ids)))[spans.video]
+    assert (ids == video_id).nonzero().flatten().tolist() == positions
+    assert len(spans.video_frames) == (t if backbone.family in QWEN3 else 0)
     assert tokenizer.decode(ids[spans.prompt]) == clip.text
     assert spans.prompt.stop - spans.prompt.start == prepared.token_counts["prompt"]
     # What the transformers processor tokenizes: the chat template with the placeholder expanded.
@@ -193,27 +223,45 @@ def test_spans_are_exactly_the_video_and_prompt_tokens(backbone, clip):
         {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": clip.text}]}
     ]
     chat = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert tokenizer.decode(ids) == chat.replace(VIDEO_TOKEN, VIDEO_TOKEN * t * h * w)
+    placeholder = expected_placeholder(backbone, clip, t, h * w)
+    assert tokenizer.decode(ids) == chat.replace(VIDEO_TOKEN, placeholder)
     types = prepared.inputs["mm_token_type_ids"][0]
-    assert types.nonzero().flatten().tolist() == list(range(len(ids)))[spans.video]
+    assert types.nonzero().flatten().tolist() == positions
     assert prepared.inputs["video_grid_thw"].tolist() == [[t, 2 * h, 2 * w]]
     if backbone.family == "qwen2_5_vl":  # 2 frames per temporal patch, 0.4 s apart
         assert prepared.inputs["second_per_grid_ts"].tolist() == pytest.approx([0.8])
+    assert ("second_per_grid_ts" in prepared.inputs) == (backbone.family == "qwen2_5_vl")
 
 
-def test_hooked_layers_are_the_models_hidden_states(backbone, clip):
-    inputs, offsets = backbone.collate([backbone.prepare(clip)])
-    assert offsets == [0]
-    hooked = all_layers(backbone, inputs)
+def test_stored_depths_are_the_models_hidden_states(backbone, clip):
+    """Depth i is output_hidden_states[i], plus, for Qwen3-VL, the DeepStack vision features
+    the model adds to the video positions after each of its first blocks: transformers records
+    a block's output before that addition, extraction stores what the next block reads."""
+    prepared = backbone.prepare(clip)
+    hooked = [layer[0] for layer in all_layers(backbone, [prepared])]
+    inputs, _ = backbone.collate([prepared])
+    model = backbone.model.model
     with torch.inference_mode():
         reference = backbone.model(**inputs, output_hidden_states=True).hidden_states
+        injected = []
+        if backbone.family.startswith("qwen3_vl"):
+            features = model.get_video_features(
+                inputs["pixel_values_videos"], inputs["video_grid_thw"]
+            )
+            injected = [torch.cat(feature) for feature in features.deepstack_features]
     n = backbone.num_layers
     assert len(hooked) == len(reference) == n + 1
+    assert len(injected) == (2 if backbone.family.startswith("qwen3_vl") else 0)
+    video = prepared.spans.video_positions()
     for layer in range(n):
-        torch.testing.assert_close(hooked[layer], reference[layer], rtol=0, atol=0)
+        expected = reference[layer][0].clone()
+        if 1 <= layer <= len(injected):
+            expected[video] += injected[layer - 1]
+            assert not torch.equal(expected, reference[layer][0])
+        torch.testing.assert_close(hooked[layer], expected, rtol=0, atol=0)
     # The model's last entry is after the final norm; our layer n is the raw residual stream.
-    final_norm = backbone.model.model.language_model.norm
-    torch.testing.assert_close(final_norm(hooked[n]), reference[n], rtol=0, atol=0)
+    final_norm = model.language_model.norm
+    torch.testing.assert_close(final_norm(hooked[n]), reference[n][0], rtol=0, atol=0)
 
 
 # (d) a padded batch gives each item's states alone ---------------------------------------------
@@ -226,13 +274,10 @@ def test_batch_equals_single_items(backbone):
     ]
     prepared = [backbone.prepare(item) for item in items]
     assert prepared[0].spans.video_grid != prepared[1].spans.video_grid
-    inputs, offsets = backbone.collate(prepared)
-    assert offsets == [0, 0]
-    batched = all_layers(backbone, inputs)
+    batched = all_layers(backbone, prepared)
     worst = 0.0
     for row, item in enumerate(prepared):
-        single_inputs, _ = backbone.collate([item])
-        single = all_layers(backbone, single_inputs)
+        single = all_layers(backbone, [item])
         length = item.inputs["input_ids"].shape[1]
         for b, s in zip(batched, single):
             worst = max(worst, (b[row, :length] - s[0]).abs().max().item())
@@ -257,11 +302,16 @@ def test_generate_appends_the_greedy_tokens(backbone):
     assert out.inputs["attention_mask"].tolist() == [[1] * (length + 4)]
     assert out.inputs["mm_token_type_ids"][0, length:].tolist() == [0] * 4
     # One forward over prompt + generated reproduces every greedy step: the positions (M-RoPE
-    # included) of the appended tokens match those used during decoding.
+    # included) of the appended tokens match those used during decoding. Vision placeholders
+    # are never generated (a forward would look for their features).
     inputs, _ = backbone.collate([out])
     with torch.inference_mode():
-        logits = backbone.model(**inputs).logits
-    assert logits[0, length - 1 : length + 3].argmax(-1).tolist() == ids[0, length:].tolist()
+        logits = backbone.model(**inputs).logits[0, length - 1 : length + 3]
+    config = backbone.model.config
+    placeholders = [config.image_token_id, config.video_token_id]
+    assert not set(ids[0, length:].tolist()) & set(placeholders)
+    logits = logits.index_fill(1, torch.tensor(placeholders), float("-inf"))
+    assert logits.argmax(-1).tolist() == ids[0, length:].tolist()
 
 
 def test_generated_tokens_keep_the_positions_they_were_decoded_at(backbone):
@@ -270,7 +320,7 @@ def test_generated_tokens_keep_the_positions_they_were_decoded_at(backbone):
     prepared = backbone.prepare(random_item("Hi.", 32, 60, 90, seed=8))
     length, new = prepared.inputs["input_ids"].shape[1], 4
     out = backbone.generate(prepared, new_tokens=new)
-    one_pass = all_layers(backbone, backbone.collate([out])[0])
+    one_pass = all_layers(backbone, [out])
     with torch.inference_mode():
         decoded = backbone.model.generate(
             **prepared.inputs,
@@ -298,7 +348,9 @@ def test_prompt_span_holds_any_text(backbone, text):
     prepared = backbone.prepare(random_item(text, 2, 56, 56, seed=9))
     ids = prepared.inputs["input_ids"][0]
     assert backbone.tokenizer.decode(ids[prepared.spans.prompt]) == text
-    assert prepared.spans.prompt.start == prepared.spans.video.stop + 1  # after <|vision_end|>
+    # After <|vision_end|> (Qwen3: the last patch's, then the template's own).
+    gap = 2 if backbone.family in QWEN3 else 1
+    assert prepared.spans.prompt.start == prepared.spans.video.stop + gap
 
 
 def test_prepare_rejects_a_prompt_holding_the_video_token(backbone):

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 from linkedout.cli import app
 from linkedout.storage import FeatureStore
 from tests.conftest import shared_data
+from tests.extract.tiny_qwen import FAMILIES, LAYOUTS, QWEN3
 from tests.factories import clips_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,15 +87,13 @@ def reference(qwen25, small_videos, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
-def test_every_shared_clip_extracts(checkpoints, family, tmp_path):
-    videos = shared_data("videos")
+def _extract_and_check(videos: Path, folder: Path, family: str, tmp_path: Path) -> None:
     out = tmp_path / "features.lance"
     _extract(
         "--videos",
         str(videos),
         "--model",
-        str(checkpoints[family]),
+        str(folder),
         "--out",
         str(out),
         "--batch-size",
@@ -108,11 +108,27 @@ def test_every_shared_clip_extracts(checkpoints, family, tmp_path):
     assert sorted(store.ids()) == clips
     m = store.manifest
     assert (m.backbone_kind, m.layers, m.frames_per_video) == ("video-llm", (0, 1, 2, 3, 4), 4)
-    assert m.backbone == str(checkpoints[family]) and m.backbone_revision
+    assert m.backbone == str(folder) and m.backbone_revision
+    assert ("timestamp" in m.pooling) == (family in QWEN3)
     rows = store.dataset.to_table(columns=["item_id", "frame_indices", "token_counts"]).to_pylist()
     for row in rows:
         assert len(row["frame_indices"]) == 4
         assert row["token_counts"]["video"] > 0 and row["token_counts"]["prompt"] > 0
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])  # per-frame and per-clip budgets
+def test_every_shared_clip_extracts(checkpoints, family, tmp_path):
+    _extract_and_check(shared_data("videos"), checkpoints[family], family, tmp_path)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_and_layout_extracts(checkpoints, saved_checkpoints, family, layout, tmp_path):
+    """Two codecs and containers per checkpoint; all clips and codecs are read above."""
+    (tmp_path / "videos").mkdir()
+    videos = clips_folder(tmp_path / "videos", ["bikes.mp4", "flipping_a_pancake.mkv"])
+    folder = (checkpoints if layout == "hub" else saved_checkpoints)[family]
+    _extract_and_check(videos, folder, family, tmp_path)
 
 
 def test_broken_files_become_failures_and_the_rest_is_stored(qwen25, tmp_path):
@@ -212,7 +228,10 @@ def test_two_shards_together_equal_one_unsharded_run(qwen25, small_videos, refer
 def test_bad_input_is_one_line_and_exit_code_2(
     args, message, qwen25, small_videos, tmp_path, monkeypatch
 ):
+    # The hub library reads HF_HUB_OFFLINE once, at import; without its constant set it retries
+    # an unreachable hub for ~20 s before giving up.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text('{"model_type": "bert", "hidden_size": 8}')

@@ -1,9 +1,16 @@
 """Tiny random-weight Qwen-VL checkpoints that load exactly like a user's local copy.
 
-`build_tiny_qwen(family, path)` writes what a real Hub snapshot holds: config.json and
-safetensors weights (`save_pretrained`), generation_config.json, a tokenizer with the family's
-special tokens and chat template, and the preprocessor config files. Everything is built offline
-from a fixed seed, so tests never download anything.
+`build_tiny_qwen(family, path, layout=...)` writes what a real checkpoint folder holds: config.json
+and safetensors weights (`save_pretrained`), generation_config.json, a tokenizer with the family's
+special tokens and chat template, and the processor files in one of two layouts:
+
+- "hub": as Qwen publishes them: preprocessor_config.json (and video_preprocessor_config.json
+  where the Hub repo has one), the chat template in chat_template.json and tokenizer_config.json;
+- "transformers5": what transformers 5's `Processor.save_pretrained` writes: one
+  processor_config.json with nested `image_processor` / `video_processor` sections and the
+  template in chat_template.jinja (the vllm-env tests check this against the real thing).
+
+Everything is built offline from a fixed seed, so tests never download anything.
 """
 
 from __future__ import annotations
@@ -21,10 +28,21 @@ from transformers import (
     Qwen2Tokenizer,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+QWEN3 = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+"""Text timestamps between temporal patches, 16-pixel patches, a clip pixel budget."""
+LAYOUTS = ("hub", "transformers5")
 
 # Same tokens and order as the real Qwen2-VL / Qwen2.5-VL vocabularies (ids 151643..151656 there).
 SPECIAL_TOKENS = (
@@ -63,12 +81,24 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Qwen3-VL-*-Instruct's template, shortened: no default system turn, same vision markers.
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 _CORPUS = (
     "You are a helpful assistant.",
     "A dog eats a pancake in the kitchen while the family watches.",
     "Watch the best bike tricks of 2024! Describe this video in one sentence.",
     "Summarize the clip: a cartoon sailor fights a bully on a ship.",
     "Big Buck Bunny wakes up, stretches and smells a flower. 描述这个视频 🎬",
+    "<0.5 seconds><1.0 seconds><12.3 seconds><40.7 seconds>",
 )
 
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -76,20 +106,28 @@ _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def build_tiny_qwen(
-    family: str, path: Path, text: dict | None = None, vision: dict | None = None
+    family: str,
+    path: Path,
+    text: dict | None = None,
+    vision: dict | None = None,
+    layout: str = "hub",
 ) -> Path:
-    """Write a tiny `family` checkpoint folder at `path` and return it; `text` and `vision`
-    override config fields (benchmarks build larger random models the same way)."""
+    """Write a tiny `family` checkpoint folder at `path` in `layout` and return it; `text` and
+    `vision` override config fields (benchmarks build larger random models the same way)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     torch.manual_seed(0)
     model = _model(family, ids, len(tokenizer), text or {}, vision or {})
     model.save_pretrained(path)
+    template = QWEN3_CHAT_TEMPLATE if family in QWEN3 else CHAT_TEMPLATE
+    tokenizer.chat_template = template
     tokenizer.save_pretrained(path)
-    _write_preprocessor_configs(family, path)
+    _write_processor_files(family, path, layout, template)
     return path
 
 
@@ -113,7 +151,6 @@ def _tokenizer() -> Qwen2Tokenizer:
     )
     # <|endoftext|> is already there (Qwen2Tokenizer adds it); the rest follow in the real order.
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
-    tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
@@ -150,6 +187,8 @@ def _model(
         model = Qwen2VLForConditionalGeneration(
             Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
         )
+    elif family in QWEN3:
+        model = _qwen3_model(family, text, tokens, vision_overrides)
     else:
         vision = {
             "depth": 2,
@@ -174,17 +213,85 @@ def _model(
     return model.eval()
 
 
-def _write_preprocessor_configs(family: str, path: Path) -> None:
+def _qwen3_model(family: str, text: dict, tokens: dict, vision_overrides: dict) -> PreTrainedModel:
+    """Qwen3-VL (DeepStack after decoder blocks 1 and 2) and Qwen3.5 (linear and full attention
+    blocks alternating), dense or with 4 experts of which 2 are active."""
+    vision = {
+        "depth": 3,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": text["hidden_size"],
+        "patch_size": 16,
+        "temporal_patch_size": 2,
+        "spatial_merge_size": 2,
+        "num_position_embeddings": 64,  # an 8x8 grid, interpolated to each frame's size
+        **({"deepstack_visual_indexes": [0, 1]} if family.startswith("qwen3_vl") else {}),
+        **vision_overrides,
+    }
+    text = {**text, "head_dim": 32}
+    text["rope_parameters"] = {**text["rope_parameters"], "mrope_interleaved": True}
+    if family.endswith("_moe"):
+        text |= {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+    if family.startswith("qwen3_5"):
+        text |= {
+            "layer_types": ["linear_attention", "full_attention"]
+            * (text["num_hidden_layers"] // 2),
+            "linear_key_head_dim": 16,
+            "linear_value_head_dim": 16,
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 2,
+            "partial_rotary_factor": 1.0,
+        }
+        if family.endswith("_moe"):
+            text["shared_expert_intermediate_size"] = 32
+    config_class, model_class = {
+        "qwen3_vl": (Qwen3VLConfig, Qwen3VLForConditionalGeneration),
+        "qwen3_vl_moe": (Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration),
+        "qwen3_5": (Qwen3_5Config, Qwen3_5ForConditionalGeneration),
+        "qwen3_5_moe": (Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration),
+    }[family]
+    return model_class(config_class(text_config=text, vision_config=vision, **tokens))
+
+
+_PROCESSOR_CLASSES = {
+    "qwen2_vl": "Qwen2VLProcessor",
+    "qwen2_5_vl": "Qwen2_5_VLProcessor",
+    **dict.fromkeys(QWEN3, "Qwen3VLProcessor"),
+}
+
+
+def processor_sections(family: str) -> tuple[dict, dict | None]:
+    """(image processor settings, video processor settings or None where the Hub repo ships
+    only preprocessor_config.json) as the family's checkpoints carry them."""
+    if family in QWEN3:
+        common = {
+            "patch_size": 16,
+            "temporal_patch_size": 2,
+            "merge_size": 2,
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_std": [0.5, 0.5, 0.5],
+        }
+        image = {
+            "size": {"shortest_edge": 65536, "longest_edge": 16777216},
+            "image_processor_type": "Qwen2VLImageProcessor",
+            **common,
+        }
+        video = {
+            "size": {"shortest_edge": 4096, "longest_edge": 25165824},
+            "fps": 2,
+            "video_processor_type": "Qwen3VLVideoProcessor",
+            **common,
+        }
+        return image, video
     # Hub snapshots carry the legacy flat min/max_pixels keys; processors saved by recent
     # transformers write a `size` dict in video_preprocessor_config.json. Cover both.
-    processor_class = "Qwen2VLProcessor" if family == "qwen2_vl" else "Qwen2_5_VLProcessor"
     common = {
         "patch_size": 14,
         "temporal_patch_size": 2,
         "merge_size": 2,
         "image_mean": _CLIP_MEAN,
         "image_std": _CLIP_STD,
-        "processor_class": processor_class,
     }
     image = {
         "min_pixels": 3136,
@@ -192,11 +299,38 @@ def _write_preprocessor_configs(family: str, path: Path) -> None:
         "image_processor_type": "Qwen2VLImageProcessor",
         **common,
     }
-    (path / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
-    if family == "qwen2_5_vl":
-        video = {
-            "size": {"shortest_edge": 3136, "longest_edge": 28 * 28 * 768},
-            "video_processor_type": "Qwen2VLVideoProcessor",
-            **common,
+    if family == "qwen2_vl":
+        return image, None
+    video = {
+        "size": {"shortest_edge": 3136, "longest_edge": 28 * 28 * 768},
+        "video_processor_type": "Qwen2VLVideoProcessor",
+        **common,
+    }
+    return image, video
+
+
+def _write_processor_files(family: str, path: Path, layout: str, template: str) -> None:
+    processor_class = _PROCESSOR_CLASSES[family]
+    image, video = processor_sections(family)
+    if layout == "transformers5":
+        # The tokenizer's save already wrote chat_template.jinja, as the processor's save does.
+        nested = {
+            "image_processor": {**image, "processor_class": processor_class},
+            "video_processor": {**(video or image), "processor_class": processor_class},
+            "processor_class": processor_class,
         }
+        if video is None:
+            nested["video_processor"]["video_processor_type"] = "Qwen2VLVideoProcessor"
+            del nested["video_processor"]["image_processor_type"]
+        (path / "processor_config.json").write_text(json.dumps(nested, indent=2))
+        return
+    (path / "chat_template.jinja").unlink()
+    (path / "chat_template.json").write_text(json.dumps({"chat_template": template}, indent=2))
+    tokenizer_config = json.loads((path / "tokenizer_config.json").read_text())
+    tokenizer_config["chat_template"] = template
+    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    image = {**image, "processor_class": processor_class}
+    (path / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
+    if video is not None:
+        video = {**video, "processor_class": processor_class}
         (path / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))

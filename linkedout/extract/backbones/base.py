@@ -9,7 +9,8 @@ Backbones never choose the pooling, store or decode.
 
 Layer numbering (the manifest's `layers`): 0 is the embedding output that enters the first
 decoder block (for Video LLMs: text embeddings with the vision features already merged in);
-i >= 1 is the residual stream after decoder block i (1-based), before any final norm.
+i >= 1 is the residual stream after decoder block i (1-based), before any final norm, as the
+next block reads it (with what a model adds between blocks: Qwen3-VL's DeepStack features).
 """
 
 from __future__ import annotations
@@ -34,9 +35,21 @@ class Spans:
     prompt: slice
     """The text the backbone reads about the item: instruction, title, question."""
     video: slice | None = None
-    """The video placeholder tokens (their states are the merged vision features)."""
+    """From the first video placeholder token to the last (their states are the merged vision
+    features); all of them are video tokens unless `video_frames` says otherwise."""
     video_grid: tuple[int, int, int] | None = None
-    """(t, h, w) layout of the video tokens after spatial merging; t * h * w == video length."""
+    """(t, h, w) layout of the video tokens after spatial merging; t * h * w video tokens."""
+    video_frames: tuple[slice, ...] = ()
+    """Where a model writes text between temporal patches (Qwen3-VL's `<t seconds>` timestamps
+    and vision markers): each patch's video tokens, in time order. The tokens between them
+    form the timestamp span, which is no video token and is pooled into no slot."""
+
+    def video_positions(self) -> slice | list[int]:
+        """Index of the video tokens alone, in (t, h, w) order."""
+        if not self.video_frames:
+            return self.video
+        return [i for part in self.video_frames for i in range(part.start, part.stop)]
+
     generated: slice | None = None
     """Tokens the backbone generated greedily after the prompt (`--new-tokens`)."""
 

@@ -1,193 +1,81 @@
-"""Qwen2-VL and Qwen2.5-VL as backbones, with video preprocessing that needs no torchvision.
+"""The Qwen Video LLMs as backbones: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (dense and MoE) and
+Qwen3.5 (dense and MoE), packed without torchvision (`qwen_pixels`).
 
-transformers' Qwen video processors resize with torchvision, which has no usable CPU build here,
-so `pack_video` redoes their preprocessing in numpy + PIL, step for step as transformers'
-`Qwen2VLImageProcessorPil` (whose output it matches bit for bit). The torchvision video processor
-resizes with its own antialiased bicubic, a grey level or so away from PIL's.
-
-Qwen3-VL is not supported: its prompt puts a text timestamp and vision markers between frames, so
-its video tokens are no single contiguous `Spans.video` slice; and it adds vision features
-("deepstack") to the video positions between its first decoder blocks, after the block outputs
-our hooks read.
+What differs between the generations, and where it is handled:
+- Qwen3-VL and Qwen3.5 write a text timestamp (`<1.5 seconds>`) and vision markers before each
+  temporal patch of the video, so its tokens are several spans (`Spans.video_frames`); the
+  pooling bins follow the video tokens alone, in (time, height, width) order.
+- Qwen3-VL adds vision features ("DeepStack") to the video positions after each of its first
+  decoder blocks, outside the block; `LayerCapture` reads a depth as what the next block reads,
+  so the stored states include them.
+- Qwen2.5-VL spaces temporal positions by seconds (`second_per_grid_ts`); Qwen3 models compute
+  their interleaved positions from the grid and token types, the timestamps being text.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
-from PIL import Image
+import transformers
 from torch import nn
-from transformers import (
-    AutoTokenizer,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2VLForConditionalGeneration,
-)
-from transformers.utils.hub import cached_file, extract_commit_hash
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from linkedout.errors import LinkedOutError, SettingError
+from linkedout.errors import LinkedOutError
+from linkedout.extract.backbones import checkpoint_files
 from linkedout.extract.backbones.base import HookedBackbone, ItemInput, Prepared, Spans
+from linkedout.extract.backbones.qwen_pixels import PackSettings, pack_video
 
-SUPPORTED: dict[str, tuple[str, type[PreTrainedModel]]] = {
-    "qwen2_vl": ("Qwen2-VL", Qwen2VLForConditionalGeneration),
-    "qwen2_5_vl": ("Qwen2.5-VL", Qwen2_5_VLForConditionalGeneration),
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_class: str
+    """The transformers class `from_pretrained` loads the checkpoint with."""
+    timestamps: bool = False
+    """Text timestamps and vision markers before each temporal patch (the Qwen3 generation)."""
+    seconds_per_grid: bool = False
+    """Temporal positions spaced by `second_per_grid_ts` (Qwen2.5-VL)."""
+
+    def load_class(self) -> type[PreTrainedModel]:
+        return getattr(transformers, self.model_class)
+
+
+SUPPORTED: dict[str, Family] = {
+    "qwen2_vl": Family("Qwen2-VL", "Qwen2VLForConditionalGeneration"),
+    "qwen2_5_vl": Family("Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", seconds_per_grid=True),
+    "qwen3_vl": Family("Qwen3-VL", "Qwen3VLForConditionalGeneration", timestamps=True),
+    "qwen3_vl_moe": Family("Qwen3-VL-MoE", "Qwen3VLMoeForConditionalGeneration", timestamps=True),
+    "qwen3_5": Family("Qwen3.5", "Qwen3_5ForConditionalGeneration", timestamps=True),
+    "qwen3_5_moe": Family("Qwen3.5-MoE", "Qwen3_5MoeForConditionalGeneration", timestamps=True),
 }
-"""config.json `model_type` -> (family name, model class)."""
+"""config.json `model_type` -> its family."""
 
 VIDEO_TOKEN = "<|video_pad|>"
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
 _TEXT_MARKER = "\x00text\x00"
 _VIDEO_TYPE = 2  # `mm_token_type_ids` value of video tokens (text 0, image 1)
 # Inputs with one entry per token, padded in `collate`; the rest are concatenated.
 _PER_TOKEN = ("input_ids", "attention_mask", "mm_token_type_ids")
 
-_OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+def supported_families() -> str:
+    return ", ".join(f"{family.name} ({key})" for key, family in SUPPORTED.items())
 
 
-@dataclass(frozen=True)
-class PackSettings:
-    """How frames become vision patches; defaults are transformers' `Qwen2VLVideoProcessor`."""
-
-    patch_size: int = 14
-    temporal_patch_size: int = 2
-    merge_size: int = 2
-    min_pixels: int = 128 * 28 * 28
-    max_pixels: int = 768 * 28 * 28
-    """Pixel budget per frame (`--max-pixels`)."""
-    image_mean: tuple[float, ...] = _OPENAI_CLIP_MEAN
-    image_std: tuple[float, ...] = _OPENAI_CLIP_STD
-    rescale_factor: float = 1 / 255
-
-    @classmethod
-    def from_preprocessor_config(
-        cls, config: dict, min_pixels: int | None = None, max_pixels: int | None = None
-    ) -> PackSettings:
-        """Settings from a checkpoint's (video_)preprocessor_config.json, with overrides.
-
-        Like the processors' `__init__`, flat `min_pixels`/`max_pixels` keys (Hub snapshots)
-        win over the `size` dict (what recent transformers saves)."""
-        size = config.get("size") or {}
-        defaults = cls()
-        settings = cls(
-            patch_size=config.get("patch_size", defaults.patch_size),
-            temporal_patch_size=config.get("temporal_patch_size", defaults.temporal_patch_size),
-            merge_size=config.get("merge_size", defaults.merge_size),
-            min_pixels=_first_given(
-                min_pixels, config.get("min_pixels"), size.get("shortest_edge"), defaults.min_pixels
-            ),
-            max_pixels=_first_given(
-                max_pixels, config.get("max_pixels"), size.get("longest_edge"), defaults.max_pixels
-            ),
-            image_mean=tuple(config.get("image_mean", defaults.image_mean)),
-            image_std=tuple(config.get("image_std", defaults.image_std)),
-            rescale_factor=config.get("rescale_factor", defaults.rescale_factor),
-        )
-        if settings.min_pixels > settings.max_pixels:
-            raise SettingError(
-                "max_pixels",
-                settings.max_pixels,
-                f"below the min pixels per frame ({settings.min_pixels}): raise `max_pixels` "
-                "or lower `min_pixels`",
-            )
-        return settings
-
-    @classmethod
-    def of_checkpoint(cls, model: str, max_pixels: int | None = None) -> PackSettings:
-        """The settings a packer of this checkpoint would use (its config files only)."""
-        return cls.from_preprocessor_config(_preprocessor_config(model), max_pixels=max_pixels)
-
-    def fewest_video_tokens(self, frames: int) -> int:
-        """The fewest video tokens `frames` frames pack into, whatever the clip: every frame is
-        resized to at least `min_pixels` (or the whole `max_pixels` where that is smaller)."""
-        factor = self.patch_size * self.merge_size
-        per_patch = max(1, min(self.min_pixels, self.max_pixels) // factor**2)
-        return math.ceil(frames / self.temporal_patch_size) * per_patch
-
-    def most_video_tokens(self, frames: int) -> int:
-        """The most video tokens `frames` frames pack into (frames of `max_pixels` or more)."""
-        factor = self.patch_size * self.merge_size
-        return math.ceil(frames / self.temporal_patch_size) * max(1, self.max_pixels // factor**2)
-
-
-def _first_given(*values: int | None) -> int:
-    return next(value for value in values if value is not None)
-
-
-def smart_resize(
-    height: int, width: int, factor: int, min_pixels: int, max_pixels: int
-) -> tuple[int, int]:
-    """(height, width) rounded to multiples of `factor`, area within [min_pixels, max_pixels],
-    aspect ratio kept as closely as possible.
-
-    Copied from transformers' `transformers.models.qwen2_vl.image_processing_qwen2_vl.smart_resize`
-    (itself from Qwen's qwen-vl-utils), so token counts match the reference processors."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(
-            "absolute aspect ratio must be smaller than 200, got "
-            f"{max(height, width) / min(height, width)}"
-        )
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
-def pack_video(
-    frames: np.ndarray, settings: PackSettings
-) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """uint8 RGB frames `[N, H, W, 3]` -> (`pixel_values_videos` float32
-    `[t*h*w, 3*temporal_patch*patch*patch]`, grid (t, h, w) in patches before merging)."""
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames [N, H, W, 3], got {frames.dtype} {frames.shape}")
-    p, m, tp = settings.patch_size, settings.merge_size, settings.temporal_patch_size
-    height, width = smart_resize(
-        frames.shape[1], frames.shape[2], p * m, settings.min_pixels, settings.max_pixels
-    )
-    resized = resize_frames(frames, height, width)
-    # Same arithmetic as transformers' numpy `rescale` (float64 product, then float32) and
-    # `normalize` (float32), so the values agree to the last bit.
-    pixels = (resized.astype(np.float64) * settings.rescale_factor).astype(np.float32)
-    pixels = (pixels - np.array(settings.image_mean, np.float32)) / np.array(
-        settings.image_std, np.float32
-    )
-    if pad := -len(pixels) % tp:  # the last temporal patch is completed with the last frame
-        pixels = np.concatenate([pixels, np.repeat(pixels[-1:], pad, axis=0)])
-    grid_t, grid_h, grid_w = len(pixels) // tp, height // p, width // p
-    channels = pixels.shape[-1]
-    patches = pixels.transpose(0, 3, 1, 2).reshape(
-        grid_t, tp, channels, grid_h // m, m, p, grid_w // m, m, p
-    )
-    # -> (t, h/m, w/m, m_h, m_w, C, tp, p_h, p_w): each merge window's patches are adjacent,
-    # the order of transformers' `Qwen2VLVideoProcessor.patchify`.
-    patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    flat = patches.reshape(grid_t * grid_h * grid_w, channels * tp * p * p)
-    return np.ascontiguousarray(flat), (grid_t, grid_h, grid_w)
-
-
-def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8 `[N, H, W, 3]` -> uint8 `[N, height, width, 3]`, bicubic (the processors' resample)."""
-    return np.stack([_resize_bicubic(frame, height, width) for frame in frames])
-
-
-def _resize_bicubic(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-    return np.asarray(
-        Image.fromarray(frame).resize((width, height), resample=Image.Resampling.BICUBIC)
+def pack_settings(
+    model: str, model_type: str, max_pixels: int | None = None, min_pixels: int | None = None
+) -> PackSettings:
+    """How a packer of this checkpoint turns frames into patches (its config files only)."""
+    section, source = checkpoint_files.video_processor_config(model)
+    return PackSettings.from_processor_config(
+        section,
+        model_type,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        source=f"{model}/{source}",
     )
 
 
@@ -208,50 +96,61 @@ class QwenVLPacker:
         self.settings = settings
         self.family = family
         self._video_token_id = video_token_id
+        self._timestamps = SUPPORTED[family].timestamps
+        self._vision_ids = [tokenizer.convert_tokens_to_ids(t) for t in (VISION_START, VISION_END)]
 
     @classmethod
     def load(
         cls, model: str, max_pixels: int | None = None, min_pixels: int | None = None
     ) -> QwenVLPacker:
+        """`max_pixels` bounds each frame; `min_pixels` overrides the processor's minimum (per
+        frame, or per clip where the family's budget is the clip's)."""
         config = PretrainedConfig.get_config_dict(model)[0]
         model_type = config.get("model_type")
         if model_type not in SUPPORTED:
-            supported = ", ".join(f"{name} ({key})" for key, (name, _) in SUPPORTED.items())
             raise LinkedOutError(
-                f"{model} is a {model_type or 'unknown'} model; supported video LLMs: {supported}"
+                f"{model} is a {model_type or 'unknown'} model; supported video LLMs: "
+                + supported_families()
             )
         tokenizer = AutoTokenizer.from_pretrained(model)
-        if tokenizer.chat_template is None:
-            tokenizer.chat_template = _processor_chat_template(model)
-        settings = PackSettings.from_preprocessor_config(
-            _preprocessor_config(model), min_pixels=min_pixels, max_pixels=max_pixels
-        )
-        video_token_id = SUPPORTED[model_type][1].config_class.from_dict(config).video_token_id
-        return cls(tokenizer, settings, model_type, video_token_id)
+        # The processor's template is what `processor.apply_chat_template` renders.
+        template = checkpoint_files.processor_chat_template(model) or tokenizer.chat_template
+        if template is None:
+            raise LinkedOutError(
+                f"{model} ships no chat template (chat_template.jinja, chat_template.json or "
+                "the tokenizer's config): is it a complete checkpoint?"
+            )
+        tokenizer.chat_template = template
+        settings = pack_settings(model, model_type, max_pixels, min_pixels)
+        model_config = SUPPORTED[model_type].load_class().config_class.from_dict(config)
+        return cls(tokenizer, settings, model_type, model_config.video_token_id)
 
     def prepare(self, item: ItemInput) -> Prepared:
         if item.frames is None:
             raise ValueError("Qwen-VL backbones need video frames")
         pixel_values, grid = pack_video(item.frames, self.settings)
         merge = self.settings.merge_size
-        n_video = grid[0] * grid[1] * grid[2] // merge**2
+        per_patch = grid[1] * grid[2] // merge**2
         head, mid, tail = self._scaffold(item.text)
-        video = [self._video_token_id] * n_video
-        pieces = [self._encode(head), video, self._encode(mid), self._encode(item.text)]
+        head_ids = self._encode(head)
+        video_ids, video_text, frames = self._video(
+            grid[0], per_patch, len(head_ids), item.frame_seconds, len(item.frames)
+        )
+        pieces = [head_ids, video_ids, self._encode(mid), self._encode(item.text)]
         input_ids = [token for piece in pieces for token in piece] + self._encode(tail)
         # The processor tokenizes the whole expanded prompt at once; ours must be identical.
-        if input_ids != self._encode(head + VIDEO_TOKEN * n_video + mid + item.text + tail):
+        if input_ids != self._encode(head + video_text + mid + item.text + tail):
             raise ValueError("the chat template merges the prompt text with its surroundings")
-        video_start = len(pieces[0])
-        prompt_start = video_start + n_video + len(pieces[2])
+        prompt_start = len(head_ids) + len(video_ids) + len(pieces[2])
         spans = Spans(
             prompt=slice(prompt_start, prompt_start + len(pieces[3])),
-            video=slice(video_start, video_start + n_video),
+            video=slice(frames[0].start, frames[-1].stop),
             video_grid=(grid[0], grid[1] // merge, grid[2] // merge),
+            video_frames=tuple(frames) if self._timestamps else (),
         )
         ids = torch.tensor([input_ids])
         token_types = torch.zeros_like(ids)
-        token_types[0, spans.video] = _VIDEO_TYPE
+        token_types[0] = torch.where(ids[0] == self._video_token_id, _VIDEO_TYPE, 0)
         inputs = {
             "input_ids": ids,
             "attention_mask": torch.ones_like(ids),
@@ -259,11 +158,40 @@ class QwenVLPacker:
             "pixel_values_videos": torch.from_numpy(pixel_values),
             "video_grid_thw": torch.tensor([grid]),
         }
-        if self.family == "qwen2_5_vl":
+        if SUPPORTED[self.family].seconds_per_grid:
             inputs["second_per_grid_ts"] = torch.tensor(
                 [self._seconds_per_grid(item.frame_seconds, len(item.frames))]
             )
-        return Prepared(inputs, spans, {"video": n_video, "prompt": len(pieces[3])})
+        counts = {"video": per_patch * grid[0], "prompt": len(pieces[3])}
+        return Prepared(inputs, spans, counts)
+
+    def _video(
+        self, patches: int, per_patch: int, start: int, seconds: tuple[float, ...], n_frames: int
+    ) -> tuple[list[int], str, list[slice]]:
+        """The video placeholder expanded: (token ids, the same as text, where each temporal
+        patch's video tokens sit). Qwen3 models put `<t seconds><|vision_start|>` before each
+        patch and `<|vision_end|>` after it, t the mean time of the patch's frames."""
+        if not self._timestamps:
+            n = patches * per_patch
+            return [self._video_token_id] * n, VIDEO_TOKEN * n, [slice(start, start + n)]
+        ids, text, frames = [], "", []
+        start_id, end_id = self._vision_ids
+        for time in self._patch_seconds(seconds, n_frames):
+            stamp = f"<{time:.1f} seconds>"
+            ids += self._encode(stamp) + [start_id]
+            frames.append(slice(start + len(ids), start + len(ids) + per_patch))
+            ids += [self._video_token_id] * per_patch + [end_id]
+            text += stamp + VISION_START + VIDEO_TOKEN * per_patch + VISION_END
+        return ids, text, frames
+
+    def _patch_seconds(self, seconds: tuple[float, ...], n_frames: int) -> list[float]:
+        """Each temporal patch's time: the mean of its first and last frame's (Qwen3VLProcessor
+        `_calculate_timestamps`; the last patch is completed with the last frame)."""
+        if len(seconds) != n_frames:
+            raise ValueError(f"got {len(seconds)} frame timestamps for {n_frames} frames")
+        tp = self.settings.temporal_patch_size
+        padded = list(seconds) + [seconds[-1]] * (-n_frames % tp)
+        return [(padded[i] + padded[i + tp - 1]) / 2 for i in range(0, len(padded), tp)]
 
     def _scaffold(self, text: str) -> tuple[str, str, str]:
         """The chat prompt around the video placeholder and `text`: (before the video,
@@ -302,7 +230,7 @@ class QwenVLPacker:
 
 
 class QwenVLBackbone(HookedBackbone):
-    """A Qwen2-VL / Qwen2.5-VL checkpoint reading one video and a prompt per item."""
+    """A Qwen-VL checkpoint (any family of `SUPPORTED`) reading one video and a prompt per item."""
 
     kind: Literal["video-llm", "text"] = "video-llm"
 
@@ -342,9 +270,12 @@ class QwenVLBackbone(HookedBackbone):
         `model` and the revision found from its files (a caller that resolved a Hub id to a
         cached folder passes what it knows)."""
         packer = QwenVLPacker.load(model, max_pixels=max_pixels, min_pixels=min_pixels)
-        network = SUPPORTED[packer.family][1].from_pretrained(model, dtype=dtype)
+        network = SUPPORTED[packer.family].load_class().from_pretrained(model, dtype=dtype)
         return cls(
-            network.to(device).eval(), packer, model_id or model, revision or _revision(model)
+            network.to(device).eval(),
+            packer,
+            model_id or model,
+            revision or checkpoint_files.revision(model),
         )
 
     @property
@@ -385,13 +316,17 @@ class QwenVLBackbone(HookedBackbone):
             self.model.model(**inputs, use_cache=False)
 
     def generate(self, prepared: Prepared, new_tokens: int) -> Prepared:
-        """Greedy decoding; stops early if the model emits an end-of-turn token."""
+        """Greedy decoding; stops early if the model emits an end-of-turn token. Image and
+        video placeholders are never generated: the forward over prompt + generated tokens
+        would take one for a vision token with no features behind it."""
         inputs = prepared.inputs
+        config = self.model.config
         with torch.inference_mode():
             sequences = self.model.generate(
                 **{key: value.to(self.device) for key, value in inputs.items()},
                 do_sample=False,
                 max_new_tokens=new_tokens,
+                suppress_tokens=[config.image_token_id, config.video_token_id],
             )
         length = inputs["input_ids"].shape[1]
         generated = sequences[:, length:].cpu()
@@ -405,27 +340,3 @@ class QwenVLBackbone(HookedBackbone):
             extended[key] = torch.cat([inputs[key], torch.full_like(generated, fill)], dim=1)
         spans = replace(prepared.spans, generated=slice(length, length + n_new))
         return Prepared(extended, spans, {**prepared.token_counts, "generated": n_new})
-
-
-def _preprocessor_config(model: str) -> dict:
-    # The video processor reads video_preprocessor_config.json, else preprocessor_config.json.
-    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
-        path = cached_file(model, name, _raise_exceptions_for_missing_entries=False)
-        if path is not None:
-            return json.loads(Path(path).read_text())
-    raise LinkedOutError(f"{model} has no preprocessor_config.json: is it a complete checkpoint?")
-
-
-def _processor_chat_template(model: str) -> str:
-    # Some checkpoints keep the template only in the processor's chat_template.json.
-    path = cached_file(model, "chat_template.json", _raise_exceptions_for_missing_entries=False)
-    if path is None:
-        raise LinkedOutError(f"{model} ships no chat template (tokenizer or chat_template.json)")
-    return json.loads(Path(path).read_text())["chat_template"]
-
-
-def _revision(model: str) -> str:
-    """The Hub commit the files came from, else (a plain folder) the sha256 of config.json."""
-    config_path = cached_file(model, "config.json")
-    commit = extract_commit_hash(config_path, None)
-    return commit or hashlib.sha256(Path(config_path).read_bytes()).hexdigest()

@@ -28,7 +28,9 @@ import torch
 
 from linkedout.errors import LinkedOutError, SettingError
 from linkedout.extract.backbones.base import ItemInput, Pool, PooledBatch, Prepared
-from linkedout.extract.backbones.qwen_vl import QwenVLPacker, _revision, resize_frames
+from linkedout.extract.backbones.checkpoint_files import revision as checkpoint_revision
+from linkedout.extract.backbones.qwen_pixels import resize_frames
+from linkedout.extract.backbones.qwen_vl import QwenVLPacker
 
 INSTALL_HINT = (
     "needs vLLM: pip install 'linkedout[vllm]' on a GPU machine, or build the CPU environment "
@@ -140,7 +142,9 @@ class VllmQwenBackbone:
         # transformers' generate stops after the generation config's end tokens; so do we.
         eos = GenerationConfig.from_pretrained(model).eos_token_id
         stop_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-        return cls(llm, packer, model_id or model, revision or _revision(model), dtype, stop_ids)
+        return cls(
+            llm, packer, model_id or model, revision or checkpoint_revision(model), dtype, stop_ids
+        )
 
     @property
     def family(self) -> str:
