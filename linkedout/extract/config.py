@@ -67,7 +67,9 @@ class ExtractConfig:
     model: str = DEFAULT_VIDEO_MODEL
     """Hub id or local checkpoint folder, loaded with from_pretrained. Video LLM families:
     qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_vl_moe, qwen3_5, qwen3_5_moe (hub or transformers-5
-    checkpoint layout); with --texts, any transformers text model."""
+    checkpoint layout); any other transformers image-text-to-text model with a video processor
+    through the generic path (its own processor packs the frames; needs torchvision); with
+    --texts, any transformers text model."""
     prompt: str = DEFAULT_PROMPT
     """Query given with every video; {title} is filled from the titles table (lines with
     {title} are dropped for untitled videos)."""

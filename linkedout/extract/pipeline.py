@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from linkedout.errors import LinkedOutError, SettingError, first_line
 from linkedout.extract.backbones import Backbone, inspect_model, load_backbone, writes_timestamps
+from linkedout.extract.backbones.generic_vlm import GenericVLMPacker
 from linkedout.extract.config import ExtractConfig
 from linkedout.extract.decode import unreadable_reason
 from linkedout.extract.discover import CatalogItem, discover_videos, read_texts, read_titles
@@ -125,7 +126,15 @@ def make_engine(config: ExtractConfig, backbone: Backbone | None = None) -> Engi
         # Check every setting against the checkpoint's config before paying for a weights load.
         info = inspect_model(config.model, want)
         num_layers, kind = info.num_layers, info.kind
-        if info.is_video:
+        if info.generic and config.max_pixels is not None:
+            raise SettingError(
+                "max_pixels",
+                config.max_pixels,
+                f"{config.model} ({info.model_type}) goes through the generic path, where its "
+                "own processor sizes the frames: drop `max_pixels` (or set the size in the "
+                "checkpoint's processor config)",
+            )
+        if info.is_video and not info.generic:
             from linkedout.extract.backbones.qwen_vl import pack_settings
 
             settings = pack_settings(info.path, info.model_type, config.max_pixels)
@@ -148,8 +157,13 @@ def make_engine(config: ExtractConfig, backbone: Backbone | None = None) -> Engi
             )
     layers = parse_layers(config.layers, num_layers)
     model_type = info.model_type if info is not None else getattr(backbone, "family", None)
+    generic = info.generic if info is not None else isinstance(backbone.packer, GenericVLMPacker)
     recipe = PoolingRecipe.make(
-        kind, config.tokens_per_layer, config.new_tokens, timestamps=writes_timestamps(model_type)
+        kind,
+        config.tokens_per_layer,
+        config.new_tokens,
+        timestamps=writes_timestamps(model_type),
+        video_sequence=generic and kind == "video-llm",
     )
     if config.engine == "ray":
         facts = ray_engine.cluster_facts(config, info)

@@ -36,10 +36,18 @@ class PoolingRecipe:
     timestamps: bool = False
     """The model writes text timestamps between temporal patches (Qwen3-VL): a span of its
     own, kept out of the video bins and out of every slot."""
+    video_sequence: bool = False
+    """The video tokens' (t, h, w) layout is not known (the generic path): they are averaged
+    in sequence order, which is time order, into time-ordered chunks."""
 
     @classmethod
     def make(
-        cls, kind: str, tokens_per_layer: int, new_tokens: int = 0, timestamps: bool = False
+        cls,
+        kind: str,
+        tokens_per_layer: int,
+        new_tokens: int = 0,
+        timestamps: bool = False,
+        video_sequence: bool = False,
     ) -> PoolingRecipe:
         t = tokens_per_layer
         if kind == "text":
@@ -55,7 +63,8 @@ class PoolingRecipe:
                 f"too few: a video backbone needs at least {6 + generated} (4 video slots, "
                 "2 prompt slots" + (", 2 generated-token slots)" if generated else ")"),
             )
-        return cls(kind, t, (video // 4, 2, 2), t - video - generated, generated, timestamps)
+        bins = (video, 1, 1) if video_sequence else (video // 4, 2, 2)
+        return cls(kind, t, bins, t - video - generated, generated, timestamps, video_sequence)
 
     def describe(self) -> str:
         if self.video_bins is None:
@@ -66,9 +75,15 @@ class PoolingRecipe:
         bt, bh, bw = self.video_bins
         v = bt * bh * bw
         p_end = v + self.prompt_slots
+        video = (
+            f"[0:{v}] video tokens averaged in sequence (time) order into {v} equal chunks "
+            "(text the processor writes between frames in no slot)"
+            if self.video_sequence
+            else f"[0:{v}] video tokens averaged over their (t, h, w) grid into {bt}x{bh}x{bw} "
+            "bins, time-major"
+        )
         parts = [
-            f"T={self.tokens_per_layer}: [0:{v}] video tokens averaged over their (t, h, w) grid "
-            f"into {bt}x{bh}x{bw} bins, time-major",
+            f"T={self.tokens_per_layer}: {video}",
             f"[{v}] prompt mean",
             f"[{v + 1}] prompt last token",
         ]

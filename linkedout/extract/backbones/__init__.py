@@ -21,6 +21,11 @@ from linkedout.extract.backbones.base import (
     Prepared,
     Spans,
 )
+from linkedout.extract.backbones.generic_vlm import (
+    generic_path_needs,
+    is_image_text_to_text,
+    torchvision_missing,
+)
 from linkedout.extract.backbones.qwen_vl import SUPPORTED as VIDEO_FAMILIES
 from linkedout.extract.backbones.qwen_vl import supported_families
 
@@ -104,10 +109,13 @@ class ModelInfo:
     max_positions: int | None = None
     """The decoder's `max_position_embeddings`: the longest sequence (video + prompt tokens) it
     was made for; None where the config states none."""
+    generic: bool = False
+    """A vision-language model outside the built-in families, read through the generic path
+    (its own AutoProcessor packs the frames: `generic_vlm.py`)."""
 
     @property
     def is_video(self) -> bool:
-        return self.model_type in VIDEO_MODEL_TYPES
+        return self.model_type in VIDEO_MODEL_TYPES or self.generic
 
     @property
     def kind(self) -> str:
@@ -124,13 +132,22 @@ def inspect_model(model: str, want: str | None = None) -> ModelInfo:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError):
         raise _unreachable(model) from None
-    is_video = config.model_type in VIDEO_MODEL_TYPES
+    generic = config.model_type not in VIDEO_MODEL_TYPES and is_image_text_to_text(config)
+    is_video = config.model_type in VIDEO_MODEL_TYPES or generic
     if want == "video-llm" and not is_video:
         raise SettingError(
             "model",
             model,
             f"a {config.model_type} model, not a supported Video LLM "
-            f"({supported_families()}): pass one, or extract text with `texts`",
+            f"({supported_families()}, or any transformers image-text-to-text model through the "
+            "generic path): pass one, or extract text with `texts`",
+        )
+    if want == "video-llm" and generic and (missing := torchvision_missing()):
+        raise SettingError(
+            "model",
+            model,
+            f"a {config.model_type} model: {generic_path_needs(missing)}; the built-in families "
+            f"need no torchvision: {supported_families()}",
         )
     if want == "text" and is_video:
         raise SettingError(
@@ -155,6 +172,7 @@ def inspect_model(model: str, want: str | None = None) -> ModelInfo:
         int(text.num_hidden_layers),
         int(text.hidden_size),
         int(positions) if positions else None,
+        generic,
     )
 
 
@@ -180,6 +198,12 @@ def load_backbone(
             max_pixels=max_pixels,
             model_id=info.model_id,
             revision=info.revision,
+        )
+    if info.generic:
+        from linkedout.extract.backbones.generic_vlm import GenericVLMBackbone
+
+        return GenericVLMBackbone.load(
+            info.path, torch_device, torch_dtype, model_id=info.model_id, revision=info.revision
         )
     if info.is_video:
         from linkedout.extract.backbones.qwen_vl import QwenVLBackbone
@@ -217,6 +241,10 @@ def load_packer(
         from linkedout.extract.backbones.vllm_qwen import VllmQwenPacker
 
         return VllmQwenPacker(QwenVLPacker.load(info.path, max_pixels=max_pixels))
+    if info.generic:
+        from linkedout.extract.backbones.generic_vlm import GenericVLMPacker
+
+        return GenericVLMPacker.load(info.path)
     if info.is_video:
         from linkedout.extract.backbones.qwen_vl import QwenVLPacker
 
