@@ -122,7 +122,9 @@ class VllmQwenBackbone:
         model_id: str | None = None,
         revision: str | None = None,
         max_model_len: int = 32768,
+        load_format: str = "auto",
     ) -> VllmQwenBackbone:
+        """`load_format` dummy gives random weights in the checkpoint's shape (benchmarks)."""
         vllm = import_vllm()
         from transformers import GenerationConfig, PretrainedConfig
 
@@ -138,6 +140,7 @@ class VllmQwenBackbone:
             limit_mm_per_prompt={"video": 1, "image": 0},
             max_model_len=min(limit, max_model_len),
             seed=0,
+            load_format=load_format,
         )
         # transformers' generate stops after the generation config's end tokens; so do we.
         eos = GenerationConfig.from_pretrained(model).eos_token_id
