@@ -4,7 +4,7 @@ Builds Qwen3-VL-2B and Qwen2.5-VL-7B in their real shapes (random weights: nothi
 downloaded), extracts `--videos` clips (the repository's sample clips, repeated to 32 items) at
 the default frames and pixels in bf16, and prints videos/s, prefill tokens/s, model FLOP
 utilisation against the GPU's dense bf16 peak, and peak GPU memory, per model and backend.
-vLLM runs where it imports and serves the family (it refuses Qwen3 today, see the README).
+vLLM runs where it imports and serves the family (both shapes here).
 
     python benchmarks/gpu.py [--items 32] [--frames 16] [--json out.json]
     python benchmarks/gpu.py --smoke     # tiny shapes on the CPU: checks this script runs
@@ -242,7 +242,7 @@ def main() -> None:
             counts = None
             for backend in ("transformers", "vllm"):
                 if backend == "vllm" and shape.family not in VLLM_MODEL_TYPES:
-                    print(f"  {shape.name} vllm: skipped (the vLLM backend serves Qwen2/2.5-VL)")
+                    print(f"  {shape.name} vllm: skipped (the vLLM backend does not serve it)")
                     continue
                 try:
                     if backend == "transformers":

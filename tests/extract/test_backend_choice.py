@@ -37,7 +37,7 @@ def test_without_vllm_the_backend_says_how_to_get_it(checkpoints, tmp_path, monk
         (["--backend", "tensorrt"], "--backend 'tensorrt': use transformers, vllm"),
         (
             ["--backend", "vllm", "--model", "sentence-transformers/all-MiniLM-L6-v2"],
-            "serves qwen2_vl, qwen2_5_vl only",
+            "serves qwen2_vl, qwen2_5_vl, qwen3_vl only",
         ),
     ],
 )
@@ -51,11 +51,12 @@ def test_a_backend_that_cannot_serve_the_run_is_refused(extra, message, tmp_path
 
 
 def test_vllm_refuses_a_family_whose_rows_it_cannot_match(checkpoints, tmp_path):
-    """Qwen3-VL writes timestamps between temporal patches; our vLLM path does not place them."""
+    """The pinned vLLM cannot load Qwen3-VL-MoE beside its transformers: refused, with why."""
     videos = shared_data("videos", "bikes.mp4").parent
     out = tmp_path / "features.lance"
-    args = ["--videos", str(videos), "--model", str(checkpoints["qwen3_vl"]), "--out", str(out)]
+    model = checkpoints["qwen3_vl_moe"]
+    args = ["--videos", str(videos), "--model", str(model), "--out", str(out)]
     line = _one_line_error([*args, "--backend", "vllm", "--limit", "1"])
-    assert "serves qwen2_vl, qwen2_5_vl only" in line and "qwen3_vl" in line
-    assert "--backend transformers" in line
+    assert "serves qwen2_vl, qwen2_5_vl, qwen3_vl only" in line and "qwen3_vl_moe" in line
+    assert "norm_topk_prob" in line and "--backend transformers" in line
     assert not out.exists()

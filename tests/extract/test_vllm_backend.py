@@ -218,3 +218,30 @@ def test_vllm_runs_inside_the_ray_pipeline_one_engine_per_worker(qwen2_runs, vid
     provenance = FeatureStore.open(config.out).manifest.provenance
     assert (provenance["backend"], provenance["engine"]) == ("vllm", "ray")
     assert provenance["vllm"] == vllm.__version__
+
+
+def test_qwen3_vl_rows_equal_with_timestamps_and_deepstack(
+    qwen2_runs, checkpoints, videos, tmp_path
+):
+    """Qwen3-VL: vLLM writes the `<t seconds>` markers itself from the frames' times we give it
+    (its expansion must equal our packer's ids, checked per item), and DeepStack adds vision
+    features between the first blocks, which both backends' hooks read as the next block's
+    input. Rows, generated tokens included, must agree as Qwen2-VL's do."""
+    model = checkpoints["qwen3_vl"]
+    hf = _config(videos, model, tmp_path / "hf.lance", new_tokens=2)
+    served = dataclasses.replace(hf, out=str(tmp_path / "vllm.lance"), backend="vllm", batch_size=6)
+    extract(hf)
+    summary = extract(served)
+    _free_engine()
+    assert (summary.new, summary.failed) == (len(CLIPS), 0)
+    reference, rows = _rows(hf), _rows(served)
+    assert sorted(reference) == sorted(rows)
+    for item_id, tokens in reference.items():
+        assert (rows[item_id] - tokens).abs().max() < TOLERANCE, item_id
+    tables = [
+        FeatureStore.open(run.out).dataset.to_table(columns=["item_id", "token_counts"])
+        for run in (hf, served)
+    ]
+    counts = [dict(zip(t["item_id"].to_pylist(), t["token_counts"].to_pylist())) for t in tables]
+    assert counts[0] == counts[1]
+    assert "timestamp" in FeatureStore.open(served.out).manifest.pooling

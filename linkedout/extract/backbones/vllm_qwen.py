@@ -1,5 +1,6 @@
-"""The vLLM backend for Qwen2-VL / Qwen2.5-VL: the same items, spans and per-layer states as
-the transformers backbone, computed by a vLLM engine (paged KV cache, continuous batching).
+"""The vLLM backend for Qwen2-VL, Qwen2.5-VL and Qwen3-VL: the same items, spans and per-layer
+states as the transformers backbone, computed by a vLLM engine (paged KV cache, continuous
+batching).
 
 Packing is shared with the transformers backend: our `QwenVLPacker` tokenizes the prompt and
 resizes the frames, and vLLM receives those frames already at their packed size (its own
@@ -7,7 +8,8 @@ processor then leaves them as they are) plus the prompt with one video placehold
 expands to the same token ids (checked per item). Per-layer states are read by forward hooks on
 the decoder blocks, installed on the in-process engine's model: each step's tokens of all running
 requests arrive concatenated, and the model runner's request order and query offsets split them
-back per request. The residual stream after block i is vLLM's `hidden + residual` there.
+back per request. The residual stream after block i is vLLM's `hidden + residual` as block
+i + 1 reads it (a pre-hook), so Qwen3-VL's DeepStack additions between blocks are in it.
 
 Hooks need an eager model (no CUDA graphs, no torch.compile: a compiled graph never calls them)
 and every token computed (prefix caching off: a cached prefix is never recomputed). A batch's
@@ -30,7 +32,7 @@ from linkedout.errors import LinkedOutError, SettingError
 from linkedout.extract.backbones.base import ItemInput, Pool, PooledBatch, Prepared
 from linkedout.extract.backbones.checkpoint_files import revision as checkpoint_revision
 from linkedout.extract.backbones.qwen_pixels import resize_frames
-from linkedout.extract.backbones.qwen_vl import QwenVLPacker
+from linkedout.extract.backbones.qwen_vl import SUPPORTED, QwenVLPacker
 
 INSTALL_HINT = (
     "needs vLLM: pip install 'linkedout[vllm]' on a GPU machine, or build the CPU environment "
@@ -68,6 +70,17 @@ class VllmQwenPacker:
         }
         if "second_per_grid_ts" in prepared.inputs:
             inputs["second_per_grid_ts"] = prepared.inputs["second_per_grid_ts"]
+        ids = prepared.inputs["input_ids"][0].tolist()
+        start, stop = prepared.spans.video.start, prepared.spans.video.stop
+        if SUPPORTED[self.family].timestamps:  # vLLM writes the timestamps from these
+            inputs["frame_seconds"] = torch.tensor(item.frame_seconds, dtype=torch.float64)
+            # The expansion runs from the first patch's timestamp to the last patch's end.
+            first = self.packer.patch_seconds(item.frame_seconds, len(item.frames))[0]
+            start -= 1 + len(self.packer.timestamp_ids(first))
+            stop += 1
+        # One video placeholder where the expansion was: vLLM expands it again.
+        placeholder = ids[:start] + [self.packer.video_token_id] + ids[stop:]
+        inputs["placeholder_prompt"] = torch.tensor([placeholder])
         return Prepared(inputs, prepared.spans, prepared.token_counts)
 
 
@@ -212,8 +225,6 @@ class VllmQwenBackbone:
         return tokens
 
     def _request(self, prepared: Prepared) -> dict:
-        ids = prepared.inputs["input_ids"][0].tolist()
-        video = prepared.spans.video
         frames = prepared.inputs["video_frames"].numpy()
         data: object = frames
         if "second_per_grid_ts" in prepared.inputs:
@@ -232,7 +243,23 @@ class VllmQwenBackbone:
                     "do_sample_frames": False,
                 },
             )
-        prompt = ids[: video.start] + [ids[video.start]] + ids[video.stop :]
+        if "frame_seconds" in prepared.inputs:
+            # Qwen3 writes `<t seconds>` before each temporal patch, t the mean of its frames'
+            # indices / fps: with fps 1 and the frames' own seconds as indices, vLLM's
+            # processor computes the times our packer wrote (the expanded ids are compared).
+            seconds = prepared.inputs["frame_seconds"].tolist()
+            data = (
+                frames,
+                {
+                    "fps": 1.0,
+                    "duration": seconds[-1],
+                    "total_num_frames": len(frames),
+                    "frames_indices": seconds,
+                    "video_backend": "linkedout",
+                    "do_sample_frames": False,
+                },
+            )
+        prompt = prepared.inputs["placeholder_prompt"][0].tolist()
         return {"prompt_token_ids": prompt, "multi_modal_data": {"video": data}}
 
     def _take(self, request_id: str) -> dict:
@@ -274,8 +301,15 @@ class VllmQwenBackbone:
                         piece = states[starts[r] : starts[r + 1]].detach().to("cpu", copy=True)
                         records.by_request[request][layer].append((int(computed[r]), piece))
 
-            def before_first(module, args, kwargs):
-                record(0, kwargs["hidden_states"] if "hidden_states" in kwargs else args[1])
+            def before(layer: int):
+                # What block `layer` reads, as LayerCapture reads it: Qwen3-VL's DeepStack
+                # features are added between blocks, outside them.
+                def hook(module, args, kwargs):
+                    hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[1]
+                    residual = kwargs["residual"] if "residual" in kwargs else args[2]
+                    record(layer, hidden if residual is None else hidden + residual)
+
+                return hook
 
             def after(layer: int):
                 def hook(module, args, output):
@@ -285,8 +319,8 @@ class VllmQwenBackbone:
                 return hook
 
             worker._linkedout_hooks = [
-                blocks[0].register_forward_pre_hook(before_first, with_kwargs=True)
-                if layer == 0
+                blocks[layer].register_forward_pre_hook(before(layer), with_kwargs=True)
+                if layer < len(blocks)
                 else blocks[layer - 1].register_forward_hook(after(layer))
                 for layer in layers
             ]
