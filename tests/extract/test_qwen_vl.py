@@ -357,3 +357,17 @@ def test_prepare_rejects_a_prompt_holding_the_video_token(backbone):
     item = random_item(f"sneaky {VIDEO_TOKEN}", 2, 56, 56, seed=6)
     with pytest.raises(LinkedOutError, match="must not contain"):
         backbone.prepare(item)
+
+
+def test_an_item_longer_than_the_models_positions_is_refused_with_the_way_out(
+    backbone, clip, monkeypatch
+):
+    """Such an item fails alone (the run goes on), its reason saying what makes it fit."""
+    prepared = backbone.prepare(clip)
+    length = prepared.inputs["input_ids"].shape[1]
+    monkeypatch.setattr(backbone, "max_positions", length + 1)
+    assert backbone.refuse(prepared, new_tokens=1) is None
+    assert backbone.refuse(prepared, new_tokens=2) == (
+        f"{length + 2} tokens ({prepared.token_counts['video']} of them video) exceed the "
+        f"model's {length + 1} positions: lower --frames or --max-pixels"
+    )

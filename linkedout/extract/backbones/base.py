@@ -136,12 +136,23 @@ class HookedBackbone(ABC):
     versions: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     packer: Packer
+    max_positions: int | None = None
+    """The decoder's `max_position_embeddings` (None: no bound is checked)."""
+    shrink_hint: ClassVar[str] = "lower --frames"
+    """What makes an item fit, said when one is too long."""
 
     def prepare(self, item: ItemInput) -> Prepared:
         return self.packer.prepare(item)
 
     def refuse(self, prepared: Prepared, new_tokens: int) -> str | None:
-        return None
+        length = int(prepared.inputs["input_ids"].shape[1]) + new_tokens
+        if self.max_positions is None or length <= self.max_positions:
+            return None
+        video = prepared.token_counts.get("video", 0)
+        return (
+            f"{length} tokens ({video} of them video) exceed the model's "
+            f"{self.max_positions} positions: {self.shrink_hint}"
+        )
 
     def pooled_states(
         self, batch: list[Prepared], layers: tuple[int, ...], pool: Pool, new_tokens: int

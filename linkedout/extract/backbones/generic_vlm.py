@@ -220,15 +220,6 @@ class GenericVLMBackbone(HookedBackbone):
     def family(self) -> str:
         return self.packer.family
 
-    def refuse(self, prepared: Prepared, new_tokens: int) -> str | None:
-        length = int(prepared.inputs["input_ids"].shape[1]) + new_tokens
-        if self.max_positions is None or length <= self.max_positions:
-            return None
-        return (
-            f"{length} tokens ({prepared.token_counts['video']} of them video) exceed the "
-            f"model's {self.max_positions} positions: lower --frames"
-        )
-
     def pooled_states(self, batch, layers, pool, new_tokens) -> PooledBatch:
         done = [
             super(GenericVLMBackbone, self).pooled_states([p], layers, pool, new_tokens)

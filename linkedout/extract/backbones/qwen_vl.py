@@ -15,7 +15,7 @@ What differs between the generations, and where it is handled:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import transformers
@@ -258,6 +258,7 @@ class QwenVLBackbone(HookedBackbone):
     """A Qwen-VL checkpoint (any family of `SUPPORTED`) reading one video and a prompt per item."""
 
     kind: Literal["video-llm", "text"] = "video-llm"
+    shrink_hint: ClassVar[str] = "lower --frames or --max-pixels"
 
     def __init__(
         self, model: PreTrainedModel, packer: QwenVLPacker, model_id: str, revision: str | None
@@ -306,16 +307,6 @@ class QwenVLBackbone(HookedBackbone):
     @property
     def family(self) -> str:
         return self.packer.family
-
-    def refuse(self, prepared: Prepared, new_tokens: int) -> str | None:
-        length = int(prepared.inputs["input_ids"].shape[1]) + new_tokens
-        if self.max_positions is None or length <= self.max_positions:
-            return None
-        video = prepared.token_counts.get("video", 0)
-        return (
-            f"{length} tokens ({video} of them video) exceed the model's "
-            f"{self.max_positions} positions: lower --frames or --max-pixels"
-        )
 
     def decoder_layers(self) -> nn.ModuleList:
         return self.model.model.language_model.layers
