@@ -42,8 +42,8 @@ class LayerTokenCompressor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [L, N, T, k] -> [L, N, r]
         dim = x.shape[-1]
-        if self.query is None:  # mean-pooled already
-            pooled = x.mean(2)
+        if self.query is None:  # mean-pooled already: T = 1, read in place (no copy)
+            pooled = x[:, :, 0] if x.shape[2] == 1 else x.mean(2)
         else:
             logits = torch.matmul(x, self.query[:, None, :, None]) / math.sqrt(dim)  # [L,N,T,1]
             pooled = torch.matmul(logits.transpose(2, 3).softmax(-1), x)[:, :, 0]  # [L, N, k]
