@@ -21,13 +21,13 @@ from linkedout.extract.backbones.base import (
     Prepared,
     Spans,
 )
+from linkedout.extract.backbones.families import SUPPORTED as VIDEO_FAMILIES
+from linkedout.extract.backbones.families import supported_families
 from linkedout.extract.backbones.generic_vlm import (
     generic_path_needs,
     is_image_text_to_text,
     torchvision_missing,
 )
-from linkedout.extract.backbones.qwen_vl import SUPPORTED as VIDEO_FAMILIES
-from linkedout.extract.backbones.qwen_vl import supported_families
 
 # Video LLM families the Qwen adapter packs frames for (config.model_type values).
 VIDEO_MODEL_TYPES = tuple(VIDEO_FAMILIES)

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
 from linkedout.errors import LinkedOutError
 from linkedout.extract.backbones import checkpoint_files
 from linkedout.extract.backbones.base import HookedBackbone, ItemInput, PooledBatch, Prepared, Spans
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 _TOKEN_ID_FIELDS = ("video_token_id", "video_token_index", "image_token_id", "image_token_index")
 _PER_TOKEN = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
@@ -73,6 +75,10 @@ class GenericVLMPacker:
 
     @classmethod
     def load(cls, model: str) -> GenericVLMPacker:
+        # Imported here: transformers' processor machinery takes seconds to import, and every
+        # extraction imports this module (the built-in families never need it).
+        from transformers import AutoConfig, AutoProcessor
+
         missing = torchvision_missing()
         if missing:
             raise LinkedOutError(f"{model}: {generic_path_needs(missing)}")
@@ -207,6 +213,8 @@ class GenericVLMBackbone(HookedBackbone):
         model_id: str | None = None,
         revision: str | None = None,
     ) -> GenericVLMBackbone:
+        from transformers import AutoModelForImageTextToText
+
         packer = GenericVLMPacker.load(model)
         network = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype)
         return cls(

@@ -14,63 +14,18 @@ What differs between the generations, and where it is handled:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 import torch
-import transformers
 from torch import nn
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from linkedout.errors import LinkedOutError
 from linkedout.extract.backbones import checkpoint_files
 from linkedout.extract.backbones.base import HookedBackbone, ItemInput, Prepared, Spans
+from linkedout.extract.backbones.families import SUPPORTED, supported_families
 from linkedout.extract.backbones.qwen_pixels import PackSettings, pack_video
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    model_class: str
-    """The transformers class `from_pretrained` loads the checkpoint with."""
-    timestamps: bool = False
-    """Text timestamps and vision markers before each temporal patch (the Qwen3 generation)."""
-    seconds_per_grid: bool = False
-    """Temporal positions spaced by `second_per_grid_ts` (Qwen2.5-VL)."""
-    vllm: str | None = None
-    """Why `--backend vllm` does not serve it, or None where its rows are tested equal to the
-    transformers backend's (`make test-vllm`)."""
-
-    def load_class(self) -> type[PreTrainedModel]:
-        return getattr(transformers, self.model_class)
-
-
-SUPPORTED: dict[str, Family] = {
-    "qwen2_vl": Family("Qwen2-VL", "Qwen2VLForConditionalGeneration"),
-    "qwen2_5_vl": Family("Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", seconds_per_grid=True),
-    "qwen3_vl": Family("Qwen3-VL", "Qwen3VLForConditionalGeneration", timestamps=True),
-    "qwen3_vl_moe": Family(
-        "Qwen3-VL-MoE",
-        "Qwen3VLMoeForConditionalGeneration",
-        timestamps=True,
-        vllm="the pinned vLLM (0.32) cannot load it beside the transformers it pins (5.19: "
-        "its config lacks norm_topk_prob), so its rows are untested",
-    ),
-    "qwen3_5": Family(
-        "Qwen3.5",
-        "Qwen3_5ForConditionalGeneration",
-        timestamps=True,
-        vllm="the pinned vLLM (0.32) runs its linear-attention blocks in bf16 only on CPUs, so "
-        "its rows are untested against transformers in fp32",
-    ),
-    "qwen3_5_moe": Family(
-        "Qwen3.5-MoE",
-        "Qwen3_5MoeForConditionalGeneration",
-        timestamps=True,
-        vllm="untested on the pinned vLLM (0.32), like Qwen3.5",
-    ),
-}
-"""config.json `model_type` -> its family."""
 
 VIDEO_TOKEN = "<|video_pad|>"
 VISION_START = "<|vision_start|>"
@@ -79,10 +34,6 @@ _TEXT_MARKER = "\x00text\x00"
 _VIDEO_TYPE = 2  # `mm_token_type_ids` value of video tokens (text 0, image 1)
 # Inputs with one entry per token, padded in `collate`; the rest are concatenated.
 _PER_TOKEN = ("input_ids", "attention_mask", "mm_token_type_ids")
-
-
-def supported_families() -> str:
-    return ", ".join(f"{family.name} ({key})" for key, family in SUPPORTED.items())
 
 
 def pack_settings(
@@ -97,6 +48,11 @@ def pack_settings(
         max_pixels=max_pixels,
         source=f"{model}/{source}",
     )
+
+
+def _timestamp(seconds: float) -> str:
+    """A temporal patch's marker as Qwen3VLProcessor writes it."""
+    return f"<{seconds:.1f} seconds>"
 
 
 class QwenVLPacker:
@@ -197,8 +153,8 @@ class QwenVLPacker:
         ids, text, frames = [], "", []
         start_id, end_id = self._vision_ids
         for time in self.patch_seconds(seconds, n_frames):
-            stamp = f"<{time:.1f} seconds>"
-            ids += self.timestamp_ids(time) + [start_id]
+            stamp = _timestamp(time)
+            ids += self._encode(stamp) + [start_id]
             frames.append(slice(start + len(ids), start + len(ids) + per_patch))
             ids += [self.video_token_id] * per_patch + [end_id]
             text += stamp + VISION_START + VIDEO_TOKEN * per_patch + VISION_END
@@ -216,7 +172,7 @@ class QwenVLPacker:
     def timestamp_ids(self, seconds: float) -> list[int]:
         """A temporal patch's `<t seconds>` marker as tokens (encoded alone, as the processor
         encodes it)."""
-        return self._encode(f"<{seconds:.1f} seconds>")
+        return self._encode(_timestamp(seconds))
 
     def _scaffold(self, text: str) -> tuple[str, str, str]:
         """The chat prompt around the video placeholder and `text`: (before the video,

@@ -232,33 +232,13 @@ class VllmQwenBackbone:
             # vLLM's processor derives from the video's frame rate.
             seconds = float(prepared.inputs["second_per_grid_ts"][0])
             fps = self.packer.settings.temporal_patch_size / seconds if seconds > 0 else 2.0
-            data = (
-                frames,
-                {
-                    "fps": fps,
-                    "duration": len(frames) / fps,
-                    "total_num_frames": len(frames),
-                    "frames_indices": list(range(len(frames))),
-                    "video_backend": "linkedout",
-                    "do_sample_frames": False,
-                },
-            )
+            data = (frames, _metadata(fps, list(range(len(frames))), len(frames) / fps))
         if "frame_seconds" in prepared.inputs:
             # Qwen3 writes `<t seconds>` before each temporal patch, t the mean of its frames'
             # indices / fps: with fps 1 and the frames' own seconds as indices, vLLM's
             # processor computes the times our packer wrote (the expanded ids are compared).
             seconds = prepared.inputs["frame_seconds"].tolist()
-            data = (
-                frames,
-                {
-                    "fps": 1.0,
-                    "duration": seconds[-1],
-                    "total_num_frames": len(frames),
-                    "frames_indices": seconds,
-                    "video_backend": "linkedout",
-                    "do_sample_frames": False,
-                },
-            )
+            data = (frames, _metadata(1.0, seconds, seconds[-1]))
         prompt = prepared.inputs["placeholder_prompt"][0].tolist()
         return {"prompt_token_ids": prompt, "multi_modal_data": {"video": data}}
 
@@ -328,6 +308,18 @@ class VllmQwenBackbone:
 
         self.llm.collective_rpc(install)
         self._layers = layers
+
+
+def _metadata(fps: float, indices: list, duration: float) -> dict:
+    """Video metadata for frames we sampled ourselves: vLLM must not sample them again."""
+    return {
+        "fps": fps,
+        "duration": duration,
+        "total_num_frames": len(indices),
+        "frames_indices": indices,
+        "video_backend": "linkedout",
+        "do_sample_frames": False,
+    }
 
 
 def _assemble(pieces: list[tuple[int, torch.Tensor]], length: int) -> torch.Tensor:
