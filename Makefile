@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # CPU wheel by default; e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,distributed
+EXTRAS ?= dev,distributed,serve
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 

@@ -19,6 +19,7 @@ from linkedout.cli_options import flag_of, options_from
 from linkedout.errors import LinkedOutError, SettingError
 from linkedout.extract.config import ExtractConfig
 from linkedout.recommend.config import EvaluateConfig, RecommendConfig, TrainConfig
+from linkedout.service.config import CatalogAddConfig, CatalogRemoveConfig, ServeConfig
 from linkedout.storage.config import ExportConfig, InfoConfig, OptimizeConfig
 
 
@@ -147,18 +148,15 @@ def recommend(
     config: RecommendConfig,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Top-k items for a user or a watch history."""
-    # The config is checked before the model's libraries load: a typo is answered at once.
-    budget = config.memory_budget()
+    """Top-k items for a user or a watch history, from the run's newest catalog (items added
+    with `linkedout catalog add` included), as `linkedout serve` ranks them."""
     _verify_run(config.run)
 
-    from linkedout.recommend.evaluate import TrainedRun
-    from linkedout.recommend.serve import recommend as run_recommend
-    from linkedout.recommend.serve import user_history
+    from linkedout.service.ranker import Query, Ranker
 
-    trained = TrainedRun(config.run, budget)
-    items = user_history(trained, config.user) if config.history is None else list(config.history)
-    result = run_recommend(trained, items, k=config.k, explain=config.explain)
+    ranker = Ranker(config.run)
+    items = ranker.history_of(config.user) if config.history is None else list(config.history)
+    (result,) = ranker.rank([Query(history=items, k=config.k, explain=config.explain)])
     if as_json:
         typer.echo(json.dumps(asdict(result), indent=2))
         return
@@ -246,6 +244,61 @@ def optimize(config: OptimizeConfig) -> None:
         f"{store.uri}: {report.fragments_before} -> {report.fragments_after} fragment(s), "
         f"{render.human_bytes(report.bytes_before)} -> "
         f"{render.human_bytes(report.bytes_after)} on disk{repaired}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@app.command(no_args_is_help=True)
+@options_from(ServeConfig)
+def serve(config: ServeConfig) -> None:
+    """Serve a trained run over HTTP: POST /recommend, /recommend/batch; GET /healthz, /readyz,
+    /metadata, /items/ID; OpenAPI docs at /docs. New catalog versions (catalog add/remove)
+    are picked up while serving."""
+    _verify_run(config.run)
+    from linkedout.service.server import serve as run_server
+
+    run_server(config)
+
+
+catalog_app = typer.Typer(
+    cls=_Group,
+    help="Add items to a trained run's catalog, or remove them, without retraining.",
+    no_args_is_help=True,
+)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("add", no_args_is_help=True)
+@options_from(CatalogAddConfig)
+def catalog_add(config: CatalogAddConfig) -> None:
+    """Embed the items of a feature dataset that the run's catalog lacks (new uploads) with the
+    trained model, as a new catalog version; a running `linkedout serve` ranks them within
+    its --poll-seconds."""
+    _verify_run(config.run)
+    from linkedout.service.catalog_changes import add_items
+
+    with render.count_bar("embed", "items") as update:
+        change = add_items(config.run, config.features, config.storage_options, update)
+    render.console.print(
+        f"{config.run}: {change.added:,} item(s) added, {change.already:,} already in the "
+        f"catalog; version {change.version}, {change.size:,} items",
+        markup=False,
+        highlight=False,
+    )
+
+
+@catalog_app.command("remove", no_args_is_help=True)
+@options_from(CatalogRemoveConfig)
+def catalog_remove(config: CatalogRemoveConfig) -> None:
+    """Stop recommending these items (a new catalog version; evaluation is unchanged)."""
+    _verify_run(config.run)
+    from linkedout.service.catalog_changes import remove_items
+
+    change = remove_items(config.run, list(config.items))
+    render.console.print(
+        f"{config.run}: {change.removed:,} item(s) removed, {change.already:,} not in the "
+        f"catalog; version {change.version}, {change.size:,} items",
         markup=False,
         highlight=False,
     )

@@ -46,6 +46,24 @@ def progress_bar(quiet: bool, unit: str):
         yield update
 
 
+@contextmanager
+def count_bar(label: str, unit: str):
+    """A rich bar for work counted in `unit`s; yields `update(done, total)`."""
+    columns = (
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
 def metrics(report: EvalReport, title: str) -> None:
     """Valid/test metrics beside popularity, as `train` and `evaluate` print them."""
     names = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")

@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 
 from linkedout import render
-from linkedout.recommend.serve import Recommendation, Recommendations
+from linkedout.service.results import Recommendation, Recommendations
 from tests.cli_harness import assert_one_line_error, run_linkedout, tree_digest
 from tests.recommend.planted import make_planted
 
@@ -190,7 +190,6 @@ RECOMMEND_CASES = [
     (["--history", "[/bold],[b]x[/b]"], ["none of the 2 history item(s)", "'[/bold]'"]),
     ([], ["exactly one of --user"]),
     (["--user", "u1", "--k", "0"], ["--k 0", "at least 1"]),
-    (["--user", "u1", "--catalog-memory-gb", "-1"], ["--catalog-memory-gb -1"]),
 ]
 
 

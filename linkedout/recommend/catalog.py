@@ -15,6 +15,11 @@ index, row 0 being the padding item:
 
 and the schema metadata `linkedout_run_id`: the run id of the run that wrote it (absent in
 catalogs written before run ids, and in validation's spills).
+
+Version 1 is what training wrote: the split's items, row i being model item i. `linkedout
+catalog add` and `remove` commit later versions (appended rows for new items, deleted rows for
+removed ones) that only serving reads (linkedout/service/snapshot.py); evaluation ranks the
+split's items, so it always reads version 1, where row offsets are model indices.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from linkedout.errors import LinkedOutError, first_line
 from linkedout.memory import MemoryBudget
 
 RUN_ID_KEY = b"linkedout_run_id"
+
+TRAINED_VERSION = 1
+"""The catalog.lance version training wrote (it creates the dataset afresh)."""
 
 CHUNK_ITEMS = 4096
 """Items per chunk, for computing e and for ranking against it: bounds the memory of both to
@@ -92,9 +100,9 @@ class MemoryCatalog(Catalog):
 class LanceCatalog(Catalog):
     """e read from a catalog dataset on demand: rows by index, or a chunk at a time."""
 
-    def __init__(self, path: str | Path, ids: torch.Tensor | None):
+    def __init__(self, path: str | Path, ids: torch.Tensor | None, version: int | None = None):
         self.path = str(path)
-        self._ds = lance.dataset(self.path)
+        self._ds = lance.dataset(self.path, version=version)
         self.ids = ids
         self.num_items = self._ds.count_rows()
         self.content = "experts" in self._ds.schema.names
@@ -216,7 +224,7 @@ def open_catalog(path: Path, ids: torch.Tensor | None, memory_budget: MemoryBudg
             "damaged; train it again"
         )
     try:
-        catalog = LanceCatalog(path, ids)
+        catalog = LanceCatalog(path, ids, version=TRAINED_VERSION)
         if catalog.content and memory_budget.fits(catalog.nbytes):
             return catalog.load()
     except (OSError, ValueError, KeyError, pa.ArrowException) as e:

@@ -227,7 +227,6 @@ class RecommendConfig:
     """How many items."""
     explain: bool = False
     """Show the user's per-depth gate and each item's strongest depth."""
-    catalog_memory_gb: float | None = _catalog_memory_setting()
 
     def __post_init__(self) -> None:
         if (self.user is None) == (self.history is None):
@@ -238,6 +237,3 @@ class RecommendConfig:
                 "user", self.user, "is empty: give a user id of the run's interactions"
             )
         at_least(self, "k", 1, "ask for at least 1 item")
-        _check_catalog_memory(self)
-
-    memory_budget = _memory_budget

@@ -186,8 +186,15 @@ class LinkedOut(nn.Module):
             return None
         return torch.full((*shape, self.num_layers), 1.0 / self.num_layers, device=device)
 
-    def item_inputs(self, codes: torch.Tensor | None, items: torch.Tensor) -> torch.Tensor:
-        """Sequence-input vectors of items: content mixed by an item-conditioned gate, + ID."""
+    def item_inputs(
+        self,
+        codes: torch.Tensor | None,
+        items: torch.Tensor,
+        id_vectors: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sequence-input vectors of items: content mixed by an item-conditioned gate, + ID.
+        `id_vectors` stand in for the ID table's rows (serving: items added after training
+        have none, so theirs are zero)."""
         out = 0
         if codes is not None:
             experts = self.experts.to_model_space(codes)  # [n, L, d]
@@ -196,7 +203,7 @@ class LinkedOut(nn.Module):
                 gate = self.experts.gate(experts.mean(1), self.experts.item_gate)
             out = torch.einsum("nl,nld->nd", gate, experts)
         if self.ids is not None:
-            ids = self.ids(items)
+            ids = self.ids(items) if id_vectors is None else id_vectors
             if self.training and codes is not None and self.config.id_dropout > 0:
                 keep = torch.rand(len(items), 1, device=ids.device) >= self.config.id_dropout
                 ids = ids * keep

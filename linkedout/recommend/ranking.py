@@ -1,16 +1,15 @@
 """Full-catalog ranking in one pass over the catalog's chunks: the target ranks validation and
-evaluation count, and the top-k serving returns. Users' states are computed first (they are small);
-then each chunk of item embeddings is read and scored against every user, so a catalog stored on
-disk is read a fixed number of times per ranking, not once per user batch."""
+evaluation count (serving's top-k is linkedout/service/ranker.py). Users' states are computed
+first (they are small); then each chunk of item embeddings is read and scored against every
+user, so a catalog stored on disk is read a fixed number of times per ranking, not once per user
+batch."""
 
 from __future__ import annotations
 
 import torch
 
-from linkedout.recommend.catalog import CHUNK_ITEMS, Catalog, CatalogChunk
+from linkedout.recommend.catalog import Catalog, CatalogChunk
 from linkedout.recommend.metrics import count_outranking, history_entries
-
-SERVE_CHUNK_ITEMS = 8 * CHUNK_ITEMS
 
 
 @torch.inference_mode()
@@ -71,35 +70,6 @@ def _target_columns(targets: torch.Tensor, chunk: CatalogChunk) -> torch.Tensor:
     """Each target's column in this chunk, -1 where it lies in another."""
     column = targets - chunk.start
     return torch.where((column >= 0) & (column < chunk.width), column, -1)
-
-
-@torch.inference_mode()
-def top_items(
-    model,
-    catalog: Catalog,
-    h: torch.Tensor,
-    gate: torch.Tensor,
-    exclude: list[list[int]],
-    k: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `k` best items `[B, k]` (indices, scores) of each user, `exclude`d items and the
-    padding item never among them: the best of each chunk, merged. Fewer than `k` candidates
-    leave -inf scores at the end."""
-    rows, cols = history_entries(exclude, h.device)
-    best_scores = torch.empty((len(h), 0), device=h.device)
-    best_items = torch.empty((len(h), 0), dtype=torch.long, device=h.device)
-    # Wider chunks than ranking's: a few users' scores are small, and fewer merges are faster.
-    for chunk in catalog.chunks(SERVE_CHUNK_ITEMS):
-        chunk = _on(chunk, h.device)
-        scores = _chunk_scores(model, h, gate, chunk)
-        here = (cols >= chunk.start) & (cols < chunk.start + chunk.width)
-        scores[rows[here], cols[here] - chunk.start] = float("-inf")
-        top = scores.topk(min(k, chunk.width), dim=1)
-        best_scores = torch.cat([best_scores, top.values], 1)
-        best_items = torch.cat([best_items, top.indices + chunk.start], 1)
-        keep = best_scores.topk(min(k, best_scores.shape[1]), dim=1)
-        best_scores, best_items = keep.values, best_items.gather(1, keep.indices)
-    return best_items, best_scores
 
 
 def _chunk_scores(model, h, gate, chunk: CatalogChunk) -> torch.Tensor:

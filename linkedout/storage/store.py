@@ -171,7 +171,7 @@ class FeatureStore:
         if wanted == []:
             return {}
         if wanted is not None and len(wanted) <= 1000:
-            query = {"columns": read, "filter": _id_filter(wanted)}
+            query = {"columns": read, "filter": id_filter(wanted)}
         else:  # one scan of five small columns beats many IN-list queries
             query = {"columns": read}
         table = self._despite_pruning(lambda: self._ds.to_table(**query))
@@ -440,6 +440,6 @@ def _pruned_meanwhile(error: OSError) -> bool:
     return "Not found:" in str(error)
 
 
-def _id_filter(ids: Sequence[str]) -> str:
+def id_filter(ids: Sequence[str]) -> str:
     quoted = ",".join("'" + i.replace("'", "''") + "'" for i in ids)
     return f"item_id IN ({quoted})"

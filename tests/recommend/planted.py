@@ -19,6 +19,31 @@ class Planted:
     """The model depth (manifest index) that holds the cluster signal."""
     cold_items: set[str]
     """Items that appear only as test targets: never seen in training."""
+    manifest: Manifest
+    centroids: torch.Tensor
+    """`[clusters, dim]`: the signal depth of a cluster's items sits around its centroid."""
+    clusters: int
+
+    def cluster_of_user(self, user: str) -> int:
+        return int(user.removeprefix("u")) % self.clusters
+
+
+def write_new_items(path: Path, planted: Planted, cluster: int, n: int, prefix: str = "new"):
+    """A feature dataset of `n` items no run was trained on, all of `cluster` (same manifest
+    as the planted features, so a run trained on those can add them)."""
+    g = torch.Generator().manual_seed(1000 + cluster)
+    m = planted.manifest
+    x = torch.randn(n, len(m.layers), m.tokens_per_layer, m.hidden_size, generator=g)
+    k = m.layers.index(planted.signal_layer)
+    x[:, k] = planted.centroids[cluster] + 0.5 * torch.randn(
+        n, m.tokens_per_layer, m.hidden_size, generator=g
+    )
+    ids = [f"{prefix}{cluster}-{i:03d}" for i in range(n)]
+    store = FeatureStore.create(path, m)
+    with FeatureWriter(store, commit_every=1000) as w:
+        for i, item in enumerate(ids):
+            w.add(FeatureRow(item, x[i].half(), content_sha256=item))
+    return ids
 
 
 def make_planted(
@@ -81,4 +106,6 @@ def make_planted(
         writer = csv.writer(f)
         writer.writerow(["user_id", "item_id", "timestamp"])
         writer.writerows(rows)
-    return Planted(root / "features.lance", interactions, signal_layer, {ids[i] for i in cold_used})
+    cold_items = {ids[i] for i in cold_used}
+    features = root / "features.lance"
+    return Planted(features, interactions, signal_layer, cold_items, manifest, centroids, clusters)

@@ -18,7 +18,7 @@ from linkedout.recommend.catalog import (
 )
 from linkedout.recommend.metrics import history_mask, target_ranks
 from linkedout.recommend.model import LinkedOut, ModelConfig
-from linkedout.recommend.ranking import rank_targets, top_items
+from linkedout.recommend.ranking import rank_targets
 
 ITEMS = 2 * CHUNK_ITEMS + 123  # three chunks, the last one short
 USERS = 40
@@ -81,19 +81,6 @@ def test_chunked_ranks_equal_one_product_over_the_catalog(setup):
     assert (masked <= unmasked).all() and masked[0] < unmasked[0] + 1
     from_disk = rank_targets(model, on_disk, h, gate, targets, histories, batch_size=16)
     assert torch.equal(from_disk[0], masked) and torch.equal(from_disk[1], unmasked)
-
-
-def test_chunked_top_k_equals_the_top_of_the_whole_catalog(setup):
-    model, memory, on_disk, h, gate, histories, _ = setup
-    items, scores = top_items(model, memory, h, gate, histories, k=15)
-    full = _full_scores(model, memory, h, gate).clone()
-    full[history_mask(histories, ITEMS, "cpu")] = float("-inf")
-    reference = full.topk(15)
-    assert torch.equal(items, reference.indices)
-    assert torch.allclose(scores, reference.values, atol=1e-5)
-    assert not (items == 0).any()
-    disk_items, disk_scores = top_items(model, on_disk, h, gate, histories, k=15)
-    assert torch.equal(disk_items, items) and torch.equal(disk_scores, scores)
 
 
 def test_a_run_catalog_is_loaded_when_it_fits_and_read_on_demand_when_not(setup, tmp_path):

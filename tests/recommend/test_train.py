@@ -16,8 +16,9 @@ from linkedout.recommend.config import TrainConfig
 from linkedout.recommend.evaluate import TrainedRun, evaluate_run
 from linkedout.recommend.model import ModelConfig
 from linkedout.recommend.run import RunDir
-from linkedout.recommend.serve import recommend, user_history
 from linkedout.recommend.train import train
+from linkedout.service.ranker import Query, Ranker
+from linkedout.service.results import user_history
 from tests.recommend.planted import make_planted
 
 runner = CliRunner()
@@ -109,7 +110,7 @@ def test_reloaded_run_reproduces_scores_and_recommend_agrees_with_evaluate(runs)
     history = user_history(a, user)
     scores = _full_scores(a, [[a.index[i] for i in history]])[0].clone()
     scores[[a.index[i] for i in history]] = float("-inf")
-    top = recommend(a, history, k=5, explain=True)
+    (top,) = Ranker(runs["moe"]).rank([Query(history, k=5, explain=True)])
     assert [r.item_id for r in top.items] == [a.item_ids[i - 1] for i in scores.topk(5).indices]
     assert set(top.gate) == {2, 4, 6, 8} and abs(sum(top.gate.values()) - 1) < 1e-5
     for r in top.items:
@@ -134,9 +135,10 @@ def test_cli_evaluate_and_recommend(runs):
 def test_explain_on_an_id_only_run_ranks_and_says_there_is_no_depth(runs):
     trained = TrainedRun(runs["ids"])
     history = user_history(trained, trained.split.users[3])
-    explained = recommend(trained, history, k=4, explain=True)
+    ranker = Ranker(runs["ids"])
+    explained, plain = ranker.rank([Query(history, k=4, explain=True), Query(history, k=4)])
     assert explained.gate == {} and all(r.top_layer is None for r in explained.items)
-    assert explained.items == recommend(trained, history, k=4).items
+    assert explained.items == plain.items
     result = runner.invoke(app, ["recommend", str(runs["ids"]), "--user", "u3", "--explain"])
     assert result.exit_code == 0, result.output
     assert "no depths to explain" in result.output and "strongest layer" not in result.output
@@ -235,7 +237,7 @@ def test_a_tiny_memory_budget_streams_features_and_embeddings_with_the_same_resu
 ):
     """Budget 0: item tokens stream from the store (so the softmax is sampled: a full one would
     read the whole catalog at every step), validation ranks against embeddings spilled to
-    Lance, evaluation and serving read catalog.lance chunk by chunk; nothing changes."""
+    Lance, evaluation reads catalog.lance chunk by chunk; nothing changes."""
     sampled = {"full_softmax_max_items": 0}
     reference = _train(planted, tmp_path / "memory", "moe", False, **sampled)
     streamed = _train(
@@ -249,8 +251,8 @@ def test_a_tiny_memory_budget_streams_features_and_embeddings_with_the_same_resu
     assert on_disk.catalog.__class__.__name__ == "LanceCatalog"
     assert evaluate_run(streamed, memory_budget=MemoryBudget(0)).to_json() == _metrics(reference)
     history = user_history(on_disk, on_disk.split.users[7])
-    assert recommend(on_disk, history, k=8, explain=True) == recommend(
-        TrainedRun(reference), history, k=8, explain=True
+    assert Ranker(streamed).rank([Query(history, k=8, explain=True)]) == Ranker(reference).rank(
+        [Query(history, k=8, explain=True)]
     )
 
 

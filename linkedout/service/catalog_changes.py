@@ -1,0 +1,125 @@
+"""`linkedout catalog add` and `remove`: new items ranked, old ones withdrawn, without retraining.
+
+Each change is one Lance commit to the run's catalog.lance (a new version): an interrupted add
+commits nothing and is simply run again. Version 1, what training wrote, is never rewritten, so
+evaluation keeps ranking the split's items (catalog.py). A running `linkedout serve` swaps in
+each new version on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lance
+import pyarrow as pa
+import torch
+
+from linkedout.errors import LinkedOutError
+from linkedout.recommend.catalog import CHUNK_ITEMS
+from linkedout.recommend.run import RunDir
+from linkedout.recommend.run_lock import RunLock
+from linkedout.storage import FeatureStore
+from linkedout.storage.manifest import Manifest
+from linkedout.storage.store import id_filter
+
+
+@dataclass(frozen=True)
+class CatalogChange:
+    added: int = 0
+    removed: int = 0
+    already: int = 0
+    """Items of the request that were already in (add) or already out of (remove) the catalog."""
+    version: int = 0
+    """catalog.lance's version after the change (unchanged if nothing changed)."""
+    size: int = 0
+    """Live items after the change."""
+
+
+def add_items(
+    run_path: str | Path,
+    features: str,
+    storage_options: dict[str, str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> CatalogChange:
+    """Embed every item of `features` that the catalog lacks with the run's trained compressor
+    and experts, and append them to catalog.lance in one commit."""
+    run = _editable(run_path)
+    config = run.config()
+    module = run.checkpoint(config.run_id)
+    model = module.model
+    if not model.content:
+        raise LinkedOutError(
+            f"{run.path} ranks by item IDs alone (--fusion none): an item it was not trained on "
+            "has no vector to rank it by; train a run with content to add items"
+        )
+    store = FeatureStore.open(features, storage_options)
+    differences = Manifest.from_json(json.dumps(config.manifest)).mismatches(store.manifest)
+    if differences:
+        raise LinkedOutError(
+            f"{features} was not extracted the way this run's features were ("
+            + "; ".join(differences)
+            + "): extract the new items with the same model, layers and pooling"
+        )
+    ds = lance.dataset(str(run.catalog_file))
+    present = set(ds.to_table(columns=["item_id"]).column("item_id").to_pylist())
+    stored = store.ids()
+    new = [i for i in stored if i not in present]
+    if not new:
+        return CatalogChange(already=len(stored), version=ds.version, size=len(present) - 1)
+
+    @torch.inference_mode()
+    def batches() -> Iterator[pa.RecordBatch]:
+        for start in range(0, len(new), CHUNK_ITEMS):
+            ids = new[start : start + CHUNK_ITEMS]
+            experts = model.item_experts(store.read_tokens(ids, config.layers))
+            values = experts.float().numpy().copy(order="C")
+            yield pa.record_batch(
+                [pa.array(ids, pa.string()), pa.FixedShapeTensorArray.from_numpy_ndarray(values)],
+                schema=ds.schema,
+            )
+            if on_progress is not None:
+                on_progress(start + len(ids), len(new))
+
+    reader = pa.RecordBatchReader.from_batches(ds.schema, batches())
+    written = lance.write_dataset(reader, str(run.catalog_file), mode="append")
+    return CatalogChange(
+        added=len(new),
+        already=len(stored) - len(new),
+        version=written.version,
+        size=len(present) - 1 + len(new),
+    )
+
+
+def remove_items(run_path: str | Path, item_ids: list[str]) -> CatalogChange:
+    """Delete these items from the catalog in one commit; ids not in it are counted, not fatal."""
+    run = _editable(run_path)
+    ds = lance.dataset(str(run.catalog_file))
+    present = set(ds.to_table(columns=["item_id"]).column("item_id").to_pylist()) - {""}
+    gone = sorted(set(item_ids) & present)
+    if not gone:
+        return CatalogChange(already=len(set(item_ids)), version=ds.version, size=len(present))
+    ds.delete(id_filter(gone))
+    return CatalogChange(
+        removed=len(gone),
+        already=len(set(item_ids)) - len(gone),
+        version=ds.version,
+        size=len(present) - len(gone),
+    )
+
+
+def _editable(run_path: str | Path) -> RunDir:
+    run = RunDir(run_path)
+    run.require_checkpoint()
+    lock = RunLock(run.lock_file)
+    holder = lock.holder()
+    if holder is not None and lock.holder_alive(holder):
+        # Training rewrites catalog.lance from scratch when it finishes: a change now would
+        # be lost.
+        raise LinkedOutError(
+            f"{run.path} is being trained ({lock.describe(holder)}): change its catalog once "
+            "training has finished"
+        )
+    return run

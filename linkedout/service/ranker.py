@@ -1,0 +1,149 @@
+"""A trained run loaded once for many rankings: the model, the split's users, and the newest
+snapshot of its catalog, swapped whole when catalog.lance gets a new version.
+
+Every ranking reads `self.snapshot` once, so a batch is ranked against one catalog version even
+if a swap happens meanwhile: no request sees half a catalog.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from linkedout.errors import LinkedOutError
+from linkedout.recommend.catalog import catalog_run_id
+from linkedout.recommend.data import left_pad
+from linkedout.recommend.run import RunConfig, RunDir
+from linkedout.service.results import Recommendation, Recommendations, user_history
+from linkedout.service.snapshot import CatalogSnapshot, catalog_version, load_snapshot
+
+
+@dataclass(frozen=True)
+class Query:
+    """One user to rank for: a watch history (oldest first) or a user of the run's split."""
+
+    history: list[str] | None = None
+    user: str | None = None
+    k: int = 10
+    exclude: list[str] = field(default_factory=list)
+    """Item ids never to return (the history is never returned either)."""
+    explain: bool = False
+
+
+class QueryError(LinkedOutError):
+    """A query that cannot be ranked; `index` is its place in the batch."""
+
+    def __init__(self, index: int, message: str, unknown_user: bool = False):
+        super().__init__(message)
+        self.index = index
+        self.unknown_user = unknown_user
+
+
+class Ranker:
+    def __init__(self, path: str | Path):
+        self.run = RunDir(path)
+        self.run.require_checkpoint()
+        self.config: RunConfig = self.run.config()
+        self.module = self.run.checkpoint(self.config.run_id)
+        self.model = self.module.model
+        self.run.check_run_id(
+            self.run.catalog_file, catalog_run_id(self.run.catalog_file), self.config.run_id
+        )
+        self.split = self.run.split()
+        self.item_ids = self.split.item_ids
+        self.trained = {item: i + 1 for i, item in enumerate(self.item_ids)}
+        self.user_index = {u: i for i, u in enumerate(self.split.users)}
+        self.layers: list[int] = self.config.layers
+        self._swap = threading.Lock()
+        self.snapshot: CatalogSnapshot = self._load(None)
+
+    def _load(self, version: int | None) -> CatalogSnapshot:
+        return load_snapshot(self.model, str(self.run.catalog_file), self.trained, version)
+
+    def refresh(self) -> bool:
+        """Swap in the newest catalog version if there is one; True if it swapped."""
+        with self._swap:  # one loader at a time; rankings never wait for it
+            latest = catalog_version(str(self.run.catalog_file))
+            if latest == self.snapshot.version:
+                return False
+            self.snapshot = self._load(latest)
+            return True
+
+    def history_of(self, user: str, index: int = 0) -> list[str]:
+        if user not in self.user_index:
+            raise QueryError(
+                index,
+                f"user {user!r} is not in this run's interactions ({len(self.user_index):,} "
+                "users): rank their history instead",
+                unknown_user=True,
+            )
+        return user_history(self, user)
+
+    @torch.inference_mode()
+    def rank(self, queries: list[Query]) -> list[Recommendations]:
+        """Top-k of each query, all against one catalog version, users in one forward."""
+        snap = self.snapshot
+        histories = [
+            q.history if q.user is None else self.history_of(q.user, b)
+            for b, q in enumerate(queries)
+        ]
+        rows, unknown = [], []
+        for b, history in enumerate(histories):
+            rows.append([snap.index[i] for i in history if i in snap.index])
+            unknown.append([i for i in history if i not in snap.index])
+            if not rows[-1]:
+                raise QueryError(
+                    b,
+                    f"none of the {len(history)} history item(s) is in the catalog "
+                    f"(e.g. {history[0]!r}): send item ids the catalog holds",
+                )
+        h, gate = self._user_states(snap, rows)
+        scores = self.model.queries(h, gate) @ snap.keys.T
+        scores[:, 0] = float("-inf")  # the padding row
+        for b, (q, known) in enumerate(zip(queries, rows, strict=True)):
+            excluded = known + [snap.index[i] for i in q.exclude if i in snap.index]
+            scores[b, excluded] = float("-inf")
+        k = min(max(q.k for q in queries), snap.size)
+        top = scores.topk(k, dim=1)
+        return [
+            self._result(snap, q, history, missing, h[b], gate[b], top.indices[b], top.values[b])
+            for b, (q, history, missing) in enumerate(zip(queries, histories, unknown, strict=True))
+        ]
+
+    def _user_states(
+        self, snap: CatalogSnapshot, rows: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `LinkedOutModule.encode`, reading item vectors from the snapshot's rows."""
+        length = max(1, min(self.model.config.max_len, max(len(r) for r in rows)))
+        padded = torch.tensor([left_pad(r, length) for r in rows])
+        flat = padded.reshape(-1)
+        codes = snap.experts[flat] if snap.experts is not None else None
+        ids = snap.id_vectors[flat] if snap.id_vectors is not None else None
+        vectors = self.model.item_inputs(codes, flat, ids).reshape(*padded.shape, -1)
+        h = self.model.user_states(vectors, padded == 0)[:, -1]
+        return h, self.model.user_gate(h)
+
+    def _result(self, snap, q: Query, history, unknown, h, gate, rows, scores) -> Recommendations:
+        rows, scores = rows[: q.k], scores[: q.k]
+        found = torch.isfinite(scores)
+        rows, scores = rows[found], scores[found]
+        explained = q.explain and self.model.content
+        contributions = None
+        if explained:
+            contributions = self.model.layer_contributions(h[None], gate[None], snap.experts[rows])[
+                0
+            ]
+        items = []
+        for j, (row, score) in enumerate(zip(rows.tolist(), scores.tolist(), strict=True)):
+            item = snap.item_ids[row - 1]
+            if contributions is None:
+                items.append(Recommendation(item, score))
+                continue
+            per_layer = contributions[j].tolist()
+            best = max(range(len(per_layer)), key=per_layer.__getitem__)
+            items.append(Recommendation(item, score, self.layers[best], per_layer))
+        gates = dict(zip(self.layers, gate.tolist(), strict=True)) if explained else {}
+        return Recommendations(items, history, gates, unknown)

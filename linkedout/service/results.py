@@ -1,0 +1,39 @@
+"""What a ranking returns, as `linkedout recommend --json` prints it and the service sends it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from linkedout.errors import LinkedOutError
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    score: float
+    top_layer: int | None = None
+    """The depth whose expert contributed most to this item's score (with explain)."""
+    layer_scores: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    items: list[Recommendation]
+    history: list[str]
+    gate: dict[int, float] = field(default_factory=dict)
+    """The user's weight on each depth (with explain)."""
+    unknown: list[str] = field(default_factory=list)
+    """History ids the run does not know (ignored)."""
+
+
+def user_history(run, user: str) -> list[str]:
+    """Everything the run saw of a training user (train, valid and test items); `run` has
+    the split, its `user_index` and `item_ids` (a TrainedRun or a Ranker)."""
+    if user not in run.user_index:
+        raise LinkedOutError(
+            f"user {user!r} is not in this run's interactions ({len(run.user_index):,} users): "
+            "pass --history ID,ID,... instead"
+        )
+    u = run.user_index[user]
+    items = run.split.history(u, "test") + [run.split.test[u]]
+    return [run.item_ids[i - 1] for i in items]

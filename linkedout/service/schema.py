@@ -1,0 +1,101 @@
+"""The service's request and response bodies (its OpenAPI schema). Types are strict: `"5"` is
+not a `k`, and `1` is not an item id, so a client's bug is answered, not guessed around."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
+
+from linkedout.service.config import MAX_EXCLUDE, MAX_HISTORY, MAX_ID_LENGTH, MAX_K
+
+ItemId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+class RecommendRequest(BaseModel):
+    """One user to rank for: `history` (item ids, oldest first) or `user` (a user of the run's
+    interactions, ranked after everything the run saw of them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    history: Annotated[list[ItemId], Field(min_length=1, max_length=MAX_HISTORY)] | None = None
+    user: ItemId | None = None
+    k: Annotated[StrictInt, Field(ge=1, le=MAX_K)] = 10
+    exclude: Annotated[list[ItemId], Field(max_length=MAX_EXCLUDE)] = []
+    explain: StrictBool = False
+    """Return the user's per-depth gate and each item's strongest depth."""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RecommendRequest:
+        if (self.history is None) == (self.user is None):
+            raise ValueError("give exactly one of history (item ids, oldest first) or user")
+        return self
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests: Annotated[list[RecommendRequest], Field(min_length=1)]
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    score: float
+    top_layer: int | None = None
+    """The depth whose expert added most to this item's score (with explain)."""
+    layer_scores: list[float] = []
+
+
+class RecommendResponse(BaseModel):
+    items: list[RankedItem]
+    gate: dict[str, float] = {}
+    """The user's weight on each depth (with explain, for runs with content)."""
+    unknown: list[str] = []
+    """History ids the catalog does not hold (ignored)."""
+    catalog_version: int
+
+
+class BatchResponse(BaseModel):
+    results: list[RecommendResponse]
+    catalog_version: int
+    """Every result of a batch is ranked against this one catalog version."""
+
+
+class ItemResponse(BaseModel):
+    item_id: str
+    trained: bool
+    """Whether the run was trained on it (else it was added later and ranks by content)."""
+    catalog_version: int
+
+
+class CatalogInfo(BaseModel):
+    version: int
+    size: int
+    added: int
+    """Live items that were added after training."""
+
+
+class Metadata(BaseModel):
+    run: str
+    run_id: str | None
+    fusion: str
+    ids: bool
+    layers: list[int]
+    users: int
+    max_history_used: int
+    """The model reads the last this-many history items."""
+    manifest: dict
+    catalog: CatalogInfo
+
+
+class Problem(BaseModel):
+    detail: str
+    """One sentence: what was wrong and what to do."""

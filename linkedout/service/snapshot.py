@@ -1,0 +1,83 @@
+"""One version of a run's catalog.lance, held in memory as the service ranks it.
+
+A user's score for an item is `queries(h, gate) · keys(item)` (model.py), so serving keeps the
+keys of every live item `[N + 1, d + L·r]` and ranks with one matrix product per batch of
+users. Rows are renumbered for the snapshot: row 0 is padding, rows 1..N the catalog's live
+items in their stored order (trained items first, then added ones); removed items are simply
+absent. An item's ID vector is found by its id in the training split, so items added after
+training (no ID vector was ever learned for them) get a zero one and rank by content alone.
+
+A snapshot is never changed once built: a new catalog version is a new snapshot, swapped in
+whole (ranker.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lance
+import pyarrow.compute as pc
+import torch
+
+from linkedout.recommend.catalog import _experts
+
+
+@dataclass(frozen=True)
+class CatalogSnapshot:
+    version: int
+    """The catalog.lance version this snapshot holds."""
+    item_ids: list[str]
+    """`item_ids[j - 1]` is row j."""
+    index: dict[str, int]
+    """Item id -> row."""
+    experts: torch.Tensor | None
+    """`e [N + 1, L, r]` (None for ID-only runs): history inputs and explanations."""
+    id_vectors: torch.Tensor | None
+    """`[N + 1, d]` (None for content-only runs); zero for items the training split lacks."""
+    keys: torch.Tensor
+    """`[N + 1, d + L·r]`, what a user's query is multiplied with."""
+    added: int
+    """Live items that were not in the training split."""
+
+    @property
+    def size(self) -> int:
+        return len(self.item_ids)
+
+
+def catalog_version(path: str) -> int:
+    """The newest committed version of a catalog dataset (reads its manifest only)."""
+    return lance.dataset(path).latest_version
+
+
+@torch.inference_mode()
+def load_snapshot(
+    model, path: str, trained: dict[str, int], version: int | None = None
+) -> CatalogSnapshot:
+    """Catalog `path` at `version` (default: the newest) for `model`; `trained` maps the
+    training split's item ids to model item indices (rows of the ID table)."""
+    ds = lance.dataset(path, version=version)
+    columns = ["item_id", "experts"] if model.content else ["item_id"]
+    table = ds.to_table(columns=columns)
+    table = table.filter(pc.not_equal(table.column("item_id"), ""))  # the padding row
+    item_ids: list[str] = table.column("item_id").to_pylist()
+    experts = None
+    if model.content:
+        e = _experts(table)
+        experts = torch.cat([torch.zeros((1, *e.shape[1:]), dtype=e.dtype), e])
+    id_vectors = None
+    model_index = torch.tensor([trained.get(i, 0) for i in item_ids], dtype=torch.long)
+    if model.ids is not None:
+        # Index 0 of the ID table is the padding row, kept at zero by padding_idx: items the
+        # split lacks read it, which is the zero vector they should have.
+        rows = torch.cat([torch.zeros(1, dtype=torch.long), model_index])
+        id_vectors = model.ids.weight.detach()[rows]
+    keys = model.keys(experts, id_vectors)
+    return CatalogSnapshot(
+        version=ds.version,
+        item_ids=item_ids,
+        index={item: j + 1 for j, item in enumerate(item_ids)},
+        experts=experts,
+        id_vectors=id_vectors,
+        keys=keys.contiguous(),
+        added=int((model_index == 0).sum()),
+    )

@@ -1,0 +1,150 @@
+"""`linkedout catalog add/remove`: new items ranked by content without retraining, withdrawn
+ones never returned, evaluation untouched, and a running server swapping versions whole."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import lance
+import pytest
+
+from linkedout.errors import LinkedOutError
+from linkedout.recommend.evaluate import evaluate_run
+from linkedout.service.catalog_changes import add_items, remove_items
+from linkedout.service.ranker import Query, Ranker
+from linkedout.storage import FeatureRow, FeatureStore, FeatureWriter
+from tests.cli_harness import assert_one_line_error, run_linkedout, tree_digest
+from tests.recommend.planted import write_new_items
+
+
+def _version(run) -> int:
+    return lance.dataset(str(run / "catalog.lance")).version
+
+
+def test_added_items_rank_by_their_content_for_the_users_who_like_it(run_copy, planted, tmp_path):
+    before = evaluate_run(run_copy, splits=("test",)).to_json()
+    a = write_new_items(tmp_path / "a.lance", planted, cluster=0, n=12)
+    b = write_new_items(tmp_path / "b.lance", planted, cluster=3, n=12)
+    proc = run_linkedout(["catalog", "add", run_copy, "--features", tmp_path / "a.lance"])
+    assert proc.returncode == 0, proc.stderr
+    assert "12 item(s) added" in proc.stdout and "version 2" in proc.stdout
+    assert add_items(run_copy, str(tmp_path / "b.lance")).added == 12
+    again = add_items(run_copy, str(tmp_path / "a.lance"))  # nothing new: nothing committed
+    assert (again.added, again.already, again.version) == (0, 12, 3)
+
+    ranker = Ranker(run_copy)
+    assert ranker.snapshot.size == 240 + 24 and ranker.snapshot.added == 24
+    # Users of cluster 0 rank cluster-0 newcomers above cluster-3 ones, and vice versa: the
+    # new items carry no ID vector, so only their content can do this.
+    for cluster, mine, theirs in ((0, a, b), (3, b, a)):
+        users = [u for u in ranker.split.users if planted.cluster_of_user(u) == cluster][:10]
+        results = ranker.rank([Query(user=u, k=264) for u in users])
+        for result in results:
+            rank = {r.item_id: j for j, r in enumerate(result.items)}
+            assert sum(rank[i] for i in mine) < sum(rank[i] for i in theirs)
+    # Evaluation still ranks the items the run was trained on, exactly as before.
+    assert evaluate_run(run_copy, splits=("test",)).to_json() == before
+
+    removed = remove_items(run_copy, [a[0], a[1], "never-there"])
+    assert (removed.removed, removed.already, removed.size) == (2, 1, 262)
+    ranker = Ranker(run_copy)
+    every = ranker.rank([Query(user="u0", k=264)])[0]
+    assert not {a[0], a[1]} & {r.item_id for r in every.items}
+    gone = run_linkedout(["recommend", run_copy, "--history", f"{a[0]},{a[1]}"])
+    assert_one_line_error(gone, "none of the 2 history item(s) is in the catalog")
+
+
+def test_features_made_another_way_are_refused_with_the_differences(run_copy, planted, tmp_path):
+    other = planted.manifest.__class__(
+        backbone="another-model",
+        backbone_kind="video-llm",
+        layers=planted.manifest.layers,
+        tokens_per_layer=planted.manifest.tokens_per_layer,
+        hidden_size=planted.manifest.hidden_size,
+    )
+    store = FeatureStore.create(tmp_path / "other.lance", other)
+    with FeatureWriter(store, commit_every=10) as w:
+        import torch
+
+        w.add(FeatureRow("x1", torch.zeros(other.shape).half(), content_sha256="x1"))
+    catalog_before = tree_digest(run_copy / "catalog.lance")
+    proc = run_linkedout(["catalog", "add", run_copy, "--features", tmp_path / "other.lance"])
+    assert_one_line_error(proc, "was not extracted the way", "backbone: stored 'planted'")
+    assert tree_digest(run_copy / "catalog.lance") == catalog_before
+    missing = run_linkedout(["catalog", "add", run_copy, "--features", tmp_path / "nope.lance"])
+    assert missing.returncode == 2
+    assert tree_digest(run_copy / "catalog.lance") == catalog_before
+
+
+def test_an_id_only_run_cannot_take_new_items(planted, tmp_path):
+    from linkedout.recommend.config import TrainConfig
+    from linkedout.recommend.model import ModelConfig
+    from linkedout.recommend.train import train
+
+    run = train(
+        TrainConfig(
+            features=str(planted.features),
+            interactions=str(planted.interactions),
+            out=str(tmp_path / "ids"),
+            model=ModelConfig(d_model=16, fusion="none", ids=True),
+            epochs=1,
+            quiet=True,
+        )
+    )
+    new = tmp_path / "new.lance"
+    write_new_items(new, planted, cluster=1, n=3)
+    with pytest.raises(LinkedOutError, match="ranks by item IDs alone"):
+        add_items(run, str(new))
+
+
+def test_a_running_server_swaps_catalog_versions_whole_under_load(
+    run_copy, planted, serve, tmp_path
+):
+    new = write_new_items(tmp_path / "new.lance", planted, cluster=2, n=20)
+    server = serve(run_copy, "--poll-seconds", "0.1")
+    responses, failures = [], []
+    stop = threading.Event()
+
+    def client():
+        with server.client() as http:
+            while not stop.is_set():
+                got = http.post("/recommend", json={"history": ["v0002"], "k": 1000})
+                if got.status_code != 200:
+                    failures.append(got.text)
+                else:
+                    responses.append(got.json())
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        added_at = time.monotonic()
+        add_items(run_copy, str(tmp_path / "new.lance"))
+        seen_new = None
+        while time.monotonic() - added_at < 30 and seen_new is None:
+            with server.client() as http:
+                body = http.post("/recommend", json={"history": ["v0002"], "k": 1000}).json()
+            if body["catalog_version"] == 2:
+                seen_new = time.monotonic() - added_at
+        remove_items(run_copy, new[:5])
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:3]
+    assert seen_new is not None, "the new version was never served"
+    versions = {r["catalog_version"] for r in responses}
+    assert versions == {1, 2, 3}, versions
+    for r in responses:  # every answer is one whole version: all of its items, nothing else
+        ids = {i["item_id"] for i in r["items"]}
+        expected_new = {1: set(), 2: set(new), 3: set(new[5:])}[r["catalog_version"]]
+        assert ids & set(new) == expected_new
+        assert len(ids) == 239 + len(expected_new)  # everything but the history item
+    with server.client() as http:
+        meta = http.get("/metadata").json()
+        assert meta["catalog"] == {"version": 3, "size": 255, "added": 15}
+    assert json.loads((run_copy / "metrics.json").read_text())  # the run is intact
