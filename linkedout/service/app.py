@@ -1,10 +1,10 @@
 """The HTTP service over a trained run (FastAPI): rankings, health, metadata, items.
 
 The run loads in a background thread after the socket opens (/readyz says when it is ready);
-then a watcher swaps in each new catalog.lance version. Rankings run one at a time per process
-in a worker thread: on a few cores, concurrent matrix products only slow each other down, and
-requests beyond `max_in_flight` are shed with 503 (middleware.py) rather than queued without
-bound.
+then a watcher swaps in each new catalog.lance version. Rankings run in one thread per process,
+concurrent requests merged into one pass (batching.py): on a few cores, concurrent matrix
+products only slow each other down. Requests beyond `max_in_flight` are shed with 503
+(middleware.py) rather than queued without bound.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import threading
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 
-import anyio
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from linkedout.errors import first_line
+from linkedout.service.batching import Batcher
 from linkedout.service.config import ServeConfig
 from linkedout.service.middleware import BodyLimit, LoadShedding, problem
 from linkedout.service.ranker import Query, QueryError, Ranker
@@ -56,7 +56,7 @@ class Service:
         self.ranker = ranker
         self.load_error: str | None = None
         self.stop = threading.Event()
-        self.compute = anyio.CapacityLimiter(1)
+        self.batcher: Batcher | None = None
 
     def load_and_watch(self) -> None:
         if self.ranker is None:
@@ -99,6 +99,8 @@ def create_app(config: ServeConfig, ranker: Ranker | None = None) -> FastAPI:
         ).start()
         yield
         service.stop.set()
+        if service.batcher is not None:
+            service.batcher.close()
 
     app = FastAPI(
         title="LinkedOut",
@@ -125,13 +127,10 @@ def create_app(config: ServeConfig, ranker: Ranker | None = None) -> FastAPI:
 
     async def rank(queries: list[Query]) -> tuple[list, int]:
         ranker = service.ready()
-
-        def run():
-            snap = ranker.snapshot
-            return ranker.rank(queries), snap.version
-
+        if service.batcher is None:
+            service.batcher = Batcher(ranker.rank_at, config.max_batch)
         try:
-            return await anyio.to_thread.run_sync(run, limiter=service.compute)
+            return await service.batcher.rank(queries)
         except QueryError as e:
             raise ServiceError(404 if e.unknown_user else 422, str(e)) from None
 

@@ -82,9 +82,13 @@ class Ranker:
             )
         return user_history(self, user)
 
-    @torch.inference_mode()
     def rank(self, queries: list[Query]) -> list[Recommendations]:
         """Top-k of each query, all against one catalog version, users in one forward."""
+        return self.rank_at(queries)[0]
+
+    @torch.inference_mode()
+    def rank_at(self, queries: list[Query]) -> tuple[list[Recommendations], int]:
+        """`rank`, and the catalog version it ranked against."""
         snap = self.snapshot
         histories = [
             q.history if q.user is None else self.history_of(q.user, b)
@@ -108,10 +112,11 @@ class Ranker:
             scores[b, excluded] = float("-inf")
         k = min(max(q.k for q in queries), snap.size)
         top = scores.topk(k, dim=1)
-        return [
+        results = [
             self._result(snap, q, history, missing, h[b], gate[b], top.indices[b], top.values[b])
             for b, (q, history, missing) in enumerate(zip(queries, histories, unknown, strict=True))
         ]
+        return results, snap.version
 
     def _user_states(
         self, snap: CatalogSnapshot, rows: list[list[int]]

@@ -201,3 +201,29 @@ def test_no_generated_request_gets_a_server_error(server):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     with httpx.Client(base_url=server.url) as http:
         assert http.get("/readyz").status_code == 200
+
+
+def test_concurrent_requests_merged_into_one_pass_each_get_their_own_answer(server):
+    """Requests that wait together are ranked in one pass; an unknown user among them fails
+    alone, and everyone else gets the ranking they get when asking alone."""
+    bodies = [{"user": f"u{u}", "k": 5} for u in range(24)] + [{"user": "ghost"}] * 4
+    with server.client() as http:
+        alone = [http.post("/recommend", json=b) for b in bodies]
+    together: list = [None] * len(bodies)
+
+    def ask(i):
+        with server.client() as http:
+            together[i] = http.post("/recommend", json=bodies[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together, strict=True):
+        assert a.status_code == b.status_code
+        if a.status_code == 200:
+            ids = [[i["item_id"] for i in r.json()["items"]] for r in (a, b)]
+            assert ids[0] == ids[1]
+        else:
+            assert a.status_code == 404 and a.json() == b.json()

@@ -1,0 +1,213 @@
+"""`linkedout serve` measured over real HTTP on 127.0.0.1: latency and throughput of single and
+batch rankings at 1, 8 and 64 concurrent clients, the time from `catalog add` to the first
+response that holds the new item, and the exact scan's cost at a million items.
+
+    python benchmarks/serve.py RUN [--seconds 10] [--json out.json]
+
+RUN is a finished `linkedout train` run (for the README's figures: MoE + IDs on MicroLens-50K).
+It is copied first, so the catalog changes this makes never touch it. Clients are Python
+threads on the same machine as the server: on 2 cores they compete with it, so these are
+figures for the whole loop, not the server alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from linkedout.recommend.run import RunDir  # noqa: E402
+from linkedout.service.catalog_changes import add_items  # noqa: E402
+from linkedout.storage import FeatureRow, FeatureStore, FeatureWriter  # noqa: E402
+
+LINKEDOUT = str(Path(sys.executable).with_name("linkedout"))
+
+
+def start(run: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            LINKEDOUT,
+            "serve",
+            str(run),
+            "--port",
+            str(port),
+            "--poll-seconds",
+            "0.2",
+            "--max-in-flight",
+            "128",
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the server did not get ready: {log.read_text()[-2000:]}")
+
+
+def load(url: str, clients: int, seconds: float, body) -> dict:
+    """`clients` threads posting `body()` back to back for `seconds`."""
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def client():
+        nonlocal errors
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while time.monotonic() < stop:
+                path, payload = body()
+                t = time.perf_counter()
+                got = http.post(path, json=payload)
+                ms = (time.perf_counter() - t) * 1000
+                with lock:
+                    latencies.append(ms)
+                    errors += got.status_code != 200
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    began = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - began
+    q = statistics.quantiles(latencies, n=100)
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors,
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": q[49],
+        "p99_ms": q[98],
+    }
+
+
+def time_to_new_item(run: Path, url: str, workdir: Path) -> dict:
+    """Copies of a few stored items under new ids, added with `catalog add`: seconds to commit
+    them (the checkpoint loaded, the items embedded) and until a ranking returns one."""
+    config = RunDir(run).config()
+    source = FeatureStore.open(config.train["features"])
+    originals = source.ids()[:8]
+    tokens = source.read_tokens(originals)
+    copies = FeatureStore.create(workdir / "new.lance", source.manifest)
+    new = [f"new-{i}" for i in originals]
+    with FeatureWriter(copies, commit_every=100) as w:
+        for item, t in zip(new, tokens, strict=True):
+            w.add(FeatureRow(item, t, content_sha256=item))
+    began = time.perf_counter()
+    change = add_items(run, str(workdir / "new.lance"))
+    committed = time.perf_counter() - began
+    ranked = None
+    with httpx.Client(base_url=url, timeout=30) as http:
+        while ranked is None and time.perf_counter() - began < 60:
+            body = http.post("/recommend", json={"history": [originals[0]], "k": 1000}).json()
+            if any(i["item_id"] in new for i in body.get("items", [])):
+                ranked = time.perf_counter() - began
+    return {
+        "added": change.added,
+        "catalog_add_s": committed,
+        "first_ranking_with_it_s": ranked,
+    }
+
+
+def exact_scan(items: int, width: int, repeats: int = 50) -> dict:
+    """One user's exact top-10 over `items` random keys of `width` (the service's product)."""
+    keys = torch.randn(items, width)
+    query = torch.randn(1, width)
+    for _ in range(3):
+        (query @ keys.T).topk(10)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        (query @ keys.T).topk(10)
+    return {
+        "items": items,
+        "width": width,
+        "ms_per_query": (time.perf_counter() - t) / repeats * 1e3,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", default="1,8,64")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="linkedout-serve-bench-"))
+    run = Path(shutil.copytree(args.run, workdir / "run"))
+    proc, url = start(run, workdir / "serve.log")
+    try:
+        meta = httpx.get(f"{url}/metadata").json()
+        users = [u for u in RunDir(run).split().users]
+        rng = random.Random(0)
+
+        def single():
+            return "/recommend", {"user": rng.choice(users), "k": 10}
+
+        def batch():
+            return "/recommend/batch", {
+                "requests": [{"user": rng.choice(users), "k": 10} for _ in range(32)]
+            }
+
+        results: dict = {
+            "catalog_items": meta["catalog"]["size"],
+            "cpus": os.cpu_count(),
+            "single": [],
+            "batch_of_32": [],
+        }
+        load(url, 4, 2.0, single)  # warm up
+        for clients in map(int, args.clients.split(",")):
+            for name, body in (("single", single), ("batch_of_32", batch)):
+                figures = load(url, clients, args.seconds, body)
+                results[name].append(figures)
+                print(
+                    name,
+                    json.dumps(
+                        {k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}
+                    ),
+                    flush=True,
+                )
+        results["new_item"] = time_to_new_item(run, url, workdir)
+        print("new item", json.dumps(results["new_item"]), flush=True)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    width = int(RunDir(run).config().train["model"]["d_model"]) + len(meta["layers"]) * int(
+        RunDir(run).config().train["model"]["expert_dim"]
+    )
+    results["exact_scan"] = [exact_scan(n, width) for n in (20_000, 1_000_000)]
+    print("exact scan", json.dumps(results["exact_scan"]), flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
