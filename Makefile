@@ -50,6 +50,7 @@ benchmark: install
 	$(PY) benchmarks/storage.py --json $(BENCH)/storage.json
 	$(PY) benchmarks/extract.py --json $(BENCH)/extract.json
 	$(PY) benchmarks/microlens.py --out $(BENCH)
+	$(PY) benchmarks/serve.py $(firstword $(wildcard $(BENCH)/runs/moe+ids-seed*)) --json $(BENCH)/serve.json
 	$(PY) benchmarks/report.py $(BENCH)
 
 # A few thousand users, one seed, every row: under 5 minutes; report in out/benchmark-quick.

@@ -3,7 +3,7 @@
     python benchmarks/report.py out/benchmark            # -> benchmarks/results/, BENCHMARKS.md
     python benchmarks/report.py out/benchmark-quick --into out/benchmark-quick
 
-Reads OUT/{storage,extract,microlens}.json and, when `make benchmark-peers` ran on the same
+Reads OUT/{storage,extract,microlens,serve}.json and, when `make benchmark-peers` ran on the same
 split, OUT/peers/recbole_sasrec.json. Every number in the markdown comes from those files.
 """
 
@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     figures = {
         name: json.loads((args.out / f"{name}.json").read_text())
-        for name in ("storage", "extract", "microlens")
+        for name in ("storage", "extract", "microlens", "serve")
         if (args.out / f"{name}.json").exists()
     }
     if "microlens" not in figures:
@@ -183,7 +183,46 @@ def render(figures: dict, results: Path, plots: Path, base: Path) -> str:
         "",
     ]
     out += _speed(figures, ml)
+    if "serve" in figures:
+        out += serving_section(figures["serve"])
     return "\n".join(out) + "\n"
+
+
+def serving_section(serve: dict) -> list[str]:
+    """`benchmarks/serve.py`'s figures: HTTP latency and throughput, new items, exact scan."""
+    out = [
+        "## Serving",
+        "",
+        f"`linkedout serve` on the MoE + IDs run ({serve['catalog_items']:,} items), real HTTP "
+        f"clients on 127.0.0.1 sharing the server's {serve['cpus']} cores "
+        "(`benchmarks/serve.py RUN`).",
+        "",
+        "| request | clients | requests/s | users/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, users in (("single", 1), ("batch_of_32", 32)):
+        for f in serve[name]:
+            out.append(
+                f"| {name.replace('_', ' ')} | {f['clients']} | {f['requests_per_s']:.0f} | "
+                f"{f['requests_per_s'] * users:,.0f} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | "
+                f"{f['errors']} |"
+            )
+    new = serve["new_item"]
+    out += [
+        "",
+        f"`catalog add` of {new['added']} new items: committed in {new['catalog_add_s']:.1f} s "
+        "(checkpoint loaded, items embedded), first ranking that returns one "
+        f"{new['first_ranking_with_it_s']:.1f} s after the command started.",
+        "",
+        "Exact top-10 scan, one query: "
+        + "; ".join(
+            f"{s['items']:,} items x {s['width']} dims {s['ms_per_query']:.2f} ms"
+            for s in serve["exact_scan"]
+        )
+        + ". No approximate index yet.",
+        "",
+    ]
+    return out
 
 
 GOAL = 1.10  # LinkedOut (content + IDs) over the better converged ID-only SASRec

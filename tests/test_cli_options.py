@@ -16,6 +16,7 @@ from linkedout.cli_options import options, options_from
 from linkedout.errors import SettingError
 from linkedout.extract.config import ExtractConfig, RayOptions
 from linkedout.recommend.config import EvaluateConfig, ModelConfig, RecommendConfig, TrainConfig
+from linkedout.service.config import CatalogAddConfig, CatalogRemoveConfig, ServeConfig
 from linkedout.settings import docs, types
 from linkedout.storage.config import ExportConfig, InfoConfig, OptimizeConfig
 
@@ -41,7 +42,9 @@ COMMANDS = [
     ("info", InfoConfig),
     ("export", ExportConfig),
     ("optimize", OptimizeConfig),
+    ("serve", ServeConfig),
 ]
+SUBCOMMANDS = [("catalog", "add", CatalogAddConfig), ("catalog", "remove", CatalogRemoveConfig)]
 
 
 @pytest.mark.parametrize("command, config", COMMANDS)
@@ -115,4 +118,8 @@ def test_a_command_declares_by_hand_only_how_it_prints():
     for command, config in COMMANDS:
         own = {p.name for p in commands[command].params} - set(leaf_fields(config))
         assert own <= {"as_json", "quiet", "prompt_file", "help"}, (command, own)
-    assert set(commands) == {name for name, _ in COMMANDS}  # every command has its config
+    for group, command, config in SUBCOMMANDS:
+        own = {p.name for p in commands[group].commands[command].params}
+        assert own - set(leaf_fields(config)) <= {"help"}, (group, command, own)
+    every = {name for name, _ in COMMANDS} | {group for group, _, _ in SUBCOMMANDS}
+    assert set(commands) == every  # every command has its config

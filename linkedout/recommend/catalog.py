@@ -216,13 +216,17 @@ def catalog_run_id(path: Path) -> str | None:
     return stamp.decode() if stamp is not None else None
 
 
-def open_catalog(path: Path, ids: torch.Tensor | None, memory_budget: MemoryBudget) -> Catalog:
-    """A run's catalog dataset: loaded when it fits `memory_budget`, else read on demand."""
+def require_catalog(path: Path) -> None:
     if not path.exists():
         raise LinkedOutError(
             f"{path} is missing: the run was trained by an older linkedout, or its directory is "
             "damaged; train it again"
         )
+
+
+def open_catalog(path: Path, ids: torch.Tensor | None, memory_budget: MemoryBudget) -> Catalog:
+    """A run's catalog dataset: loaded when it fits `memory_budget`, else read on demand."""
+    require_catalog(path)
     try:
         catalog = LanceCatalog(path, ids, version=TRAINED_VERSION)
         if catalog.content and memory_budget.fits(catalog.nbytes):

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.catalog import catalog_run_id
+from linkedout.recommend.catalog import catalog_run_id, require_catalog
 from linkedout.recommend.data import left_pad
 from linkedout.recommend.run import RunConfig, RunDir
 from linkedout.service.results import Recommendation, Recommendations, user_history
@@ -49,6 +49,7 @@ class Ranker:
         self.config: RunConfig = self.run.config()
         self.module = self.run.checkpoint(self.config.run_id)
         self.model = self.module.model
+        require_catalog(self.run.catalog_file)
         self.run.check_run_id(
             self.run.catalog_file, catalog_run_id(self.run.catalog_file), self.config.run_id
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -278,7 +279,7 @@ def test_training_reads_features_straight_from_s3(runs, planted, s3_bucket, tmp_
     uri = f"s3://{bucket}/planted/features.lance"
     export(planted.features, uri, dest_options=options)
     remote = _train(
-        type(planted)(uri, planted.interactions, planted.signal_layer, planted.cold_items),
+        dataclasses.replace(planted, features=uri),
         tmp_path,
         storage_options=options,
     )
