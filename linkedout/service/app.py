@@ -10,6 +10,7 @@ products only slow each other down. Requests beyond `max_in_flight` are shed wit
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 from contextlib import asynccontextmanager
@@ -43,8 +44,15 @@ ERRORS = {code: {"model": Problem} for code in (400, 401, 404, 413, 415, 422, 50
 
 
 class ServiceError(Exception):
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        index: int = 0,
+    ):
         self.status, self.detail, self.headers = status, detail, headers
+        self.index = index  # the request of a batch it is about
 
 
 class Service:
@@ -132,7 +140,7 @@ def create_app(config: ServeConfig, ranker: Ranker | None = None) -> FastAPI:
         try:
             return await service.batcher.rank(queries)
         except QueryError as e:
-            raise ServiceError(404 if e.unknown_user else 422, str(e)) from None
+            raise ServiceError(404 if e.unknown_user else 422, str(e), index=e.index) from None
 
     @app.post(
         "/recommend", response_model=RecommendResponse, responses=ERRORS, dependencies=guarded
@@ -157,7 +165,7 @@ def create_app(config: ServeConfig, ranker: Ranker | None = None) -> FastAPI:
         try:
             results, version = await rank([_query(r) for r in body.requests])
         except ServiceError as e:
-            raise ServiceError(e.status, f"requests[{_index(e)}]: {e.detail}") from None
+            raise ServiceError(e.status, f"requests[{e.index}]: {e.detail}") from None
         return BatchResponse(
             results=[_response(r, version) for r in results], catalog_version=version
         )
@@ -224,11 +232,6 @@ def _response(result, version: int) -> RecommendResponse:
     return RecommendResponse(**data, catalog_version=version)
 
 
-def _index(e: ServiceError) -> int:
-    cause = e.__cause__ or e.__context__
-    return cause.index if isinstance(cause, QueryError) else 0
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, e: ServiceError):
@@ -279,8 +282,6 @@ def _validation_sentence(errors, content_type: str | None) -> tuple[int, str]:
 def app_from_env() -> FastAPI:
     """The app of one server process, its settings handed over by `linkedout serve`."""
     config = ServeConfig.from_env()
-    import os
-
     threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
     torch.set_num_threads(threads)
     return create_app(config)
