@@ -228,3 +228,10 @@ def test_concurrent_requests_merged_into_one_pass_each_get_their_own_answer(serv
             assert ids[0] == ids[1]
         else:
             assert a.status_code == 404 and a.json() == b.json()
+
+
+def test_several_worker_processes_answer_alike_and_stop_on_sigterm(trained_run, serve):
+    server = serve(trained_run, "--workers", "2")
+    with server.client() as http:
+        answers = [http.post("/recommend", json={"user": "u3", "k": 4}).json() for _ in range(6)]
+    assert all(a == answers[0] for a in answers) and len(answers[0]["items"]) == 4
