@@ -73,6 +73,7 @@ def start(run: Path, log: Path) -> tuple[subprocess.Popen, str]:
 def load(url: str, clients: int, seconds: float, body) -> dict:
     """`clients` threads posting `body()` back to back for `seconds`."""
     latencies: list[float] = []
+    server_ms: list[float] = []
     errors = 0
     lock = threading.Lock()
     stop = time.monotonic() + seconds
@@ -85,8 +86,11 @@ def load(url: str, clients: int, seconds: float, body) -> dict:
                 t = time.perf_counter()
                 got = http.post(path, json=payload)
                 ms = (time.perf_counter() - t) * 1000
+                timing = got.headers.get("server-timing", "")
                 with lock:
                     latencies.append(ms)
+                    if "dur=" in timing:
+                        server_ms.append(float(timing.split("dur=")[1]))
                     errors += got.status_code != 200
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -97,7 +101,10 @@ def load(url: str, clients: int, seconds: float, body) -> dict:
         t.join()
     elapsed = time.monotonic() - began
     q = statistics.quantiles(latencies, n=100)
+    sq = statistics.quantiles(server_ms, n=100)
     return {
+        "server_p50_ms": sq[49],
+        "server_p99_ms": sq[98],
         "clients": clients,
         "requests": len(latencies),
         "errors": errors,

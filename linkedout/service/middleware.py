@@ -1,7 +1,10 @@
 """Two ASGI middlewares that answer before the app reads a request: bodies over the size limit
-(413), and rankings over the in-flight limit (503 with Retry-After)."""
+(413), and rankings over the in-flight limit (503 with Retry-After; the rankings let through
+carry their server-side time in Server-Timing)."""
 
 from __future__ import annotations
+
+import time
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -73,7 +76,21 @@ class LoadShedding:
             await busy(scope, receive, send)
             return
         self.in_flight += 1
+        began = time.perf_counter()
+
+        async def timed(message: Message) -> None:
+            # Server-Timing (a standard header): the server's own share of the latency a
+            # client sees, queueing for the ranking thread included.
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - began) * 1000
+                headers = [
+                    *message.get("headers", []),
+                    (b"server-timing", f"app;dur={ms:.2f}".encode()),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, timed)
         finally:
             self.in_flight -= 1

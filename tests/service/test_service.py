@@ -28,6 +28,7 @@ def test_rankings_over_http_equal_linkedout_recommend(trained_run, server):
             cli = _recommend_cli(trained_run, "--user", user, "--k", "7", "--explain")
             got = http.post("/recommend", json={"user": user, "k": 7, "explain": True})
             assert got.status_code == 200, got.text
+            assert got.headers["server-timing"].startswith("app;dur=")
             body = got.json()
             assert body["items"] == cli["items"]  # ids, scores, depths: exactly
             assert body["gate"] == {str(k): v for k, v in cli["gate"].items()}
