@@ -116,7 +116,7 @@ class LanceCatalog(Catalog):
         return catalog_bytes((self.num_items, layers, d))
 
     def load(self) -> MemoryCatalog:
-        loaded = MemoryCatalog(_experts(self._ds.to_table(columns=["experts"])), self.ids)
+        loaded = MemoryCatalog(experts_from_table(self._ds.to_table(columns=["experts"])), self.ids)
         loaded.run_id = self.run_id
         return loaded
 
@@ -126,13 +126,13 @@ class LanceCatalog(Catalog):
         # Lance reads sorted, distinct rows fastest; histories repeat popular items.
         unique, inverse = torch.unique(items.cpu(), return_inverse=True)
         table = self._ds.take(unique.numpy(), columns=["experts"])
-        return _experts(table)[inverse].to(items.device)
+        return experts_from_table(table)[inverse].to(items.device)
 
     def _experts_range(self, start: int, stop: int) -> torch.Tensor | None:
         if not self.content:
             return None
         table = self._ds.to_table(columns=["experts"], offset=start, limit=stop - start)
-        return _experts(table)
+        return experts_from_table(table)
 
 
 def expert_chunks(model, tokens, device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
@@ -192,12 +192,8 @@ def write_catalog(
             return
         start = 0
         for chunk in experts:
-            # A fresh C-order copy: a "contiguous" tensor may keep odd strides on size-1
-            # dimensions (one depth), which Arrow's tensor type refuses.
-            values = chunk.detach().float().cpu().numpy().copy(order="C")
-            tensors = pa.FixedShapeTensorArray.from_numpy_ndarray(values)
-            stop = start + len(values)
-            yield pa.record_batch([_names(names, start, stop), tensors], schema)
+            stop = start + len(chunk)
+            yield pa.record_batch([_names(names, start, stop), experts_array(chunk)], schema)
             start = stop
         if start != n:
             raise ValueError(f"catalog chunks held {start} items, expected {n}")
@@ -253,7 +249,15 @@ def _names(names: list[str] | None, start: int, stop: int) -> pa.Array:
     )
 
 
-def _experts(table: pa.Table) -> torch.Tensor:
+def experts_array(chunk: torch.Tensor) -> pa.FixedShapeTensorArray:
+    """`e` rows `[C, L, r]` as the catalog's `experts` column."""
+    # A fresh C-order copy: a "contiguous" tensor may keep odd strides on size-1 dimensions
+    # (one depth), which Arrow's tensor type refuses.
+    values = chunk.detach().float().cpu().numpy().copy(order="C")
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(values)
+
+
+def experts_from_table(table: pa.Table) -> torch.Tensor:
     column = table.column("experts").combine_chunks()
     shape = column.type.shape
     values = column.storage.flatten().to_numpy(zero_copy_only=False).reshape(len(column), *shape)

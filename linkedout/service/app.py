@@ -59,27 +59,26 @@ class Service:
     """What the endpoints share: the ranker once loaded, and the thread that watches for
     new catalog versions."""
 
-    def __init__(self, config: ServeConfig, ranker: Ranker | None = None):
+    def __init__(self, config: ServeConfig):
         self.config = config
-        self.ranker = ranker
+        self.ranker: Ranker | None = None
+        self.batcher: Batcher | None = None
         self.load_error: str | None = None
         self.stop = threading.Event()
-        self.batcher: Batcher | None = None
 
     def load_and_watch(self) -> None:
-        if self.ranker is None:
-            try:
-                self.ranker = Ranker(self.config.run)
-            except Exception as e:  # reported by /readyz and every ranking, never raised
-                self.load_error = first_line(e, 300)
-                log.error("could not load %s: %s", self.config.run, self.load_error)
-                return
-            log.info(
-                "ready: %s, catalog version %d (%d items)",
-                self.config.run,
-                self.ranker.snapshot.version,
-                self.ranker.snapshot.size,
-            )
+        try:
+            ranker = Ranker(self.config.run)
+        except Exception as e:  # reported by /readyz and every ranking, never raised
+            self.load_error = first_line(e, 300)
+            log.error("could not load %s: %s", self.config.run, self.load_error)
+            return
+        self.batcher = Batcher(ranker.rank_at, self.config.max_batch)
+        self.ranker = ranker  # last: once a request sees the ranker, the batcher is there
+        snap = ranker.snapshot
+        log.info(
+            "ready: %s, catalog version %d (%d items)", self.config.run, snap.version, snap.size
+        )
         while not self.stop.wait(self.config.poll_seconds):
             try:
                 if self.ranker.refresh():
@@ -96,8 +95,8 @@ class Service:
         raise ServiceError(503, "the run is still loading: retry shortly", {"Retry-After": "1"})
 
 
-def create_app(config: ServeConfig, ranker: Ranker | None = None) -> FastAPI:
-    service = Service(config, ranker)
+def create_app(config: ServeConfig) -> FastAPI:
+    service = Service(config)
     token = config.token()
 
     @asynccontextmanager
@@ -134,9 +133,7 @@ def create_app(config: ServeConfig, ranker: Ranker | None = None) -> FastAPI:
     guarded = [Depends(authorized)]
 
     async def rank(queries: list[Query]) -> tuple[list, int]:
-        ranker = service.ready()
-        if service.batcher is None:
-            service.batcher = Batcher(ranker.rank_at, config.max_batch)
+        service.ready()
         try:
             return await service.batcher.rank(queries)
         except QueryError as e:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import torch
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.catalog import CHUNK_ITEMS
+from linkedout.recommend.catalog import CHUNK_ITEMS, experts_array
 from linkedout.recommend.run import RunDir
 from linkedout.recommend.run_lock import RunLock
 from linkedout.storage import FeatureStore
@@ -64,21 +64,19 @@ def add_items(
             + "): extract the new items with the same model, layers and pooling"
         )
     ds = lance.dataset(str(run.catalog_file))
-    present = set(ds.to_table(columns=["item_id"]).column("item_id").to_pylist())
+    present = _live_ids(ds)
     stored = store.ids()
     new = [i for i in stored if i not in present]
     if not new:
-        return CatalogChange(already=len(stored), version=ds.version, size=len(present) - 1)
+        return CatalogChange(already=len(stored), version=ds.version, size=len(present))
 
     @torch.inference_mode()
     def batches() -> Iterator[pa.RecordBatch]:
         for start in range(0, len(new), CHUNK_ITEMS):
             ids = new[start : start + CHUNK_ITEMS]
             experts = model.item_experts(store.read_tokens(ids, config.layers))
-            values = experts.float().numpy().copy(order="C")
             yield pa.record_batch(
-                [pa.array(ids, pa.string()), pa.FixedShapeTensorArray.from_numpy_ndarray(values)],
-                schema=ds.schema,
+                [pa.array(ids, pa.string()), experts_array(experts)], schema=ds.schema
             )
             if on_progress is not None:
                 on_progress(start + len(ids), len(new))
@@ -89,7 +87,7 @@ def add_items(
         added=len(new),
         already=len(stored) - len(new),
         version=written.version,
-        size=len(present) - 1 + len(new),
+        size=len(present) + len(new),
     )
 
 
@@ -97,7 +95,7 @@ def remove_items(run_path: str | Path, item_ids: list[str]) -> CatalogChange:
     """Delete these items from the catalog in one commit; ids not in it are counted, not fatal."""
     run = _editable(run_path)
     ds = lance.dataset(str(run.catalog_file))
-    present = set(ds.to_table(columns=["item_id"]).column("item_id").to_pylist()) - {""}
+    present = _live_ids(ds)
     gone = sorted(set(item_ids) & present)
     if not gone:
         return CatalogChange(already=len(set(item_ids)), version=ds.version, size=len(present))
@@ -108,6 +106,11 @@ def remove_items(run_path: str | Path, item_ids: list[str]) -> CatalogChange:
         version=ds.version,
         size=len(present) - len(gone),
     )
+
+
+def _live_ids(ds: lance.LanceDataset) -> set[str]:
+    """Item ids of the catalog's live rows (not the padding row's "")."""
+    return set(ds.to_table(columns=["item_id"]).column("item_id").to_pylist()) - {""}
 
 
 def _editable(run_path: str | Path) -> RunDir:

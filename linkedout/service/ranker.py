@@ -139,9 +139,8 @@ class Ranker:
         explained = q.explain and self.model.content
         contributions = None
         if explained:
-            contributions = self.model.layer_contributions(h[None], gate[None], snap.experts[rows])[
-                0
-            ]
+            experts = snap.experts[rows]
+            contributions = self.model.layer_contributions(h[None], gate[None], experts)[0]
         items = []
         for j, (row, score) in enumerate(zip(rows.tolist(), scores.tolist(), strict=True)):
             item = snap.item_ids[row - 1]

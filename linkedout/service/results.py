@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from linkedout.errors import LinkedOutError
-
 
 @dataclass(frozen=True)
 class Recommendation:
@@ -28,12 +26,8 @@ class Recommendations:
 
 def user_history(run, user: str) -> list[str]:
     """Everything the run saw of a training user (train, valid and test items); `run` has
-    the split, its `user_index` and `item_ids` (a TrainedRun or a Ranker)."""
-    if user not in run.user_index:
-        raise LinkedOutError(
-            f"user {user!r} is not in this run's interactions ({len(run.user_index):,} users): "
-            "pass --history ID,ID,... instead"
-        )
+    the split, its `user_index` and `item_ids` (a TrainedRun or a Ranker, which checks the
+    user first: `Ranker.history_of`)."""
     u = run.user_index[user]
     items = run.split.history(u, "test") + [run.split.test[u]]
     return [run.item_ids[i - 1] for i in items]

@@ -19,7 +19,7 @@ import lance
 import pyarrow.compute as pc
 import torch
 
-from linkedout.recommend.catalog import _experts
+from linkedout.recommend.catalog import experts_from_table
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,13 @@ class CatalogSnapshot:
     """`item_ids[j - 1]` is row j."""
     index: dict[str, int]
     """Item id -> row."""
-    experts: torch.Tensor | None
-    """`e [N + 1, L, r]` (None for ID-only runs): history inputs and explanations."""
-    id_vectors: torch.Tensor | None
-    """`[N + 1, d]` (None for content-only runs); zero for items the training split lacks."""
     keys: torch.Tensor
-    """`[N + 1, d + L·r]`, what a user's query is multiplied with."""
+    """`[N + 1, d + L·r]` (model.keys: ID vector, then the flattened `e`), what a user's
+    query is multiplied with; the two parts are read back as views, never stored twice."""
+    id_width: int
+    """d, the ID part's width (0 for content-only runs)."""
+    num_layers: int
+    """L of the content part (0 for ID-only runs)."""
     added: int
     """Live items that were not in the training split."""
 
@@ -43,10 +44,22 @@ class CatalogSnapshot:
     def size(self) -> int:
         return len(self.item_ids)
 
+    @property
+    def experts(self) -> torch.Tensor | None:
+        """`e [N + 1, L, r]`: history inputs and explanations."""
+        if not self.num_layers:
+            return None
+        return self.keys[:, self.id_width :].unflatten(1, (self.num_layers, -1))
+
+    @property
+    def id_vectors(self) -> torch.Tensor | None:
+        """`[N + 1, d]`, zero for items the training split lacks."""
+        return self.keys[:, : self.id_width] if self.id_width else None
+
 
 def catalog_version(path: str) -> int:
-    """The newest committed version of a catalog dataset (reads its manifest only)."""
-    return lance.dataset(path).latest_version
+    """The newest committed version of a catalog dataset (opening reads its latest manifest)."""
+    return lance.dataset(path).version
 
 
 @torch.inference_mode()
@@ -62,7 +75,7 @@ def load_snapshot(
     item_ids: list[str] = table.column("item_id").to_pylist()
     experts = None
     if model.content:
-        e = _experts(table)
+        e = experts_from_table(table)
         experts = torch.cat([torch.zeros((1, *e.shape[1:]), dtype=e.dtype), e])
     id_vectors = None
     model_index = torch.tensor([trained.get(i, 0) for i in item_ids], dtype=torch.long)
@@ -71,13 +84,12 @@ def load_snapshot(
         # split lacks read it, which is the zero vector they should have.
         rows = torch.cat([torch.zeros(1, dtype=torch.long), model_index])
         id_vectors = model.ids.weight.detach()[rows]
-    keys = model.keys(experts, id_vectors)
     return CatalogSnapshot(
         version=ds.version,
         item_ids=item_ids,
         index={item: j + 1 for j, item in enumerate(item_ids)},
-        experts=experts,
-        id_vectors=id_vectors,
-        keys=keys.contiguous(),
+        keys=model.keys(experts, id_vectors).contiguous(),
+        id_width=0 if id_vectors is None else id_vectors.shape[1],
+        num_layers=0 if experts is None else experts.shape[1],
         added=int((model_index == 0).sum()),
     )
