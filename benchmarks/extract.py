@@ -8,10 +8,15 @@
 3. Backends: transformers against vLLM (`--backend vllm`) on the same clips and the same random
    Qwen2-VL checkpoint of Qwen2-0.5B's language shape, with and without `--new-tokens 8`,
    both preloaded and fed the same batches. Runs where vLLM imports (`make vllm-env`).
+4. Queries: one query against three in one run with `--query-position after` (the video paid
+   once, each query continuing from its keys and values; aim: at most 1.3x one query), three
+   separate one-query runs, and three queries `before` the video (a full pass each), on a small
+   random Qwen2.5-VL (8 blocks, 512 wide) whose forward, not decoding, takes most of the time.
 
     python benchmarks/extract.py [--videos ../shared/data/videos] [--frames 16]
         [--max-pixels 200704] [--big-videos 2] [--big-dtype bf16|fp32] [--skip-big]
     .venv-vllm/bin/python benchmarks/extract.py --only-backends [--backend-videos 8]
+    python benchmarks/extract.py --only-queries [--query-videos 4]
 """
 
 from __future__ import annotations
@@ -194,6 +199,79 @@ def backends(args, tmp: Path) -> dict:
     return figures
 
 
+QUERIES = (
+    "what=Title: {title}\nWhat does this video show, and why would people want to watch it?",
+    "mood=Describe the style and mood of this video in a few words.",
+    "audience=Who would enjoy this video, and in what situation would they watch it?",
+)
+# A random Qwen2.5-VL whose language model costs real compute next to decoding.
+QUERY_MODEL_TEXT = dict(
+    hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+    num_key_value_heads=2,
+    rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]},
+)  # fmt: skip
+QUERY_MODEL_VISION = dict(depth=4, hidden_size=128, intermediate_size=256, out_hidden_size=512)
+
+
+def queries(args, tmp: Path) -> dict:
+    """Section 4: seconds for one query, three after the video, three separate runs, three
+    before it; each run extracts the same videos into a new dataset, the model preloaded."""
+    model = build_tiny_qwen(
+        "qwen2_5_vl", tmp / "query-model", text=QUERY_MODEL_TEXT, vision=QUERY_MODEL_VISION
+    )
+    backbone = QwenVLBackbone.load(
+        str(model), torch.device("cpu"), torch.float32, max_pixels=args.max_pixels
+    )
+    clips = sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+    subset = tmp / "query-videos"
+    subset.mkdir()
+    for clip in sorted(clips, key=lambda p: p.stat().st_size)[: args.query_videos]:
+        (subset / clip.name).symlink_to(clip)
+
+    def run(name: str, asked: tuple[str, ...], position: str = "after") -> float:
+        config = ExtractConfig(
+            out=str(tmp / f"{name}.lance"),
+            videos=subset,
+            model=str(model),
+            frames=args.frames,
+            max_pixels=args.max_pixels,
+            device="cpu",
+            dtype="fp32",
+            query=list(asked),
+            query_position=position,
+            decode_threads=args.decode_threads,
+        )
+        summary = extract(config, backbone=backbone)
+        if summary.failed:
+            print(f"  warning: {summary.failed} failures")
+        return summary.seconds
+
+    run("warm", QUERIES[:1])
+    one = run("one", QUERIES[:1])
+    three = run("three", QUERIES)
+    separate = sum(run(f"separate{i}", (q,)) for i, q in enumerate(QUERIES))
+    before = run("before", QUERIES, "before")
+    n = args.query_videos
+    print(f"\n4. queries ({n} videos, {args.frames} frames, random 8-block 512-wide Qwen2.5-VL)")
+    for label, seconds in (
+        ("1 query", one),
+        ("3 queries, after (video once)", three),
+        ("3 separate 1-query runs", separate),
+        ("3 queries, before (pass each)", before),
+    ):
+        print(f"   {label:32s} {seconds:7.2f} s   {seconds / one:5.2f}x one query")
+    return {
+        "videos": n,
+        "one_query_s": one,
+        "three_after_s": three,
+        "three_separate_s": separate,
+        "three_before_s": before,
+        "three_after_over_one": three / one,
+        "three_separate_over_one": separate / one,
+        "three_before_over_one": before / one,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=Path, default=REPO.parent / "shared" / "data" / "videos")
@@ -209,11 +287,14 @@ def main() -> None:
     parser.add_argument("--backend-max-pixels", type=int, default=224 * 224)
     parser.add_argument("--backend-batch", type=int, default=8)
     parser.add_argument("--only-backends", action="store_true", help="run section 3 alone")
+    parser.add_argument("--only-queries", action="store_true", help="run section 4 alone")
+    parser.add_argument("--query-videos", type=int, default=4)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    if args.only_backends:
+    if args.only_backends or args.only_queries:
+        section = backends if args.only_backends else queries
         with tempfile.TemporaryDirectory() as tmp:
-            figures = {"backends": backends(args, Path(tmp))}
+            figures = {section.__name__: section(args, Path(tmp))}
         figures["settings"] = {k: str(v) for k, v in vars(args).items() if k != "json"}
         write_json(args.json, figures)
         return

@@ -154,7 +154,12 @@ def dataset_info(stored: StoreInfo, failures: list[Failure]) -> None:
         ),
         ("layers", ", ".join(map(str, m.layers))),
         ("pooling", m.pooling or "-"),
-        ("prompt", m.prompt or "-"),
+        *(
+            [(f"query {name}", text) for name, text in m.queries]
+            + [("query position", f"{m.query_position} the video")]
+            if m.queries
+            else [("prompt", m.prompt or "-")]
+        ),
         ("frames per video", str(m.frames_per_video or "-")),
         *((f"recipe: {k}", v) for k, v in sorted(m.recipe.items())),
         *((f"written by: {k}", v) for k, v in sorted(m.provenance.items())),

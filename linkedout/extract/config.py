@@ -12,6 +12,13 @@ from typing import Literal
 
 from linkedout.errors import LinkedOutError, SettingError
 from linkedout.extract.defaults import DEFAULT_PROMPT, DEFAULT_VIDEO_MODEL
+from linkedout.extract.queries import (
+    DEFAULT_QUERY,
+    Query,
+    check_queries,
+    parse_query_flags,
+    read_query_file,
+)
 from linkedout.settings import at_least, check_choices, setting
 from linkedout.storage.defaults import COMMIT_EVERY
 from linkedout.storage.uri import storage_options_setting
@@ -20,6 +27,11 @@ MAX_FRAMES = 768
 """The most frames one video may be sampled with: qwen-vl-utils' own ceiling (FPS_MAX_FRAMES).
 Decoded frames are held in memory at the clip's native resolution (768 frames of 1080p are
 4.8 GB) before packing; the model's context usually binds first (checked per backbone)."""
+
+
+def list_of(values: list[str] | None) -> list[str]:
+    """A repeatable option's values (none given: empty)."""
+    return list(values or [])
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
@@ -71,8 +83,21 @@ class ExtractConfig:
     through the generic path (its own processor packs the frames; needs torchvision); with
     --texts, any transformers text model."""
     prompt: str = DEFAULT_PROMPT
-    """Query given with every video; {title} is filled from the titles table (lines with
-    {title} are dropped for untitled videos)."""
+    """Query given with every video when no --query names one (it is then the query named
+    default); {title} is filled from the titles table (lines with {title} are dropped for
+    untitled videos)."""
+    query: list[str] = setting(default_factory=list, cli_type=list[str] | None, parse=list_of)
+    """NAME=TEXT: a named query asked of every video; repeatable, and NAME (a-z, 0-9, _) names
+    its stored slots. Several queries share one read of the video (see --query-position). On a
+    dataset that holds other queries, only the new ones run for the videos stored there."""
+    queries: Path | None = None
+    """YAML (name: text lines) or JSONL ({"name": ..., "text": ...} per line) file of named
+    queries, asked like --query (both may be given)."""
+    query_position: Literal["after", "before"] = "after"
+    """Where each query sits in the chat turn. after: behind the video, so the video is
+    computed once per video and every query continues from its keys and values (the video
+    slots are the same for every query: they never see it). before: ahead of the video, so the
+    video tokens read the query and title; one full pass per query."""
     titles: Path | None = None
     """Table of item ids (= video file stems) and titles."""
     id_column: str | None = None
@@ -121,6 +146,21 @@ class ExtractConfig:
     """Cluster, workers and GPUs of the ray engine."""
     storage_options: dict[str, str] = storage_options_setting()
 
+    def named_queries(self) -> list[Query]:
+        """The queries of this run, in order: --query, then --queries; else --prompt, named
+        default."""
+        named = parse_query_flags(self.query)
+        if self.queries is not None:
+            named = check_queries(named + read_query_file(self.queries), "the queries")
+        if not named:
+            return [Query(DEFAULT_QUERY, self.prompt)]
+        if self.prompt != DEFAULT_PROMPT:
+            raise LinkedOutError(
+                "--prompt is the one query of a run without --query or --queries: name it as "
+                "a query instead (--query default='...')"
+            )
+        return named
+
     def __post_init__(self) -> None:
         check_choices(self)
         if (self.videos is None) == (self.texts is None):
@@ -139,6 +179,19 @@ class ExtractConfig:
         if self.videos is not None and not self.prompt.strip():
             raise SettingError(
                 "prompt", self.prompt, "is empty: the model needs a question about each video"
+            )
+        named = self.named_queries()
+        if self.texts is not None and (self.query or self.queries):
+            raise LinkedOutError(
+                "--query and --queries ask questions of videos; a text backbone (--texts) reads "
+                "each item's text alone: drop them"
+            )
+        if self.backend == "vllm" and (len(named) > 1 or self.query_position == "before"):
+            raise LinkedOutError(
+                "--backend vllm extracts one query placed after the video (its prefix cache "
+                "would skip the layer capture of a shared video, and a query before the video "
+                "needs a pass per query): use --backend transformers for several queries or "
+                "--query-position before"
             )
         at_least(self, "commit_every", 1, "commit at least 1 row at a time")
         at_least(self, "decode_threads", 1, "decode with at least 1 thread")

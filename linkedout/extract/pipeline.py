@@ -11,6 +11,7 @@ This module plans, resumes and writes, once per run; an engine (`engines/local.p
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import time
@@ -19,7 +20,11 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pyarrow as pa
+import torch
 
 from linkedout.errors import LinkedOutError, SettingError, first_line
 from linkedout.extract.backbones import Backbone, inspect_model, load_backbone, writes_timestamps
@@ -31,14 +36,15 @@ from linkedout.extract.engines import ray as ray_engine
 from linkedout.extract.engines.base import Engine
 from linkedout.extract.engines.local import LocalEngine
 from linkedout.extract.pool import PoolingRecipe
+from linkedout.extract.queries import Query, fill
 from linkedout.extract.steps import (
     BackboneFacts,
     ExtractPlan,
     check_frames_fit,
-    fill_prompt,
     parse_layers,
 )
 from linkedout.storage import FailedItem, FeatureStore, FeatureWriter
+from linkedout.storage.columns import query_column, tokens_to_arrow
 from linkedout.storage.maintenance import optimize
 from linkedout.storage.rows import sha256_file, sha256_text
 
@@ -57,6 +63,10 @@ class ExtractSummary:
     """Items this run tried to extract (those not already stored)."""
     failure_reasons: Counter[str] = field(default_factory=Counter)
     """Reason -> how many of this run's items failed with it."""
+    queries_added: list[str] = field(default_factory=list)
+    """Queries this run added to the items stored before it."""
+    given_queries: int = 0
+    """Stored items that got the added queries."""
 
     def all_failed(self) -> str | None:
         """A one-line error when every item this run tried failed (their failures are stored),
@@ -72,10 +82,15 @@ class ExtractSummary:
 
     def line(self) -> str:
         done = self.new + self.replaced
-        rate = done / self.seconds if self.seconds > 0 else 0.0
+        added = (
+            f", {', '.join(self.queries_added)} added to {self.given_queries} stored"
+            if self.queries_added
+            else ""
+        )
+        rate = (done + self.given_queries) / self.seconds if self.seconds > 0 else 0.0
         return (
             f"{self.uri}: {self.new} new, {self.replaced} replaced, {self.skipped} skipped "
-            f"(already stored), {self.failed} failed in {self.seconds:.1f}s "
+            f"(already stored){added}, {self.failed} failed in {self.seconds:.1f}s "
             f"({rate:.2f} items/s)"
         )
 
@@ -106,15 +121,17 @@ def plan_items(config: ExtractConfig) -> tuple[list[CatalogItem], list[str]]:
     if config.limit is not None:
         items = items[: config.limit]
     if config.videos is not None and items:
-        if all(not fill_prompt(config.prompt, i.title) for i in items):
-            raise SettingError(
-                "prompt",
-                config.prompt,
+        untitled = "" if config.titles else " (no `titles` table given)"
+        for query in config.named_queries():
+            if any(fill(query.text, i.title) for i in items):
+                continue
+            why = (
                 "is empty for every video: each of its lines holds {title}, and no video has a "
-                "title"
-                + ("" if config.titles else " (no `titles` table given)")
-                + ": add a line without {title}",
+                f"title{untitled}: add a line without {{title}}"
             )
+            if not (config.query or config.queries):
+                raise SettingError("prompt", config.prompt, why)
+            raise LinkedOutError(f"query {query.name!r} {why}")
     return items, notes
 
 
@@ -158,6 +175,13 @@ def make_engine(config: ExtractConfig, backbone: Backbone | None = None) -> Engi
     layers = parse_layers(config.layers, num_layers)
     model_type = info.model_type if info is not None else getattr(backbone, "family", None)
     generic = info.generic if info is not None else isinstance(backbone.packer, GenericVLMPacker)
+    if generic and kind == "video-llm" and config.query_position == "before":
+        raise SettingError(
+            "query_position",
+            "before",
+            f"{config.model} goes through the generic path, whose processor writes the chat "
+            "turn with the video first: use `query_position` after",
+        )
     recipe = PoolingRecipe.make(
         kind,
         config.tokens_per_layer,
@@ -186,14 +210,18 @@ def _content_hash(item: CatalogItem) -> str:
     return sha256_text(f"unreadable: {why}") if why else sha256_file(item.source)
 
 
+def _hashes(config: ExtractConfig, items: list[CatalogItem]) -> dict[str, str]:
+    """Item id -> content hash, hashed on the decode threads."""
+    with ThreadPoolExecutor(max(1, config.decode_threads), "linkedout-hash") as pool:
+        return dict(zip((i.item_id for i in items), pool.map(_content_hash, items), strict=True))
+
+
 def _todo(
-    config: ExtractConfig, store: FeatureStore, items: list[CatalogItem]
+    config: ExtractConfig, store: FeatureStore, items: list[CatalogItem], hashes: dict[str, str]
 ) -> list[tuple[CatalogItem, str]]:
     """(item, content hash) of each item the store does not hold as it is now."""
     if not items:
         return []
-    with ThreadPoolExecutor(max(1, config.decode_threads), "linkedout-hash") as pool:
-        hashes = dict(zip((i.item_id for i in items), pool.map(_content_hash, items), strict=True))
     todo_ids = set(
         store.pending(
             ((i.item_id, hashes[i.item_id], i.title) for i in items), overwrite=config.overwrite
@@ -204,6 +232,93 @@ def _todo(
         # Batches of similar length waste little compute on padding (2x on MicroLens titles).
         todo.sort(key=lambda pair: len(pair[0].title or ""))
     return todo
+
+
+def _adding(
+    store: FeatureStore, items: list[CatalogItem], hashes: dict[str, str], todo: set[str]
+) -> tuple[list[str], dict[str, tuple[CatalogItem, str]]]:
+    """Queries the dataset names but holds no column for yet, and the stored items they are
+    run for: those whose video is here, unchanged (the same content hash), and not about to
+    be extracted whole."""
+    names = store.missing_queries()
+    if not names or not len(store):
+        return names, {}
+    stored = store.status()
+    return names, {
+        i.item_id: (i, hashes[i.item_id])
+        for i in items
+        if i.item_id not in todo
+        and i.item_id in stored
+        and stored[i.item_id].error is None
+        and stored[i.item_id].content_sha256 == hashes[i.item_id]
+    }
+
+
+def _add_queries(
+    config: ExtractConfig,
+    store: FeatureStore,
+    engine: Engine,
+    adding: tuple[list[str], dict[str, tuple[CatalogItem, str]]],
+    on_progress: Callable[[int, int, int], None] | None,
+    total: int,
+    summary: ExtractSummary,
+) -> None:
+    """Run only the new queries for the stored items and commit them as new columns, none of
+    the stored columns rewritten. Lance fills the columns a batch of stored rows at a time; a
+    local checkpoint keeps the batches done, so an interrupted run resumes there."""
+    names, todo = adding
+    plan = replace(
+        engine.plan,
+        queries=tuple(q for q in engine.plan.queries if q.name in names),
+        with_tokens=False,
+    )
+    done = 0
+
+    def fill(batch: pa.RecordBatch) -> pa.RecordBatch:
+        nonlocal done
+        ids = batch.column("item_id").to_pylist()
+        rows = {}
+        for row in engine.rows([todo[i] for i in ids if i in todo], plan):
+            done += 1
+            if isinstance(row, FailedItem):
+                summary.failure_reasons[f"query not added: {row.error}"] += 1
+            elif all(bool(torch.isfinite(t).all()) for t in row.queries.values()):
+                rows[row.item_id] = row
+            else:
+                summary.failure_reasons["query not added: its states hold NaN or inf"] += 1
+            if on_progress:
+                on_progress(done, total, 0)
+        columns = [
+            tokens_to_arrow(
+                [rows[i].queries[name] if i in rows else None for i in ids],
+                store.manifest,
+                store.manifest.query_slots,
+            )
+            for name in names
+        ]
+        return pa.RecordBatch.from_arrays(columns, names=[query_column(n) for n in names])
+
+    checkpoint = _checkpoint_file(store, names)
+    store.add_query_columns(names, fill, config.commit_every, str(checkpoint))
+    checkpoint.unlink(missing_ok=True)
+    summary.queries_added = list(names)
+    summary.given_queries = len(store) - max(store.query_nulls(n) for n in names)
+    lacking = {name: store.query_nulls(name) for name in names}
+    for name, count in lacking.items():
+        if count:
+            summary.notes.append(
+                f"{count} stored item(s) got no {name!r} slots (their video is not under "
+                "--videos as it was extracted): extract them again to add it"
+            )
+
+
+def _checkpoint_file(store: FeatureStore, names: list[str]) -> Path:
+    """Where an interrupted `_add_queries` keeps its finished batches: a local file named by
+    the dataset, its version and the queries, so only the same run resumes from it."""
+    key = hashlib.sha256(f"{store.uri}|{store.version}|{','.join(names)}".encode()).hexdigest()
+    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "linkedout"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"add-queries-{key[:16]}.sqlite"
 
 
 # ------------------------------------------------------------------ the run
@@ -253,20 +368,29 @@ def extract(
         store = FeatureStore.open_or_create(config.out, engine.manifest, config.storage_options)
     summary = ExtractSummary(uri=store.uri, items=len(items), notes=notes)
     first_version = store.version
-    todo = _todo(config, store, items)
+    if engine.plan.is_video:  # every new row gets every query the dataset holds
+        stored = tuple(Query(n, t) for n, t in store.manifest.named_queries())
+        engine.plan = replace(engine.plan, queries=stored)
+    hashes = _hashes(config, items)
+    todo = _todo(config, store, items, hashes)
+    adding = _adding(store, items, hashes, {i.item_id for i, _ in todo})
     summary.skipped = len(items) - len(todo)
     summary.attempted = len(todo)
+    total = len(todo) + len(adding[1])
     if on_progress:
-        on_progress(0, len(todo), 0)
+        on_progress(0, total, 0)
+    if adding[0]:
+        with _writing(store.uri):
+            _add_queries(config, store, engine, adding, on_progress, total, summary)
     writer = FeatureWriter(store, config.commit_every, overwrite=config.overwrite)
     with _writing(store.uri):
         try:
-            for done, row in enumerate(engine.rows(todo), 1):
+            for done, row in enumerate(engine.rows(todo), len(adding[1]) + 1):
                 if isinstance(row, FailedItem):
                     summary.failure_reasons[row.error] += 1
                 writer.add(row)
                 if on_progress:
-                    on_progress(done, len(todo), writer.stats.failed)
+                    on_progress(done, total, writer.stats.failed)
         except OSError:
             raise  # the store cannot be written: committing or indexing again would fail too
         except BaseException:

@@ -15,6 +15,7 @@ The recipe is fixed by (backbone kind, T, generated tokens) and written into the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -107,19 +108,32 @@ class PoolingRecipe:
                 _chunk_means(text, self.tokens_per_layer - 3),
             ]
             return torch.cat(slots)
-        if spans.video is None or spans.video_grid is None:
+        return torch.cat([self.video_slots(hidden, spans), self.text_slots(hidden, spans)])
+
+    @property
+    def video_slot_count(self) -> int:
+        """V: the leading slots that hold the video tokens (0 for text backbones)."""
+        return 0 if self.video_bins is None else math.prod(self.video_bins)
+
+    def video_slots(self, hidden: torch.Tensor, spans: Spans) -> torch.Tensor:
+        """The video backbone's first V slots `[V, D]`: the video tokens' bins. Pooled on their
+        own, they can come from a pass over the video alone, shared by every query."""
+        if spans.video is None or spans.video_grid is None or self.video_bins is None:
             raise ValueError("a video backbone's spans need the video positions and grid")
         t, h, w = spans.video_grid
-        video = hidden[spans.video_positions()].T.reshape(1, -1, t, h, w)  # [1, D, t, h, w]
-        video = F.adaptive_avg_pool3d(video, self.video_bins).flatten(2)[0].T  # [bins, D]
-        prompt = hidden[spans.prompt]
-        slots = [video, prompt.mean(0, keepdim=True), prompt[-1:]]
+        video = hidden[spans.video_positions()].float().T.reshape(1, -1, t, h, w)  # [1, D, t, h, w]
+        return F.adaptive_avg_pool3d(video, self.video_bins).flatten(2)[0].T  # [bins, D]
+
+    def text_slots(self, hidden: torch.Tensor, spans: Spans) -> torch.Tensor:
+        """The video backbone's last T - V slots: prompt (and generated) tokens, one query's."""
+        prompt = hidden[spans.prompt].float()
+        slots = [prompt.mean(0, keepdim=True), prompt[-1:]]
         if self.prompt_slots > 2:
             slots.append(_chunk_means(prompt, self.prompt_slots - 2))
         if self.generated_slots:
             if spans.generated is None:
                 raise ValueError("recipe has generated-token slots but the item has none")
-            new = hidden[spans.generated]
+            new = hidden[spans.generated].float()
             slots += [new.mean(0, keepdim=True), new[-1:]]
         return torch.cat(slots)
 

@@ -21,11 +21,12 @@ import transformers
 
 from linkedout import __version__
 from linkedout.errors import LinkedOutError, SettingError
-from linkedout.extract.backbones import Backbone, ItemInput, Packer, Prepared
+from linkedout.extract.backbones import Asked, Backbone, ItemInput, Packer, Prepared
 from linkedout.extract.config import ExtractConfig
 from linkedout.extract.decode import DecodeError, decode_video, unreadable_reason
 from linkedout.extract.discover import CatalogItem
 from linkedout.extract.pool import PoolingRecipe
+from linkedout.extract.queries import DEFAULT_QUERY, Query, fill
 from linkedout.storage import FailedItem, FeatureRow, Manifest
 from linkedout.storage.columns import TORCH_DTYPES
 
@@ -72,11 +73,16 @@ class ExtractPlan:
     layers: tuple[int, ...]
     recipe: PoolingRecipe
     frames: int
-    prompt: str
+    queries: tuple[Query, ...]
+    """What every video is asked (text backbones: the one default query, unused)."""
+    query_position: str
     new_tokens: int
     max_pixels: int | None
     store_dtype: str
     batch_size: int
+    with_tokens: bool = True
+    """Whether the first query's slots make the `tokens` column (False: rows that only add
+    queries to stored items, each to its own column)."""
 
     @classmethod
     def make(
@@ -91,7 +97,8 @@ class ExtractPlan:
             layers,
             recipe,
             config.frames,
-            config.prompt,
+            tuple(config.named_queries()),
+            config.query_position,
             config.new_tokens,
             config.max_pixels,
             config.store_dtype,
@@ -101,6 +108,19 @@ class ExtractPlan:
     @property
     def is_video(self) -> bool:
         return self.facts.kind == "video-llm"
+
+    @property
+    def query_slots(self) -> int:
+        """Slots of a query column: the query's own (T - V) when the video is shared."""
+        t = self.recipe.tokens_per_layer
+        return t - self.recipe.video_slot_count if self.query_position == "after" else t
+
+    def query_columns(self, asked: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One video's `[Q, L, T, D]` -> the stored slots of each query that has a column of
+        its own (all of them, or all but the first whose slots are `tokens`)."""
+        first = 1 if self.with_tokens else 0
+        keep = self.recipe.tokens_per_layer - self.query_slots
+        return {q.name: asked[i, :, keep:] for i, q in enumerate(self.queries) if i >= first}
 
 
 def parse_layers(spec: str, num_layers: int) -> tuple[int, ...]:
@@ -172,6 +192,8 @@ def build_manifest(plan: ExtractPlan, engine: Mapping[str, str]) -> Manifest:
     recipe_facts = {"compute_dtype": compute, "new_tokens": str(plan.new_tokens)}
     if plan.is_video:
         recipe_facts["max_pixels"] = str(plan.max_pixels)
+    queries = tuple((q.name, q.text) for q in plan.queries) if plan.is_video else ()
+    several = len(queries) > 1 or (queries and queries[0][0] != DEFAULT_QUERY)
     return Manifest(
         backbone=facts.model_id,
         backbone_kind=facts.kind,
@@ -181,7 +203,10 @@ def build_manifest(plan: ExtractPlan, engine: Mapping[str, str]) -> Manifest:
         dtype=plan.store_dtype,
         backbone_revision=facts.revision,
         pooling=plan.recipe.describe(),
-        prompt=plan.prompt if plan.is_video else None,
+        prompt=plan.queries[0].text if plan.is_video else None,
+        queries=queries if several else (),
+        query_slots=plan.query_slots if several else None,
+        query_position=plan.query_position if plan.is_video else "after",
         frames_per_video=plan.frames if plan.is_video else None,
         recipe=recipe_facts,
         # Older datasets hold the backend under "engine"; provenance is never compared on
@@ -199,16 +224,12 @@ def build_manifest(plan: ExtractPlan, engine: Mapping[str, str]) -> Manifest:
 
 
 # ------------------------------------------------------------------ per item
-def fill_prompt(template: str, title: str | None) -> str:
-    if title:
-        return template.replace("{title}", title)
-    return "\n".join(line for line in template.splitlines() if "{title}" not in line).strip()
-
-
-EMPTY_PROMPT = (
-    "the prompt is empty for this video: every line of it holds {title} and the video has no "
-    "title; add a line without {title} to --prompt, or a title for it"
-)
+def empty_query(name: str) -> str:
+    what, flag = ("the prompt", "--prompt") if name == DEFAULT_QUERY else (f"query {name!r}", "it")
+    return (
+        f"{what} is empty for this video: every line of it holds {{title}} and the video has "
+        f"no title; add a line without {{title}} to {flag}, or a title for it"
+    )
 
 
 @dataclass
@@ -218,7 +239,8 @@ class PreparedItem:
 
     item: CatalogItem
     sha: str
-    prepared: Prepared
+    prepared: Prepared | Asked
+    """What the backbone forwards: a text item's `Prepared`, or a video with its queries."""
     frame_indices: tuple[int, ...] | None = None
     frame_seconds: tuple[float, ...] | None = None
 
@@ -234,13 +256,22 @@ def prepare_item(
     try:
         if item.source == "text":
             return PreparedItem(item, sha, packer.prepare(ItemInput(text=item.title or "")))
-        text = fill_prompt(plan.prompt, item.title)
-        why = unreadable_reason(item.source) or (None if text.strip() else EMPTY_PROMPT)
+        texts = tuple(fill(q.text, item.title) for q in plan.queries)
+        empty = next((q.name for q, t in zip(plan.queries, texts, strict=True) if not t), None)
+        why = unreadable_reason(item.source) or (None if empty is None else empty_query(empty))
         if why:  # a dangling link or FIFO says so first; a FIFO is never opened
             return FailedItem(item.item_id, why, sha, item.source, item.title)
         video = decode_video(item.source, plan.frames)
-        prepared = packer.prepare(ItemInput(text, video.frames, tuple(video.seconds)))
-        return PreparedItem(item, sha, prepared, video.indices, video.seconds)
+        asked = packer.ask(
+            ItemInput(
+                texts[0],
+                video.frames,
+                tuple(video.seconds),
+                queries=texts,
+                query_position=plan.query_position,
+            )
+        )
+        return PreparedItem(item, sha, asked, video.indices, video.seconds)
     except (DecodeError, LinkedOutError) as e:
         return FailedItem(item.item_id, str(e), sha, item.source, item.title)
     except Exception as e:  # a broken file must not stop a catalog-sized run
@@ -259,7 +290,8 @@ def run_batch(
     rows: list[FeatureRow | FailedItem] = [x for x in batch if isinstance(x, FailedItem)]
     ready: list[PreparedItem] = []
     for r in (x for x in batch if isinstance(x, PreparedItem)):
-        why = backbone.refuse(r.prepared, plan.new_tokens)
+        asked = r.prepared.queries if isinstance(r.prepared, Asked) else (r.prepared,)
+        why = next(filter(None, (backbone.refuse(p, plan.new_tokens) for p in asked)), None)
         if why:
             rows.append(r.failed(why))
         else:
@@ -268,19 +300,29 @@ def run_batch(
         return rows
     start = time.perf_counter()
     try:
-        pooled = backbone.pooled_states(
-            [r.prepared for r in ready], plan.layers, plan.recipe.pool, plan.new_tokens
-        )
+        if plan.is_video:
+            pooled = backbone.asked_states(
+                [r.prepared for r in ready], plan.layers, plan.recipe, plan.new_tokens
+            )
+            per_video = pooled.tokens
+            forwarded = [queries[0] for queries in pooled.prepared]
+        else:
+            one = backbone.pooled_states(
+                [r.prepared for r in ready], plan.layers, plan.recipe.pool, plan.new_tokens
+            )
+            per_video = tuple(t[None] for t in one.tokens)
+            forwarded = list(one.prepared)
     except (RuntimeError, LinkedOutError) as e:  # e.g. out of memory on one huge video
         reason = f"forward failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         return rows + [r.failed(reason) for r in ready]
     per_item = (time.perf_counter() - start) / len(ready)
-    tokens = pooled.tokens.to(TORCH_DTYPES[plan.store_dtype]).cpu()  # [B, L, T, D]
-    for i, (r, prepared) in enumerate(zip(ready, pooled.prepared, strict=True)):
+    dtype = TORCH_DTYPES[plan.store_dtype]
+    for r, asked, prepared in zip(ready, per_video, forwarded, strict=True):
+        asked = asked.to(dtype).cpu()  # [Q, L, T, D]
         rows.append(
             FeatureRow(
                 item_id=r.item.item_id,
-                tokens=tokens[i].clone(),
+                tokens=asked[0].clone() if plan.with_tokens else None,
                 content_sha256=r.sha,
                 source=r.item.source,
                 title=r.item.title,
@@ -288,6 +330,7 @@ def run_batch(
                 frame_seconds=r.frame_seconds,
                 token_counts=prepared.token_counts,
                 extract_seconds=per_item,
+                queries={n: t.clone() for n, t in plan.query_columns(asked).items()},
             )
         )
     return rows

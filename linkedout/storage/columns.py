@@ -15,6 +15,11 @@ On-disk layout of one row (format version 1):
     token_counts     struct<video, prompt, generated: int32>   tokens per span before pooling
     extracted_at     timestamp[us, UTC]
     extract_seconds  float32               backbone seconds spent on this item
+    query_<name>     struct, null=not yet  one per query beyond the first (the manifest's
+                                           `queries`), fields `layer_<index>` of [S, D]: with
+                                           queries after the video S = T - V, the query's own
+                                           slots (its video slots are those of `tokens`, the
+                                           same bits); with queries before it, S = T
 
 One struct field per layer is what lets a reader fetch a subset of layers without reading the
 others: Lance stores each struct child as its own column. bfloat16 has no Arrow type, so it is
@@ -56,18 +61,34 @@ def layer_column(layer: int) -> str:
     return f"layer_{layer}"
 
 
-def tokens_column(layer: int) -> str:
-    """Nested column path of one layer, for projections that read only that layer."""
-    return f"tokens.{layer_column(layer)}"
+def tokens_column(layer: int, column: str = "tokens") -> str:
+    """Nested column path of one layer (of `tokens` or a query column), for projections that
+    read only that layer."""
+    return f"{column}.{layer_column(layer)}"
 
 
-def _layer_type(manifest: Manifest) -> pa.DataType:
+def query_column(name: str) -> str:
+    """The column of one query's slots (queries beyond the first; the first's are `tokens`)."""
+    return f"query_{name}"
+
+
+def _layer_type(manifest: Manifest, slots: int | None = None) -> pa.DataType:
     _, t, d = manifest.shape
-    return pa.fixed_shape_tensor(_ARROW_VALUE_TYPES[manifest.dtype], [t, d])
+    return pa.fixed_shape_tensor(_ARROW_VALUE_TYPES[manifest.dtype], [slots or t, d])
 
 
-def _tokens_type(manifest: Manifest) -> pa.StructType:
-    return pa.struct([pa.field(layer_column(x), _layer_type(manifest)) for x in manifest.layers])
+def _tokens_type(manifest: Manifest, slots: int | None = None) -> pa.StructType:
+    return pa.struct(
+        [pa.field(layer_column(x), _layer_type(manifest, slots)) for x in manifest.layers]
+    )
+
+
+def query_fields(manifest: Manifest) -> list[pa.Field]:
+    """The `query_<name>` columns of every query beyond the first."""
+    return [
+        pa.field(query_column(name), _tokens_type(manifest, manifest.query_slots))
+        for name, _ in manifest.named_queries()[1:]
+    ]
 
 
 def arrow_schema(manifest: Manifest) -> pa.Schema:
@@ -84,6 +105,7 @@ def arrow_schema(manifest: Manifest) -> pa.Schema:
             pa.field("token_counts", pa.struct([(s, pa.int32()) for s in TOKEN_SPANS])),
             pa.field("extracted_at", pa.timestamp("us", tz="UTC")),
             pa.field("extract_seconds", pa.float32()),
+            *query_fields(manifest),
         ],
         metadata={MANIFEST_KEY: manifest.to_json().encode()},
     )
@@ -115,6 +137,10 @@ def rows_to_table(rows: Sequence[FeatureRow | FailedItem], manifest: Manifest) -
         "extracted_at": [r.extracted_at for r in rows],
         "extract_seconds": [g.extract_seconds if g else None for g in good],
     }
+    for name, _ in manifest.named_queries()[1:]:
+        columns[query_column(name)] = tokens_to_arrow(
+            [g.queries.get(name) if g else None for g in good], manifest, manifest.query_slots
+        )
     arrays = [
         columns[f.name]
         if isinstance(columns[f.name], pa.Array)
@@ -128,17 +154,21 @@ def _opt_list(values, cast) -> list | None:
     return None if values is None else [cast(v) for v in values]
 
 
-def tokens_to_arrow(tokens: Sequence[torch.Tensor | None], manifest: Manifest) -> pa.StructArray:
-    """Stack per-item `[L, T, D]` tensors (None for a failed item) into the `tokens` column."""
+def tokens_to_arrow(
+    tokens: Sequence[torch.Tensor | None], manifest: Manifest, slots: int | None = None
+) -> pa.StructArray:
+    """Stack per-item `[L, T, D]` tensors (None for a failed item) into the `tokens` column, or
+    `[L, slots, D]` ones into a query column."""
     n = len(tokens)
     valid = [t is not None for t in tokens]
-    shape = manifest.shape
+    layers, t, d = manifest.shape
+    shape = (layers, slots or t, d)
     dense = torch.zeros((n, *shape), dtype=TORCH_DTYPES[manifest.dtype])
     for i, t in enumerate(tokens):
         if t is not None:
             dense[i] = t
     array = _as_numpy_bits(dense)
-    struct_type = _tokens_type(manifest)
+    struct_type = _tokens_type(manifest, slots)
     children = []
     for j, f in enumerate(struct_type):
         layer = np.ascontiguousarray(array[:, j])
@@ -152,7 +182,7 @@ def tokens_to_arrow(tokens: Sequence[torch.Tensor | None], manifest: Manifest) -
 
 
 def layer_arrays(
-    data: pa.Table | pa.RecordBatch, layers: Sequence[int]
+    data: pa.Table | pa.RecordBatch, layers: Sequence[int], column: str = "tokens"
 ) -> list[pa.ChunkedArray | pa.Array]:
     """Pick the per-layer columns out of a read, in the requested order.
 
@@ -160,8 +190,8 @@ def layer_arrays(
     `tokens` struct (in schema order) from `take`; this hides the difference.
     """
     names = data.schema.names
-    if "tokens" in names:
-        struct = data.column("tokens")
+    if column in names:
+        struct = data.column(column)
         if isinstance(struct, pa.ChunkedArray):
             return [
                 pa.chunked_array(
@@ -171,19 +201,22 @@ def layer_arrays(
                 for x in layers
             ]
         return [struct.field(layer_column(x)) for x in layers]
-    return [data.column(tokens_column(x)) for x in layers]
+    return [data.column(tokens_column(x, column)) for x in layers]
 
 
 def arrow_to_tokens(
     layer_columns: Sequence[pa.ChunkedArray | pa.Array],
     manifest: Manifest,
     out: torch.Tensor | None = None,
+    slots: int | None = None,
 ) -> torch.Tensor:
-    """Per-layer `[T, D]` tensor columns (all rows valid) -> `[N, len(columns), T, D]`.
+    """Per-layer `[T, D]` tensor columns (all rows valid) -> `[N, len(columns), T, D]`
+    (`[slots, D]` ones for a query column).
 
     With `out`, values are copied straight into it (one copy from Arrow memory, none extra).
     """
     _, t, d = manifest.shape
+    t = slots or t
     n = len(layer_columns[0]) if layer_columns else 0
     if out is None:
         out = torch.empty((n, len(layer_columns), t, d), dtype=TORCH_DTYPES[manifest.dtype])

@@ -8,7 +8,7 @@ their manifests agree on everything that shapes the tensors (`Manifest.mismatche
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from linkedout import __version__
@@ -23,6 +23,8 @@ DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float32")
 
 # Fields that record who wrote the data rather than what the tensors are; appends may differ here.
 _PROVENANCE_FIELDS = frozenset({"linkedout_version", "provenance"})
+# A run may add queries to a dataset, or ask fewer; its queries are compared by name instead.
+_QUERY_FIELDS = frozenset({"prompt", "queries", "query_slots"})
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,17 @@ class Manifest:
     pooling: str = ""
     """The recipe mapping each span's tokens to the T slots, as written by the extractor."""
     prompt: str | None = None
-    """The query template given to the backbone (`{title}` is filled per item)."""
+    """The query template given to the backbone (`{title}` is filled per item); with several
+    queries, the first's (whose slots are the `tokens` column)."""
+    queries: tuple[tuple[str, str], ...] = ()
+    """(name, text) of every query, in stored order, when there is more than the one named
+    `default` (which is `prompt`): the first's slots are `tokens`, each other's `query_<name>`."""
+    query_slots: int | None = None
+    """Slots per layer in each `query_<name>` column: T - V (after) or T (before); set by the
+    run that writes the first such column."""
+    query_position: str = "after"
+    """Where queries sit in the chat turn: `after` the video (whose slots every query then
+    shares: a query column holds its own T - V slots) or `before` it (all T slots per query)."""
     frames_per_video: int | None = None
     """Frames sampled from each video; None for text backbones."""
     recipe: dict[str, str] = field(default_factory=dict)
@@ -59,6 +71,7 @@ class Manifest:
     def __post_init__(self) -> None:
         # Normalise containers so a manifest read back from JSON equals the one written.
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        object.__setattr__(self, "queries", tuple((str(n), str(t)) for n, t in self.queries))
         object.__setattr__(self, "recipe", {str(k): str(v) for k, v in self.recipe.items()})
         object.__setattr__(self, "provenance", {str(k): str(v) for k, v in self.provenance.items()})
         problems = []
@@ -86,16 +99,46 @@ class Manifest:
         """`(L, T, D)` of every stored tensor."""
         return (len(self.layers), self.tokens_per_layer, self.hidden_size)
 
+    def named_queries(self) -> tuple[tuple[str, str], ...]:
+        """(name, text) of every stored query, the `tokens` column's first; none for text
+        backbones."""
+        if self.queries:
+            return self.queries
+        return (("default", self.prompt),) if self.prompt is not None else ()
+
     def mismatches(self, other: Manifest) -> list[str]:
-        """Human-readable differences that make rows of `other` incompatible with this dataset."""
+        """Human-readable differences that make rows of `other` incompatible with this dataset:
+        every field that shapes the tensors, and each query both name with another text
+        (queries only one of them has are no difference: see `with_queries`)."""
         out = []
         for f in fields(self):
-            if f.name in _PROVENANCE_FIELDS:
+            if f.name in _PROVENANCE_FIELDS or f.name in _QUERY_FIELDS:
                 continue
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
             if mine != theirs:
                 out.append(f"{f.name}: stored {_short(mine)}, new {_short(theirs)}")
+        if None not in (self.query_slots, other.query_slots) and (
+            self.query_slots != other.query_slots
+        ):
+            out.append(f"query_slots: stored {self.query_slots}, new {other.query_slots}")
+        stored = dict(self.named_queries())
+        for name, text in other.named_queries():
+            if name in stored and stored[name] != text:
+                out.append(
+                    f"query {name!r}: stored {_short(stored[name])}, new {_short(text)} (a "
+                    "new query needs a name of its own)"
+                )
         return out
+
+    def with_queries(self, other: Manifest) -> Manifest:
+        """This manifest with the queries of `other` it lacks appended (the stored ones keep
+        their place: the first stays in `tokens`)."""
+        stored = self.named_queries()
+        names = {name for name, _ in stored}
+        added = tuple((n, t) for n, t in other.named_queries() if n not in names)
+        if not added:
+            return self
+        return replace(self, queries=stored + added, query_slots=other.query_slots)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

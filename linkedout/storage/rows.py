@@ -16,8 +16,9 @@ class FeatureRow:
     """One catalog item's pooled hidden states and the facts needed to trust them."""
 
     item_id: str
-    tokens: torch.Tensor
-    """`[L, T, D]` in the manifest's layer order and dtype."""
+    tokens: torch.Tensor | None
+    """`[L, T, D]` in the manifest's layer order and dtype; None in a row that only adds
+    queries to a stored item (`queries`)."""
     content_sha256: str
     source: str = ""
     title: str | None = None
@@ -27,6 +28,9 @@ class FeatureRow:
     """Tokens per span (`video`, `prompt`, `generated`) before pooling."""
     extract_seconds: float | None = None
     extracted_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    queries: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Query name -> its `[L, S, D]` slots, for each query beyond the first (whose slots are
+    `tokens`), as the manifest's `query_slots` says."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from linkedout.storage.columns import (
     arrow_to_tokens,
     declares_primary_key,
     layer_arrays,
+    query_column,
+    query_fields,
     tokens_column,
 )
 from linkedout.storage.duplicates import (
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _OK = "error IS NULL"
+ADD_QUERY_READS = ("item_id", "error", "content_sha256")
+"""What `add_query_columns` hands its fill function of each stored row."""
 _STORED_FAILED = "target.error IS NOT NULL"
 _PRUNED_ATTEMPTS = 3
 
@@ -136,7 +140,57 @@ class FeatureStore:
                 "write these to a new output path, or repeat the original settings"
             )
         store.declare_primary_key()
+        merged = store.manifest.with_queries(manifest)
+        if merged != store.manifest:
+            store.write_manifest(merged)  # the new queries' columns follow: `missing_queries`
         return store
+
+    # ---------------------------------------------------------------- queries
+    def write_manifest(self, manifest: Manifest) -> None:
+        """Commit a manifest that adds queries (one metadata commit, no data rewritten)."""
+        self._ds.update_schema_metadata({MANIFEST_KEY.decode(): manifest.to_json()})
+        self._committed.add(self._ds.version)
+        self.refresh()
+        self.manifest = manifest
+
+    def missing_queries(self) -> list[str]:
+        """Queries the manifest names whose column the dataset does not hold yet (a run that
+        added them was stopped before their column was committed)."""
+        names = set(self._ds.schema.names)
+        return [
+            name
+            for name, _ in self.manifest.named_queries()[1:]
+            if query_column(name) not in names
+        ]
+
+    def add_query_columns(
+        self,
+        names: Sequence[str],
+        fill: Callable[[pa.RecordBatch], pa.RecordBatch],
+        batch_size: int,
+        checkpoint: str | None = None,
+    ) -> None:
+        """Add the columns of queries `names` in one commit, without rewriting any stored
+        column: `fill` gets batches of `ADD_QUERY_READS` of the stored rows and returns the new
+        columns for them (null where an item gets none). With `checkpoint` (a local file),
+        batches already filled by an interrupted call are not filled again."""
+        from lance.udf import BatchUDF
+
+        schema = pa.schema(
+            [f for f in query_fields(self.manifest) if f.name in {query_column(n) for n in names}]
+        )
+        if not self._ds.get_fragments():  # nothing stored: the columns alone
+            self._ds.add_columns(schema)
+        else:
+            udf = BatchUDF(fill, output_schema=schema, checkpoint_file=checkpoint)
+            self._ds.add_columns(udf, read_columns=list(ADD_QUERY_READS), batch_size=batch_size)
+        self._committed.add(self._ds.version)
+        self.refresh()
+
+    def query_nulls(self, name: str) -> int:
+        """Extracted items that hold no slots for query `name`."""
+        column = query_column(name)
+        return self._ds.count_rows(filter=f"{_OK} AND {column} IS NULL")
 
     def __reduce__(self):
         # Reopen by URI in another process: Lance handles must not cross a fork.
@@ -259,9 +313,13 @@ class FeatureStore:
         return list(layers)
 
     def read_tokens(
-        self, item_ids: Sequence[str], layers: Sequence[int] | None = None
+        self,
+        item_ids: Sequence[str],
+        layers: Sequence[int] | None = None,
+        query: str | None = None,
     ) -> torch.Tensor:
-        """`[N, L, T, D]` for these ids in this order, reading only the requested layers."""
+        """`[N, L, T, D]` for these ids in this order, reading only the requested layers, as
+        query `query` made them (default: the first stored query, the `tokens` column)."""
         layers = self.layer_positions(layers)
         offsets = self._offset_map()
         missing = [i for i in item_ids if i not in offsets]
@@ -272,8 +330,46 @@ class FeatureStore:
                 (0, len(layers), *self.manifest.shape[1:]), dtype=TORCH_DTYPES[self.manifest.dtype]
             )
         rows = np.fromiter((offsets[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
-        table = self._ds.take(rows, columns=[tokens_column(x) for x in layers])
-        return arrow_to_tokens(layer_arrays(table, layers), self.manifest)
+        column = self._query_column(query)
+        if column is None:
+            table = self._ds.take(rows, columns=[tokens_column(x) for x in layers])
+            return arrow_to_tokens(layer_arrays(table, layers), self.manifest)
+        shared = self.manifest.query_position == "after"
+        read = [tokens_column(x, column) for x in layers]
+        if shared:  # the video slots every query shares are those of `tokens`
+            read += [tokens_column(x) for x in layers]
+        table = self._ds.take(rows, columns=read)
+        absent = [i for i, ok in zip(item_ids, _valid(table, column), strict=True) if not ok]
+        if absent:
+            raise MissingItemsError(
+                f"{len(absent)} item(s) of {self.uri} hold no slots for query {query!r} (e.g. "
+                f"{absent[0]!r}): their video was not found when the query was added; re-run "
+                "`linkedout extract` with their videos",
+                absent,
+            )
+        slots = self.manifest.query_slots
+        own = arrow_to_tokens(layer_arrays(table, layers, column), self.manifest, slots=slots)
+        if not shared:
+            return own
+        video = self.manifest.tokens_per_layer - slots
+        first = arrow_to_tokens(layer_arrays(table, layers), self.manifest)
+        return torch.cat([first[:, :, :video], own], dim=2)
+
+    def _query_column(self, query: str | None) -> str | None:
+        """The column holding query `query`'s own slots; None for the first (`tokens`)."""
+        stored = [name for name, _ in self.manifest.named_queries()]
+        if query is None or (stored and query == stored[0]):
+            return None
+        if query not in stored:
+            raise LinkedOutError(
+                f"{self.uri} holds no query {query!r}; its queries: {', '.join(stored) or '-'}"
+            )
+        if query in self.missing_queries():
+            raise LinkedOutError(
+                f"query {query!r} of {self.uri} was never finished: re-run the `linkedout "
+                "extract` that added it"
+            )
+        return query_column(query)
 
     def iter_batches(
         self, batch_size: int = 1024, layers: Sequence[int] | None = None
@@ -432,6 +528,15 @@ class FeatureStore:
             f"{len(missing)} item id(s) not stored in {self.uri}: {shown}{more}; "
             "extract them first or drop them from the request"
         )
+
+
+def _valid(table: pa.Table, column: str) -> list[bool]:
+    """Which rows of a read hold `column` (a struct: Lance's take returns it whole, a scan
+    returns its children flat)."""
+    if column in table.schema.names:
+        return table.column(column).is_valid().to_pylist()
+    child = next(n for n in table.schema.names if n.startswith(column + "."))
+    return table.column(child).is_valid().to_pylist()
 
 
 def _pruned_meanwhile(error: OSError) -> bool:

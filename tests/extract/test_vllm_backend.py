@@ -79,7 +79,7 @@ def _generated_tokens(engine, model: Path, videos: Path) -> dict[str, list[list[
     from linkedout.extract.backbones import load_backbone
     from linkedout.extract.backbones.base import ItemInput
     from linkedout.extract.decode import decode_video
-    from linkedout.extract.steps import fill_prompt
+    from linkedout.extract.queries import fill as fill_prompt
 
     reference = load_backbone(str(model), dtype="float32", max_pixels=28 * 28 * 12)
     items = []

@@ -19,7 +19,7 @@ def test_mismatches_name_recipe_fields_and_ignore_provenance():
     m = make_manifest()
     assert m.mismatches(make_manifest(linkedout_version="2.0", provenance={"engine": "vllm"})) == []
     diffs = m.mismatches(make_manifest(layers=(0, 2), prompt="Describe it."))
-    assert [d.split(":")[0] for d in diffs] == ["layers", "prompt"]
+    assert [d.split(":")[0] for d in diffs] == ["layers", "query 'default'"]
     assert "stored [0, 2, 4], new [0, 2]" in diffs[0]
 
 

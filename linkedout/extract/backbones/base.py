@@ -17,15 +17,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from linkedout.extract.capture import LayerCapture
+
+if TYPE_CHECKING:
+    from linkedout.extract.pool import PoolingRecipe
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,23 @@ class ItemInput:
     frames: np.ndarray | None = None
     """uint8 RGB frames `[N, H, W, 3]` for video backbones."""
     frame_seconds: tuple[float, ...] = ()
+    queries: tuple[str, ...] = ()
+    """Every query's filled text, for `Packer.ask` (video backbones); `text` is unused there."""
+    query_position: Literal["after", "before"] = "after"
+    """Where each query sits in the chat turn: after the video (which all queries then share)
+    or before it (the video tokens read the query)."""
+
+
+@dataclass
+class Asked:
+    """One video with every query asked of it: each query's whole sequence, as `prepare`
+    would make it for that query alone."""
+
+    queries: tuple[Prepared, ...]
+    shared: int | None
+    """With the queries after the video: the length of the token prefix every query shares
+    (the chat scaffold and the video, up to the first query token), computed once and
+    continued by each query from its keys and values. None: each query is a pass of its own."""
 
 
 @dataclass
@@ -80,6 +100,10 @@ class Packer(Protocol):
 
     def prepare(self, item: ItemInput) -> Prepared: ...
 
+    def ask(self, item: ItemInput) -> Asked:
+        """Every query of `item.queries`, the video packed once (video backbones)."""
+        ...
+
 
 Pool = Callable[[torch.Tensor, Spans], torch.Tensor]
 """One item's hidden states at one layer `[S, D]` and its spans -> the layer's `[T, D]` slots."""
@@ -93,6 +117,17 @@ class PooledBatch:
     """Each item as it was forwarded: with `spans.generated` when tokens were generated."""
     tokens: torch.Tensor
     """`[B, L, T, D]` in the model's dtype: item, tapped layer (in the order asked), slot."""
+
+
+@dataclass(frozen=True)
+class AskedBatch:
+    """What a backbone's forward of a batch of asked videos gives back, per video."""
+
+    prepared: tuple[tuple[Prepared, ...], ...]
+    """Each video's queries as forwarded (with `spans.generated` when tokens were generated)."""
+    tokens: tuple[torch.Tensor, ...]
+    """Each video's `[Q, L, T, D]`: query, tapped layer, slot. With a shared prefix the first
+    V slots (the video's) are one tensor for every query: the same bits."""
 
 
 class Backbone(Protocol):
@@ -125,6 +160,12 @@ class Backbone(Protocol):
     ) -> PooledBatch:
         """Generate `new_tokens` greedily per item (when above 0), forward the batch and pool
         each item's states at each of `layers`."""
+        ...
+
+    def asked_states(
+        self, batch: list[Asked], layers: tuple[int, ...], recipe: PoolingRecipe, new_tokens: int
+    ) -> AskedBatch:
+        """`pooled_states` of every query of every video; a shared prefix is computed once."""
         ...
 
 
@@ -173,6 +214,88 @@ class HookedBackbone(ABC):
             states = capture.run(lambda: self.forward(inputs))
         return PooledBatch(tuple(batch), torch.stack([states[x] for x in layers], dim=1))
 
+    def asked_states(
+        self, batch: list[Asked], layers: tuple[int, ...], recipe: PoolingRecipe, new_tokens: int
+    ) -> AskedBatch:
+        if new_tokens:  # each query's own greedy continuation
+            batch = [
+                Asked(tuple(self.generate(p, new_tokens) for p in a.queries), a.shared)
+                for a in batch
+            ]
+        if all(a.shared is None for a in batch):
+            return full_passes(self, batch, layers, recipe)
+        prepared = tuple(a.queries for a in batch)
+        return AskedBatch(prepared, tuple(self._continued(a, layers, recipe) for a in batch))
+
+    def _continued(self, asked: Asked, layers: tuple[int, ...], recipe: PoolingRecipe):
+        """`[Q, L, T, D]` of one video whose queries share its first `asked.shared` tokens:
+        one pass over that prefix (video slots pooled there, keys and values kept), then every
+        query's remaining tokens in one batch continuing from copies of that cache."""
+        shared, queries = asked.shared, asked.queries
+        first = queries[0]
+        positions = [self.positions(p.inputs) for p in queries]
+        prefix = {k: v[:, :shared] if k in self.per_token else v for k, v in first.inputs.items()}
+        cache = self.new_cache()
+
+        def video(hidden: torch.Tensor) -> torch.Tensor:
+            return recipe.video_slots(hidden[0], first.spans)
+
+        with LayerCapture(self.decoder_layers(), layers, video) as capture:
+            video_states = capture.run(
+                lambda: self.forward_cached(prefix, positions[0][..., :shared], cache)
+            )
+        tails = [p.inputs["input_ids"][0, shared:] for p in queries]
+        width = max(len(t) for t in tails)
+        ids = torch.full((len(queries), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(queries), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        where = torch.zeros((*positions[0].shape[:-2], len(queries), width), dtype=torch.long)
+        for q, (tail, pos) in enumerate(zip(tails, positions, strict=True)):
+            ids[q, : len(tail)] = tail
+            mask[q, shared : shared + len(tail)] = 1
+            where[..., q, : len(tail)] = pos[..., 0, shared:]
+        # Every query continues from its own copy of the prefix's keys and values.
+        cache.reorder_cache(torch.zeros(len(queries), dtype=torch.long, device=self.device))
+        spans = [_shifted(p.spans, -shared) for p in queries]
+
+        def text(hidden: torch.Tensor) -> torch.Tensor:
+            return torch.stack([recipe.text_slots(hidden[q], spans[q]) for q in range(len(spans))])
+
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with LayerCapture(self.decoder_layers(), layers, text) as capture:
+            text_states = capture.run(
+                lambda: self.forward_cached(inputs, where.to(self.device), cache, text_only=True)
+            )
+        return torch.stack(
+            [
+                torch.cat([video_states[x].expand(len(queries), -1, -1), text_states[x]], dim=1)
+                for x in layers
+            ],
+            dim=1,
+        )
+
+    # What a backbone that shares prefixes implements (the packer sets `Asked.shared` only
+    # for those).
+    per_token: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask")
+    """Inputs with one entry per token (cut to the prefix); the rest go whole to the prefix."""
+    pad_id: int = 0
+
+    def positions(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The position ids `[..., 1, S]` a forward of `inputs` (one item) would use."""
+        raise NotImplementedError(f"{type(self).__name__} does not continue shared prefixes")
+
+    def new_cache(self) -> object:
+        """An empty key/value cache for `forward_cached`."""
+        raise NotImplementedError(f"{type(self).__name__} does not continue shared prefixes")
+
+    def forward_cached(
+        self, inputs: dict[str, torch.Tensor], positions: torch.Tensor, cache, text_only=False
+    ) -> None:
+        """A forward at these positions that appends to `cache`; `text_only`: a continuation
+        of text tokens after what the cache holds."""
+        raise NotImplementedError(f"{type(self).__name__} does not continue shared prefixes")
+
     @abstractmethod
     def decoder_layers(self) -> nn.ModuleList:
         """The decoder blocks, in order (hooks go on these)."""
@@ -190,3 +313,32 @@ class HookedBackbone(ABC):
     def generate(self, prepared: Prepared, new_tokens: int) -> Prepared:
         """Greedily generate `new_tokens` and return inputs covering prompt + generated tokens,
         with `spans.generated` set."""
+
+
+def full_passes(
+    backbone: Backbone,
+    batch: list[Asked],
+    layers: tuple[int, ...],
+    recipe: PoolingRecipe,
+    new_tokens: int = 0,
+) -> AskedBatch:
+    """Every query of every video as a sequence of its own, all in one `pooled_states`."""
+    pooled = backbone.pooled_states(
+        [p for a in batch for p in a.queries], layers, recipe.pool, new_tokens
+    )
+    starts = [0]
+    for a in batch:
+        starts.append(starts[-1] + len(a.queries))
+    parts = list(zip(starts, starts[1:]))
+    return AskedBatch(
+        tuple(pooled.prepared[i:j] for i, j in parts), tuple(pooled.tokens[i:j] for i, j in parts)
+    )
+
+
+def _shifted(spans: Spans, offset: int) -> Spans:
+    """The text spans moved by `offset` positions (into a continuation's own positions)."""
+
+    def move(part: slice | None) -> slice | None:
+        return None if part is None else slice(part.start + offset, part.stop + offset)
+
+    return replace(spans, prompt=move(spans.prompt), generated=move(spans.generated))

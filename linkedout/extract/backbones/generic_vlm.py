@@ -22,7 +22,14 @@ from torch import nn
 
 from linkedout.errors import LinkedOutError
 from linkedout.extract.backbones import checkpoint_files
-from linkedout.extract.backbones.base import HookedBackbone, ItemInput, PooledBatch, Prepared, Spans
+from linkedout.extract.backbones.base import (
+    Asked,
+    HookedBackbone,
+    ItemInput,
+    PooledBatch,
+    Prepared,
+    Spans,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -129,6 +136,13 @@ class GenericVLMPacker:
         )
         counts = {"video": len(positions), "prompt": prompt.stop - prompt.start}
         return Prepared(inputs, spans, counts)
+
+    def ask(self, item: ItemInput) -> Asked:
+        """Each query after the video, each a sequence of its own: the model's processor
+        builds the whole prompt, so no prefix is known to be shared."""
+        if item.query_position != "after":
+            raise LinkedOutError("the generic path places queries after the video only")
+        return Asked(tuple(self.prepare(replace(item, text=t)) for t in item.queries), None)
 
     def _prompt_span(self, ids: list[int], chat: str, text: str, last_video: int) -> slice:
         """Where `text` sits: its tokens, right before what the template writes after it."""

@@ -14,16 +14,25 @@ What differs between the generations, and where it is handled:
 
 from __future__ import annotations
 
-from dataclasses import replace
+import inspect
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import nn
-from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    DynamicCache,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2VLModel,
+)
 
 from linkedout.errors import LinkedOutError
 from linkedout.extract.backbones import checkpoint_files
-from linkedout.extract.backbones.base import HookedBackbone, ItemInput, Prepared, Spans
+from linkedout.extract.backbones.base import Asked, HookedBackbone, ItemInput, Prepared, Spans
 from linkedout.extract.backbones.families import SUPPORTED, supported_families
 from linkedout.extract.backbones.qwen_pixels import PackSettings, pack_video
 
@@ -34,6 +43,10 @@ _TEXT_MARKER = "\x00text\x00"
 _VIDEO_TYPE = 2  # `mm_token_type_ids` value of video tokens (text 0, image 1)
 # Inputs with one entry per token, padded in `collate`; the rest are concatenated.
 _PER_TOKEN = ("input_ids", "attention_mask", "mm_token_type_ids")
+# transformers 5.2x renamed the forward's `past_key_values` to `cache` (the old name warns).
+_CACHE = (
+    "cache" if "cache" in inspect.signature(Qwen2VLModel.forward).parameters else "past_key_values"
+)
 
 
 def pack_settings(
@@ -53,6 +66,17 @@ def pack_settings(
 def _timestamp(seconds: float) -> str:
     """A temporal patch's marker as Qwen3VLProcessor writes it."""
     return f"<{seconds:.1f} seconds>"
+
+
+@dataclass(frozen=True)
+class _PackedVideo:
+    """One clip's patches, packed once whatever number of queries read it."""
+
+    pixel_values: np.ndarray
+    grid: tuple[int, int, int]
+    seconds: tuple[float, ...]
+    n_frames: int
+    seconds_per_grid: float | None
 
 
 class QwenVLPacker:
@@ -102,24 +126,55 @@ class QwenVLPacker:
         return cls(tokenizer, settings, model_type, model_config.video_token_id)
 
     def prepare(self, item: ItemInput) -> Prepared:
+        return self._sequence(item.text, self._pack(item), "after")
+
+    def ask(self, item: ItemInput) -> Asked:
+        """Every query of `item.queries` with the video packed once. After the video, the
+        queries share every token before their own (scaffold and video); before it, nothing."""
+        video = self._pack(item)
+        queries = tuple(self._sequence(t, video, item.query_position) for t in item.queries)
+        after = item.query_position == "after"
+        return Asked(queries, queries[0].spans.prompt.start if after else None)
+
+    def _pack(self, item: ItemInput) -> _PackedVideo:
         if item.frames is None:
             raise ValueError("Qwen-VL backbones need video frames")
         pixel_values, grid = pack_video(item.frames, self.settings)
+        seconds = None
+        if SUPPORTED[self.family].seconds_per_grid:
+            seconds = self._seconds_per_grid(item.frame_seconds, len(item.frames))
+        return _PackedVideo(pixel_values, grid, item.frame_seconds, len(item.frames), seconds)
+
+    def _sequence(self, text: str, video: _PackedVideo, position: str) -> Prepared:
+        """One query's whole sequence around a packed video; `position`: where the query sits."""
+        grid = video.grid
         merge = self.settings.merge_size
         per_patch = grid[1] * grid[2] // merge**2
-        head, mid, tail = self._scaffold(item.text)
+        head, mid, tail = self._scaffold(text, before=position == "before")
         head_ids = self._encode(head)
-        video_ids, video_text, frames = self._video(
-            grid[0], per_patch, len(head_ids), item.frame_seconds, len(item.frames)
-        )
-        pieces = [head_ids, video_ids, self._encode(mid), self._encode(item.text)]
-        input_ids = [token for piece in pieces for token in piece] + self._encode(tail)
+        if position == "before":  # head, text, mid, video, tail
+            text_ids = self._encode(text)
+            video_start = len(head_ids) + len(text_ids) + len(self._encode(mid))
+            video_ids, video_text, frames = self._video(
+                grid[0], per_patch, video_start, video.seconds, video.n_frames
+            )
+            pieces = [head_ids, text_ids, self._encode(mid), video_ids, self._encode(tail)]
+            whole = head + text + mid + video_text + tail
+            prompt_start = len(head_ids)
+        else:  # head, video, mid, text, tail
+            video_ids, video_text, frames = self._video(
+                grid[0], per_patch, len(head_ids), video.seconds, video.n_frames
+            )
+            text_ids = self._encode(text)
+            pieces = [head_ids, video_ids, self._encode(mid), text_ids, self._encode(tail)]
+            whole = head + video_text + mid + text + tail
+            prompt_start = len(head_ids) + len(video_ids) + len(pieces[2])
+        input_ids = [token for piece in pieces for token in piece]
         # The processor tokenizes the whole expanded prompt at once; ours must be identical.
-        if input_ids != self._encode(head + video_text + mid + item.text + tail):
+        if input_ids != self._encode(whole):
             raise ValueError("the chat template merges the prompt text with its surroundings")
-        prompt_start = len(head_ids) + len(video_ids) + len(pieces[2])
         spans = Spans(
-            prompt=slice(prompt_start, prompt_start + len(pieces[3])),
+            prompt=slice(prompt_start, prompt_start + len(text_ids)),
             video=slice(frames[0].start, frames[-1].stop),
             video_grid=(grid[0], grid[1] // merge, grid[2] // merge),
             video_frames=tuple(frames) if self._timestamps else (),
@@ -131,14 +186,12 @@ class QwenVLPacker:
             "input_ids": ids,
             "attention_mask": torch.ones_like(ids),
             "mm_token_type_ids": token_types,
-            "pixel_values_videos": torch.from_numpy(pixel_values),
+            "pixel_values_videos": torch.from_numpy(video.pixel_values),
             "video_grid_thw": torch.tensor([grid]),
         }
-        if SUPPORTED[self.family].seconds_per_grid:
-            inputs["second_per_grid_ts"] = torch.tensor(
-                [self._seconds_per_grid(item.frame_seconds, len(item.frames))]
-            )
-        counts = {"video": per_patch * grid[0], "prompt": len(pieces[3])}
+        if video.seconds_per_grid is not None:
+            inputs["second_per_grid_ts"] = torch.tensor([video.seconds_per_grid])
+        counts = {"video": per_patch * grid[0], "prompt": len(text_ids)}
         return Prepared(inputs, spans, counts)
 
     def _video(
@@ -174,24 +227,31 @@ class QwenVLPacker:
         encodes it)."""
         return self._encode(_timestamp(seconds))
 
-    def _scaffold(self, text: str) -> tuple[str, str, str]:
-        """The chat prompt around the video placeholder and `text`: (before the video,
-        between video and text, after the text)."""
+    def _scaffold(self, text: str, before: bool = False) -> tuple[str, str, str]:
+        """The chat prompt around the video placeholder and `text`: (before the first of the
+        two, between them, after the second); the text comes first when `before`."""
         if VIDEO_TOKEN in text:
             raise LinkedOutError(f"the prompt must not contain {VIDEO_TOKEN}: {text!r}")
         # A marker locates the text whatever it holds (it may repeat scaffolding characters).
-        chat = self._chat(_TEXT_MARKER)
-        if chat.count(_TEXT_MARKER) != 1 or chat.split(_TEXT_MARKER)[0].count(VIDEO_TOKEN) != 1:
-            raise ValueError(f"the chat template must put one {VIDEO_TOKEN} before the text")
-        before_text, tail = chat.split(_TEXT_MARKER)
-        head, mid = before_text.split(VIDEO_TOKEN)
-        if self._chat(text) != head + VIDEO_TOKEN + mid + text + tail:
+        chat = self._chat(_TEXT_MARKER, before)
+        order = (_TEXT_MARKER, VIDEO_TOKEN) if before else (VIDEO_TOKEN, _TEXT_MARKER)
+        if chat.count(_TEXT_MARKER) != 1 or chat.count(VIDEO_TOKEN) != 1:
+            raise ValueError(f"the chat template must hold one {VIDEO_TOKEN} and the text")
+        head, rest = chat.split(order[0])
+        if order[1] not in rest:
+            raise ValueError("the chat template reorders the video and the text")
+        mid, tail = rest.split(order[1])
+        rebuilt = head + (text + mid + VIDEO_TOKEN if before else VIDEO_TOKEN + mid + text) + tail
+        if self._chat(text, before) != rebuilt:
             raise ValueError("the chat template rewrites the prompt text")
         return head, mid, tail
 
-    def _chat(self, text: str) -> str:
-        """The family's chat prompt: a user turn with the video, then `text`."""
+    def _chat(self, text: str, before: bool = False) -> str:
+        """The family's chat prompt: a user turn with the video and `text` (in that order, or
+        the text first when `before`)."""
         content = [{"type": "video"}, {"type": "text", "text": text}]
+        if before:
+            content.reverse()
         return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
         )
@@ -286,6 +346,35 @@ class QwenVLBackbone(HookedBackbone):
         # The base model stops before the LM head; no KV cache is needed for one pass.
         with torch.inference_mode():
             self.model.model(**inputs, use_cache=False)
+
+    per_token: ClassVar[tuple[str, ...]] = _PER_TOKEN
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad_id
+
+    def positions(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's own multi-axis rotary positions of one whole sequence, from its ids
+        and video grid alone (what a single forward computes), so a prefix and its
+        continuations are placed exactly where one pass would place them."""
+        keys = ("input_ids", "attention_mask", "mm_token_type_ids", "video_grid_thw")
+        given = {k: inputs[k].to(self.device) for k in (*keys, "second_per_grid_ts") if k in inputs}
+        with torch.inference_mode():
+            return self.model.model.compute_3d_position_ids(
+                inputs_embeds=None, image_grid_thw=None, **{_CACHE: None}, **given
+            )
+
+    def new_cache(self) -> DynamicCache:
+        # The text model's config knows which layers are linear attention (Qwen3.5).
+        return DynamicCache(config=self.model.model.language_model.config)
+
+    def forward_cached(
+        self, inputs: dict[str, torch.Tensor], positions: torch.Tensor, cache, text_only=False
+    ) -> None:
+        model = self.model.model.language_model if text_only else self.model.model
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            model(**inputs, position_ids=positions, use_cache=True, **{_CACHE: cache})
 
     def generate(self, prepared: Prepared, new_tokens: int) -> Prepared:
         """Greedy decoding; stops early if the model emits an end-of-turn token. Image and

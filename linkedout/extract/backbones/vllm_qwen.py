@@ -24,15 +24,26 @@ import os
 import threading
 from collections import defaultdict
 from dataclasses import replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from linkedout.errors import LinkedOutError, SettingError
-from linkedout.extract.backbones.base import ItemInput, Pool, PooledBatch, Prepared
+from linkedout.extract.backbones.base import (
+    Asked,
+    AskedBatch,
+    ItemInput,
+    Pool,
+    PooledBatch,
+    Prepared,
+    full_passes,
+)
 from linkedout.extract.backbones.checkpoint_files import revision as checkpoint_revision
 from linkedout.extract.backbones.qwen_pixels import resize_frames
 from linkedout.extract.backbones.qwen_vl import SUPPORTED, QwenVLPacker
+
+if TYPE_CHECKING:
+    from linkedout.extract.pool import PoolingRecipe
 
 INSTALL_HINT = (
     "needs vLLM: pip install 'linkedout[vllm]' on a GPU machine, or build the CPU environment "
@@ -58,6 +69,10 @@ class VllmQwenPacker:
         self.packer = packer
         self.family = packer.family
         self.settings = packer.settings
+
+    def ask(self, item: ItemInput) -> Asked:
+        """Each query a request of its own (the run's settings allow one, after the video)."""
+        return Asked(tuple(self.prepare(replace(item, text=t)) for t in item.queries), None)
 
     def prepare(self, item: ItemInput) -> Prepared:
         prepared = self.packer.prepare(item)
@@ -170,6 +185,11 @@ class VllmQwenBackbone:
         return self.packer.prepare(item)
 
     # ------------------------------------------------------------------ states
+    def asked_states(
+        self, batch: list[Asked], layers: tuple[int, ...], recipe: PoolingRecipe, new_tokens: int
+    ) -> AskedBatch:
+        return full_passes(self, batch, layers, recipe, new_tokens)
+
     def pooled_states(
         self, batch: list[Prepared], layers: tuple[int, ...], pool: Pool, new_tokens: int
     ) -> PooledBatch:

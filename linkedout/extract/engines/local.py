@@ -19,8 +19,10 @@ class LocalEngine:
         self.plan, self.backbone, self.decode_threads = plan, backbone, decode_threads
         self.manifest = build_manifest(plan, {"engine": "local"})
 
-    def rows(self, todo: list[tuple[CatalogItem, str]]) -> Iterator[FeatureRow | FailedItem]:
-        plan, backbone = self.plan, self.backbone
+    def rows(
+        self, todo: list[tuple[CatalogItem, str]], plan: ExtractPlan | None = None
+    ) -> Iterator[FeatureRow | FailedItem]:
+        plan, backbone = plan or self.plan, self.backbone
         window = plan.batch_size * 2 + self.decode_threads
         work = [(item, sha, plan, backbone.packer) for item, sha in todo]
         with ThreadPoolExecutor(max(1, self.decode_threads), "linkedout-decode") as pool:

@@ -111,10 +111,13 @@ class RayEngine:
         self.load = WorkerLoad(info, dtype, options.cpus_per_worker)
         self.manifest = build_manifest(plan, {"engine": "ray", "ray": self.ray.__version__})
 
-    def rows(self, todo: list[tuple[CatalogItem, str]]) -> Iterator[FeatureRow | FailedItem]:
+    def rows(
+        self, todo: list[tuple[CatalogItem, str]], plan: ExtractPlan | None = None
+    ) -> Iterator[FeatureRow | FailedItem]:
         if not todo:
             return
-        ray, plan, load, options = self.ray, self.plan, self.load, self.options
+        ray, load, options = self.ray, self.load, self.options
+        plan = plan or self.plan
         if not ray.is_initialized():
             self._start(options)
         # The CLI draws one bar and one summary for the whole run: Ray Data's own bars, its
