@@ -135,7 +135,7 @@ def recommendations(result, watched: int, explain: bool) -> None:
         )
     console.print(table, highlight=False)
     if explain:
-        gates = "  ".join(f"layer {layer}: {w:.2f}" for layer, w in result.gate.items())
+        gates = "  ".join(f"{_expert(layer)}: {w:.2f}" for layer, w in result.gate.items())
         console.print(f"this user's gate over depths: {gates}", highlight=False)
 
 
@@ -206,3 +206,8 @@ def human_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def _expert(name: int | str) -> str:
+    """A depth as `layer 4`; a (query, depth) expert as its own name, `mood:4`."""
+    return f"layer {name}" if isinstance(name, int) else name

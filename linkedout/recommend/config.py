@@ -12,6 +12,16 @@ from linkedout.memory import MemoryBudget
 from linkedout.settings import at_least, check_choices, setting
 from linkedout.storage.uri import storage_options_setting
 
+
+def names_of(text: str | list[str] | None) -> list[str]:
+    """`a,b` on the command line -> ["a", "b"] (none given: [])."""
+    if text is None:
+        return []
+    if isinstance(text, list):
+        return text
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 FUSIONS = ("moe", "mean", "last", "none")  # and layer:K, one stored depth
 
 
@@ -97,6 +107,10 @@ class TrainConfig:
     """Run directory to create, e.g. runs/NAME."""
     model: ModelConfig = field(default_factory=ModelConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    queries: list[str] = setting(default_factory=list, cli_type=str | None, parse=names_of)
+    """Queries of a multi-query feature dataset to read, comma-separated, or all (default:
+    its first). With several, every (query, depth) pair is an expert of the MoE, and
+    explanations name the query and the depth, as query:depth."""
     user_col: str | None = None
     """User column (default: detected)."""
     item_col: str | None = None

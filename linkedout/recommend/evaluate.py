@@ -50,7 +50,7 @@ class TrainedRun:
                 f"{self.split.num_items}: the run directory is damaged; train it again"
             )
         self.index = {item: i + 1 for i, item in enumerate(self.item_ids)}
-        self.layers: list[int] = self.config.layers
+        self.layers: list[int | str] = self.config.experts
         self.user_index = {u: i for i, u in enumerate(self.split.users)}
         self.max_len = self.module.config.max_len
 
@@ -148,7 +148,7 @@ def _metrics(model: torch.Tensor, popularity: torch.Tensor) -> SplitMetrics:
     return SplitMetrics(**results)
 
 
-def plot_gates(layers: list[int], gates: torch.Tensor, path: Path, sample: int = 24) -> None:
+def plot_gates(layers: list[int | str], gates: torch.Tensor, path: Path, sample: int = 24) -> None:
     """Mean gate weight per depth over all users, and the gates of a sample of users."""
     import matplotlib
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,15 +62,27 @@ class RunConfig:
     """full or sampled."""
     run_id: str | None = None
     """Stamped on the checkpoints and catalog.lance too (None: a run from before run ids)."""
+    queries: list[str] = field(default_factory=list)
+    """The queries of a multi-query dataset the model reads, each with every depth (none: the
+    dataset's first, the only one of most datasets)."""
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> RunConfig:
-        # run_id is absent from runs trained before it; every other entry is required.
-        names = [f.name for f in fields(cls) if f.name != "run_id" or "run_id" in data]
+        # run_id and queries are absent from runs trained before them; the rest is required.
+        optional = {"run_id", "queries"}
+        names = [f.name for f in fields(cls) if f.name not in optional or f.name in data]
         return cls(**{name: data[name] for name in names})
+
+    @property
+    def experts(self) -> list[int | str]:
+        """What each expert of the model reads, as explanations name it: its depth, or
+        `query:depth` when the run reads several queries."""
+        if not self.queries:
+            return list(self.layers)
+        return [f"{q}:{x}" for q in self.queries for x in self.layers]
 
 
 @dataclass
@@ -86,7 +98,8 @@ class SplitMetrics:
 
 @dataclass
 class GateReport:
-    layers: list[int]
+    layers: list[int | str]
+    """Each expert: its depth, or query:depth."""
     mean: list[float]
     """The test users' mean weight on each depth."""
 

@@ -76,13 +76,16 @@ class LanceItemTokens(ItemTokens):
         item_ids: Sequence[str],
         layers: Sequence[int],
         num_with_features: int,
+        queries: Sequence[str] = (),
     ):
         self.store = store
         self.item_ids = list(item_ids)  # model index i + 1 is item_ids[i]
         self.layers = list(layers)
+        self.queries = list(queries)
         self.num_with_features = num_with_features
         manifest = store.manifest
-        self.shape = (len(self.item_ids) + 1, len(self.layers), *manifest.shape[1:])
+        experts = len(self.layers) * max(1, len(self.queries))
+        self.shape = (len(self.item_ids) + 1, experts, *manifest.shape[1:])
         self.dtype = TORCH_DTYPES[manifest.dtype]
         self._reader = ThreadPoolExecutor(1, "linkedout-read-ahead")
 
@@ -92,7 +95,7 @@ class LanceItemTokens(ItemTokens):
         real = (index >= 1) & (index <= self.num_with_features)
         if real.any():
             ids = [self.item_ids[i - 1] for i in index[real].tolist()]
-            out[real] = self.store.read_tokens(ids, self.layers)
+            out[real] = self.store.read_queries(ids, self.layers, self.queries)
         return out
 
     def prefetch(self, index: torch.Tensor) -> Prefetched:
@@ -124,12 +127,14 @@ def open_item_tokens(
     item_ids: Sequence[str],
     num_with_features: int,
     budget: MemoryBudget,
+    queries: Sequence[str] = (),
 ) -> ItemTokens:
     """The table of these model items (`item_ids[i]` is index i + 1, the first
     `num_with_features` being the store's items in its order): in memory when it fits the
-    budget, else read from the store batch by batch."""
+    budget, else read from the store batch by batch. With several `queries`, an item's rows
+    are every (query, layer) pair, query-major."""
     layers = store.layer_positions(layers)
-    need = feature_bytes(store, layers)
+    need = feature_bytes(store, layers, len(queries))
     if not budget.fits(need):
         log.warning(
             "item features need %.2f GiB, over the %.2f GiB budget: streaming them from %s",
@@ -137,8 +142,8 @@ def open_item_tokens(
             budget.gib,
             store.uri,
         )
-        return LanceItemTokens(store, item_ids, layers, num_with_features)
-    ids, tokens = store.load(layers)
+        return LanceItemTokens(store, item_ids, layers, num_with_features, queries)
+    ids, tokens = store.load(layers, queries)
     if ids != list(item_ids[:num_with_features]):
         raise LinkedOutError(f"{store.uri} changed while training was starting: run again")
     pad = torch.zeros((1, *tokens.shape[1:]), dtype=tokens.dtype)

@@ -136,6 +136,9 @@ def prepare(config: TrainConfig, run: RunDir, plan: Plan | None = None) -> Prepa
     plan = Plan(run_id=new_run_id()) if plan is None else plan
     store = FeatureStore.open(config.features, config.storage_options)
     layers = feature_layers(store, config.model.fusion)
+    queries = store.query_names(config.queries) if config.queries else []
+    if queries and config.model.fusion == "none":
+        raise SettingError("queries", ",".join(queries), "an ID-only model reads no features")
     log_ = read_interactions(config.interactions, config.user_col, config.item_col, config.time_col)
     split = build_split(log_, store.ids(), config.split)
     if split.num_items - 1 > split.num_with_features and not config.model.ids:
@@ -146,7 +149,9 @@ def prepare(config: TrainConfig, run: RunDir, plan: Plan | None = None) -> Prepa
     budget = MemoryBudget.resolve(config.feature_memory_gb)
     tokens = None
     if config.model.fusion != "none":
-        tokens = open_item_tokens(store, layers, split.item_ids, split.num_with_features, budget)
+        tokens = open_item_tokens(
+            store, layers, split.item_ids, split.num_with_features, budget, queries
+        )
     module = _module(config, split, tokens, budget, run)
     module.run_id = plan.run_id or None
     # Data-parallel ranks each build the same split (deterministic) but only the first writes;
@@ -155,6 +160,7 @@ def prepare(config: TrainConfig, run: RunDir, plan: Plan | None = None) -> Prepa
         written = RunConfig(
             train=jsonable(asdict(config)),
             layers=layers,
+            queries=queries,
             manifest=asdict(store.manifest),
             features_version=store.version,
             split=asdict(split.report),

@@ -57,7 +57,8 @@ class Ranker:
         self.item_ids = self.split.item_ids
         self.trained = {item: i + 1 for i, item in enumerate(self.item_ids)}
         self.user_index = {u: i for i, u in enumerate(self.split.users)}
-        self.layers: list[int] = self.config.layers
+        self.layers: list[int | str] = self.config.experts
+        """Each expert's name: its depth, or query:depth for runs over several queries."""
         self._swap = threading.Lock()
         self.snapshot: CatalogSnapshot = self._load(None)
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 class Recommendation:
     item_id: str
     score: float
-    top_layer: int | None = None
-    """The depth whose expert contributed most to this item's score (with explain)."""
+    top_layer: int | str | None = None
+    """The depth (query:depth for runs over several queries) whose expert contributed most to
+    this item's score (with explain)."""
     layer_scores: list[float] = field(default_factory=list)
 
 
@@ -18,8 +19,8 @@ class Recommendation:
 class Recommendations:
     items: list[Recommendation]
     history: list[str]
-    gate: dict[int, float] = field(default_factory=dict)
-    """The user's weight on each depth (with explain)."""
+    gate: dict[int | str, float] = field(default_factory=dict)
+    """The user's weight on each depth, or query:depth (with explain)."""
     unknown: list[str] = field(default_factory=list)
     """History ids the run does not know (ignored)."""
 

@@ -49,8 +49,9 @@ class BatchRequest(BaseModel):
 class RankedItem(BaseModel):
     item_id: str
     score: float
-    top_layer: int | None = None
-    """The depth whose expert added most to this item's score (with explain)."""
+    top_layer: int | str | None = None
+    """The depth whose expert added most to this item's score (with explain); query:depth
+    for runs over several queries."""
     layer_scores: list[float] = []
 
 
@@ -88,7 +89,8 @@ class Metadata(BaseModel):
     run_id: str | None
     fusion: str
     ids: bool
-    layers: list[int]
+    layers: list[int | str]
+    """Each expert's depth, or query:depth for runs over several queries."""
     users: int
     max_history_used: int
     """The model reads the last this-many history items."""

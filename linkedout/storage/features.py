@@ -83,11 +83,14 @@ class StreamingFeatures:
         return self.store.iter_batches(batch_size, self.layers)
 
 
-def feature_bytes(store: FeatureStore, layers: Sequence[int] | None = None) -> int:
+def feature_bytes(
+    store: FeatureStore, layers: Sequence[int] | None = None, queries: int = 1
+) -> int:
+    """Bytes of every item's `[L, T, D]` for these layers, times `queries` read together."""
     layers = store.layer_positions(layers)
     _, t, d = store.manifest.shape
     itemsize = torch.empty((), dtype=TORCH_DTYPES[store.manifest.dtype]).element_size()
-    return len(store) * len(layers) * t * d * itemsize
+    return len(store) * max(1, queries) * len(layers) * t * d * itemsize
 
 
 def open_features(

@@ -158,9 +158,7 @@ class FeatureStore:
         added them was stopped before their column was committed)."""
         names = set(self._ds.schema.names)
         return [
-            name
-            for name, _ in self.manifest.named_queries()[1:]
-            if query_column(name) not in names
+            name for name, _ in self.manifest.named_queries()[1:] if query_column(name) not in names
         ]
 
     def add_query_columns(
@@ -355,6 +353,31 @@ class FeatureStore:
         first = arrow_to_tokens(layer_arrays(table, layers), self.manifest)
         return torch.cat([first[:, :, :video], own], dim=2)
 
+    def read_queries(
+        self, item_ids: Sequence[str], layers: Sequence[int], queries: Sequence[str]
+    ) -> torch.Tensor:
+        """`[N, len(queries) * L, T, D]`: each query's layers in turn (query-major), the
+        experts of a model over (query, depth); no queries is the first stored one."""
+        if len(queries) <= 1:
+            return self.read_tokens(item_ids, layers, queries[0] if queries else None)
+        return torch.cat([self.read_tokens(item_ids, layers, q) for q in queries], dim=1)
+
+    def query_names(self, wanted: Sequence[str]) -> list[str]:
+        """`wanted` checked against the stored queries (`all`: every one); a one-line error
+        names those stored."""
+        stored = [name for name, _ in self.manifest.named_queries()]
+        if list(wanted) == ["all"]:
+            return stored
+        unknown = [q for q in wanted if q not in stored]
+        if unknown:
+            raise LinkedOutError(
+                f"{self.uri} holds no query {unknown[0]!r}; its queries: "
+                f"{', '.join(stored) or '- (text features)'}"
+            )
+        if len(set(wanted)) != len(wanted):
+            raise LinkedOutError(f"queries {', '.join(wanted)} name one twice")
+        return list(wanted)
+
     def _query_column(self, query: str | None) -> str | None:
         """The column holding query `query`'s own slots; None for the first (`tokens`)."""
         stored = [name for name, _ in self.manifest.named_queries()]
@@ -378,9 +401,19 @@ class FeatureStore:
         for ids, columns in self._scan(batch_size, self.layer_positions(layers)):
             yield ids, arrow_to_tokens(columns, self.manifest)
 
-    def load(self, layers: Sequence[int] | None = None) -> tuple[list[str], torch.Tensor]:
-        """Every stored item as `(ids, [N, L, T, D])` in one tensor."""
+    def load(
+        self, layers: Sequence[int] | None = None, queries: Sequence[str] = ()
+    ) -> tuple[list[str], torch.Tensor]:
+        """Every stored item as `(ids, [N, L, T, D])` in one tensor (`[N, Q * L, T, D]` for
+        several queries, as `read_queries`)."""
         layers = self.layer_positions(layers)
+        if len(queries) > 1 or (queries and self._query_column(queries[0]) is not None):
+            ids = self.ids()
+            chunks = [
+                self.read_queries(ids[start : start + 8192], layers, queries)
+                for start in range(0, len(ids), 8192)
+            ]
+            return ids, torch.cat(chunks) if chunks else self.read_queries([], layers, queries)
         out = torch.empty(
             (len(self), len(layers), *self.manifest.shape[1:]),
             dtype=TORCH_DTYPES[self.manifest.dtype],

@@ -58,13 +58,23 @@ def make_planted(
     dim: int = 16,
     seq_len: int = 10,
     seed: int = 0,
+    queries: tuple[str, ...] = (),
 ) -> Planted:
+    """With `queries`, a multi-query dataset whose queries follow the video (half the slots
+    shared, half each query's own): only the last query's own slots at `signal_layer` carry
+    the signal; the shared video slots and every other query are noise."""
     g = torch.Generator().manual_seed(seed)
     cluster_of = torch.arange(items) % clusters
     centroids = torch.randn(clusters, dim, generator=g) * 3
     x = torch.randn(items, len(layers), tokens, dim, generator=g)
     k = layers.index(signal_layer)
-    x[:, k] = centroids[cluster_of][:, None, :] + 0.5 * torch.randn(items, tokens, dim, generator=g)
+    own = tokens // 2 if queries else tokens  # the slots a query has to itself
+    asked = {q: torch.randn(items, len(layers), own, dim, generator=g) for q in queries[1:]}
+    signal = centroids[cluster_of][:, None, :] + 0.5 * torch.randn(items, own, dim, generator=g)
+    if queries:
+        asked[queries[-1]][:, k] = signal
+    else:
+        x[:, k] = signal
     ids = [f"v{i:04d}" for i in range(items)]
     manifest = Manifest(
         backbone="planted",
@@ -72,11 +82,15 @@ def make_planted(
         layers=layers,
         tokens_per_layer=tokens,
         hidden_size=dim,
+        prompt=f"{queries[0]}?" if queries else None,
+        queries=tuple((q, f"{q}?") for q in queries),
+        query_slots=own if queries else None,
     )
     store = FeatureStore.create(root / "features.lance", manifest)
     with FeatureWriter(store, commit_every=1000) as w:
         for i, item in enumerate(ids):
-            w.add(FeatureRow(item, x[i].half(), content_sha256=item))
+            extra = {q: t[i].half() for q, t in asked.items()}
+            w.add(FeatureRow(item, x[i].half(), content_sha256=item, queries=extra))
     # A fixed eighth of each cluster is "cold": such items are only ever a test target.
     cold = {i for i in range(items) if (i // clusters) % 8 == 7}
     warm_by_cluster = [
