@@ -32,7 +32,7 @@ vllm-env: .venv-vllm/.installed
 	touch $@
 
 test-vllm: vllm-env
-	.venv-vllm/bin/python -m pytest -q tests/extract/test_vllm_backend.py tests/extract/test_qwen_vl.py tests/extract/test_qwen_processors.py tests/extract/test_generic_vlm.py
+	.venv-vllm/bin/python -m pytest -q tests/extract/test_vllm_backend.py tests/extract/test_qwen_vl.py tests/extract/test_qwen_processors.py tests/extract/test_generic_vlm.py tests/extract/test_queries.py
 
 lint: install
 	$(BIN)/ruff check linkedout tests benchmarks examples scripts

@@ -10,15 +10,18 @@ This module plans, resumes and writes, once per run; an engine (`engines/local.p
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import re
+import threading
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,6 +48,7 @@ from linkedout.extract.steps import (
 )
 from linkedout.storage import FailedItem, FeatureStore, FeatureWriter
 from linkedout.storage.columns import query_column, tokens_to_arrow
+from linkedout.storage.location import exists
 from linkedout.storage.maintenance import optimize
 from linkedout.storage.rows import sha256_file, sha256_text
 
@@ -234,6 +238,25 @@ def _todo(
     return todo
 
 
+def _refuse_sharded_queries(config: ExtractConfig, manifest) -> None:
+    """Queries added to a stored dataset commit as one set of new columns, by one process:
+    shards would each try. Said before the dataset is touched."""
+    if not exists(config.out, config.storage_options):
+        return
+    stored = FeatureStore.open(config.out, config.storage_options)
+    if stored.manifest.mismatches(manifest):
+        return  # `open_or_create` names the differences
+    grown = stored.manifest.with_queries(manifest)
+    if grown != stored.manifest or stored.missing_queries():
+        known = dict(stored.manifest.named_queries())
+        added = [n for n, _ in grown.named_queries() if n not in known]
+        raise LinkedOutError(
+            f"this run adds queries ({', '.join(added) or 'unfinished ones'}) to the videos "
+            f"stored in {config.out}: that runs in one process; drop --shard for it (then shard "
+            "the new videos as before)"
+        )
+
+
 def _adding(
     store: FeatureStore, items: list[CatalogItem], hashes: dict[str, str], todo: set[str]
 ) -> tuple[list[str], dict[str, tuple[CatalogItem, str]]]:
@@ -273,12 +296,15 @@ def _add_queries(
         with_tokens=False,
     )
     done = 0
+    stop = threading.Event()
 
     def fill(batch: pa.RecordBatch) -> pa.RecordBatch:
         nonlocal done
         ids = batch.column("item_id").to_pylist()
         rows = {}
         for row in engine.rows([todo[i] for i in ids if i in todo], plan):
+            if stop.is_set():
+                raise _Stopped  # Lance commits nothing; the checkpoint keeps the batches done
             done += 1
             if isinstance(row, FailedItem):
                 summary.failure_reasons[f"query not added: {row.error}"] += 1
@@ -299,7 +325,27 @@ def _add_queries(
         return pa.RecordBatch.from_arrays(columns, names=[query_column(n) for n in names])
 
     checkpoint = _checkpoint_file(store, names)
-    store.add_query_columns(names, fill, config.commit_every, str(checkpoint))
+    if checkpoint.exists():
+        summary.notes.append(f"resumed adding {', '.join(names)} where an interrupted run left it")
+    # Lance runs `fill` while this thread waits inside it, where Ctrl-C would not be seen until
+    # the end; run it aside, so a Ctrl-C here stops it at the next item.
+    with ThreadPoolExecutor(1, "linkedout-add-queries") as aside:
+        adding = aside.submit(
+            store.add_query_columns, names, fill, config.commit_every, str(checkpoint)
+        )
+        try:
+            while True:
+                try:
+                    adding.result(timeout=0.2)
+                    break
+                except FutureTimeout:
+                    continue
+        except KeyboardInterrupt:
+            stop.set()
+            with contextlib.suppress(Exception):
+                adding.result()
+            raise
+    store.refresh()
     checkpoint.unlink(missing_ok=True)
     summary.queries_added = list(names)
     summary.given_queries = len(store) - max(store.query_nulls(n) for n in names)
@@ -310,6 +356,10 @@ def _add_queries(
                 f"{count} stored item(s) got no {name!r} slots (their video is not under "
                 "--videos as it was extracted): extract them again to add it"
             )
+
+
+class _Stopped(Exception):
+    """Raised inside Lance's column fill to abandon it on Ctrl-C."""
 
 
 def _checkpoint_file(store: FeatureStore, names: list[str]) -> Path:
@@ -364,6 +414,8 @@ def extract(
     started = time.perf_counter()
     items, notes = plan_items(config)
     engine = make_engine(config, backbone)
+    if config.shard is not None:
+        _refuse_sharded_queries(config, engine.manifest)
     with _writing(config.out):
         store = FeatureStore.open_or_create(config.out, engine.manifest, config.storage_options)
     summary = ExtractSummary(uri=store.uri, items=len(items), notes=notes)

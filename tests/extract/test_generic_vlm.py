@@ -98,6 +98,35 @@ def test_the_cli_extracts_real_clips_through_the_generic_path(family, tmp_path):
     assert all(r["token_counts"]["video"] > 0 and r["token_counts"]["generated"] for r in rows)
 
 
+@needs_torchvision
+def test_several_queries_follow_the_video_through_the_generic_path(tmp_path):
+    family = GENERIC_FAMILIES[0]
+    model = build_tiny_vlm(family, tmp_path / family)
+    (tmp_path / "videos").mkdir()
+    videos = clips_folder(tmp_path / "videos", ["bikes.mp4"])
+    args = ["--videos", str(videos), "--model", str(model), "--frames", "4", "--layers", "all"]
+
+    def extract(out, *queries):
+        result = runner.invoke(
+            app, ["extract", *args, "--out", str(out), *queries, "--tokens-per-layer", "8", "-q"]
+        )
+        assert result.exit_code == 0, result.output + str(result.exception)
+        return FeatureStore.open(out)
+
+    both = extract(tmp_path / "both.lance", "--query", "what=What is it?", "--query", "who=Who?")
+    alone = extract(tmp_path / "alone.lance", "--query", "who=Who?")
+    # Each query is a pass of its own here (the model's processor writes the whole prompt);
+    # the video tokens come before the query, so they are what a one-query run stores.
+    torch.testing.assert_close(
+        both.read_tokens(["bikes"], query="who"), alone.read_tokens(["bikes"]), atol=2e-3, rtol=0
+    )
+    result = runner.invoke(
+        app,
+        ["extract", *args, "--out", str(tmp_path / "b.lance"), "--query-position", "before"],
+    )
+    assert result.exit_code == 2 and "generic path" in result.output
+
+
 @pytest.mark.skipif(MISSING is None, reason="torchvision imports here: the generic path runs")
 def test_without_torchvision_a_generic_model_is_one_line_naming_the_need(tmp_path):
     from transformers import LlavaOnevisionConfig

@@ -7,7 +7,12 @@ Real clips, tiny Qwen checkpoints loaded by path, real Lance datasets.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import lance
@@ -19,7 +24,9 @@ from linkedout.cli import app
 from linkedout.errors import LinkedOutError
 from linkedout.extract.queries import Query, parse_query_flags, read_query_file
 from linkedout.storage import FeatureStore
-from tests.cli_harness import assert_one_line_error, run_linkedout, tree_digest
+from tests.cli_harness import LINKEDOUT, assert_one_line_error, run_linkedout, tree_digest
+from tests.extract.test_video_extraction import SMALL_CLIPS
+from tests.factories import clips_folder
 
 CLIPS = Path(__file__).resolve().parents[2] / "examples" / "clips"
 FAST = ["--frames", "4", "--max-pixels", str(28 * 28 * 12), "--layers", "all", "--quiet"]
@@ -134,6 +141,7 @@ def test_a_query_file_that_does_not_parse_names_its_line(tmp_path, name, text, m
         ([*_queries(WHAT, MOOD), "--backend", "vllm"], ["--backend vllm extracts one query"]),
         (["--query-position", "before", "--backend", "vllm"], ["--backend vllm"]),
         (_queries("what=Something else entirely."), ["query 'what': stored", "a name of its own"]),
+        ([*_queries(MOOD), "--shard", "0/2"], ["adds queries (mood)", "drop --shard"]),
     ],
 )
 def test_bad_queries_are_one_line_and_leave_the_dataset_as_it_was(
@@ -259,3 +267,53 @@ def test_info_lists_the_queries(one_query, videos, model, tmp_path):
     assert result.exit_code == 0, result.output
     assert "query what" in result.output and "Describe its style and mood." in result.output
     assert "after the video" in result.output
+
+
+def test_an_interrupted_query_addition_commits_nothing_and_resumes(
+    checkpoints, tmp_path_factory, tmp_path
+):
+    videos = clips_folder(tmp_path_factory.mktemp("slow_videos"), SMALL_CLIPS)
+    model = checkpoints["qwen2_5_vl"]
+    out = tmp_path / "features.lance"
+    _extract(videos, model, out, *_queries(WHAT))
+    stored = _tokens(out)
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    argv = ["extract", "--videos", videos, "--model", model, "--out", out, *FAST]
+    argv += [*_queries(MOOD), "--commit-every", "1"]
+    first = subprocess.Popen(
+        [LINKEDOUT, *map(str, argv)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+    )
+    deadline = time.monotonic() + 120
+    while _checkpointed(tmp_path / "cache") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)  # Ctrl-C, half-way through the new column
+    output, _ = first.communicate(timeout=60)
+    assert first.returncode != 0, "the run ended before it was interrupted: " + output
+    assert "Traceback" not in output
+    store = FeatureStore.open(out)
+    assert store.missing_queries() == ["mood"]  # named, but no column committed
+    assert torch.equal(_bits(store.read_tokens(sorted(store.ids()))), _bits(stored))
+    with pytest.raises(LinkedOutError, match="query 'mood' .* was never finished"):
+        store.read_tokens(store.ids(), query="mood")
+    proc = run_linkedout(argv, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"mood added to {len(SMALL_CLIPS)} stored" in proc.stdout
+    fresh = tmp_path / "fresh.lance"
+    _extract(videos, model, fresh, *_queries(WHAT, MOOD))
+    torch.testing.assert_close(_tokens(out, "mood"), _tokens(fresh, "mood"), atol=2e-3, rtol=0)
+    assert not list((tmp_path / "cache").rglob("*.sqlite"))  # the checkpoint is gone
+
+
+def _checkpointed(cache: Path) -> int:
+    """Batches a query addition has finished and checkpointed (Lance's UDF checkpoint)."""
+    for path in cache.rglob("*.sqlite"):
+        try:
+            with sqlite3.connect(path) as db:
+                return db.execute("SELECT count(*) FROM batches").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+    return 0
