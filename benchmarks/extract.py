@@ -327,6 +327,7 @@ def main() -> None:
             "extract_videos_per_s": len(clips) / t_full,
             "extract_over_decode_only": t_decode / t_full,
         }
+        figures["queries"] = queries(args, tmp)
         if args.skip_big:
             write_json(args.json, figures)
             return

@@ -432,6 +432,14 @@ def _speed(figures: dict, ml: dict) -> list[str]:
             f"{e['extract_videos_per_s']:.2f} videos/s vs {e['decode_only_videos_per_s']:.2f} "
             f"decode-only: **{e['extract_over_decode_only']:.2f}x** |"
         )
+        if "queries" in e:
+            q = e["queries"]
+            out.append(
+                f"| video extraction, 3 queries per video ({q['videos']} clips, random 8-block "
+                f"Qwen2.5-VL) | after the video: **{q['three_after_over_one']:.2f}x** one "
+                f"query's time (3 separate runs {q['three_separate_over_one']:.2f}x, queries "
+                f"before the video {q['three_before_over_one']:.2f}x) |"
+            )
         if "qwen25_vl_3b_shape" in e:
             b = e["qwen25_vl_3b_shape"]
             out.append(

@@ -117,7 +117,8 @@ class ExtractConfig:
     new_tokens: int = 0
     """Also keep the states of N greedily generated tokens."""
     batch_size: int = 1
-    """Items per model forward."""
+    """Items per model forward (Qwen models with --query-position after forward each video's
+    shared prefix alone, and its queries together)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     dtype: Literal["auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"] = "auto"

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from linkedout.errors import SettingError
-from linkedout.extract.backbones.base import Spans
+from linkedout.extract.backbones.spans import Spans
 
 _GENERATED_SLOTS = 2  # mean, last
 

@@ -358,9 +358,9 @@ class FeatureStore:
     ) -> torch.Tensor:
         """`[N, len(queries) * L, T, D]`: each query's layers in turn (query-major), the
         experts of a model over (query, depth); no queries is the first stored one."""
-        if len(queries) <= 1:
-            return self.read_tokens(item_ids, layers, queries[0] if queries else None)
-        return torch.cat([self.read_tokens(item_ids, layers, q) for q in queries], dim=1)
+        if not queries:
+            return self.read_tokens(item_ids, layers)
+        return torch.cat([self.read_tokens(item_ids, layers, query=q) for q in queries], dim=1)
 
     def query_names(self, wanted: Sequence[str]) -> list[str]:
         """`wanted` checked against the stored queries (`all`: every one); a one-line error

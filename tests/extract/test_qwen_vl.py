@@ -371,3 +371,31 @@ def test_an_item_longer_than_the_models_positions_is_refused_with_the_way_out(
         f"{length + 2} tokens ({prepared.token_counts['video']} of them video) exceed the "
         f"model's {length + 1} positions: lower --frames or --max-pixels"
     )
+
+
+# (g) several queries of one video ---------------------------------------------------------------
+QUERIES = ("What does this video show?", "Describe its style and mood.", "Who would enjoy it?")
+
+
+@pytest.mark.parametrize("position", ["after", "before"])
+def test_queries_of_one_video_equal_a_pass_of_each_alone(backbone, clip, position):
+    """After the video, the prefix (video included) runs once and each query continues from a
+    copy of its keys and values; every query's states equal a full forward of it alone."""
+    from dataclasses import replace
+
+    from linkedout.extract.pool import PoolingRecipe
+
+    recipe = PoolingRecipe.make("video-llm", 16, timestamps=backbone.family in QWEN3)
+    layers = tuple(range(backbone.num_layers + 1))
+    asked = backbone.packer.ask(replace(clip, queries=QUERIES, query_position=position))
+    assert (asked.shared is not None) == (position == "after")
+    tokens = backbone.asked_states([asked], layers, recipe, 0).tokens[0]
+    alone = torch.stack(
+        [backbone.pooled_states([p], layers, recipe.pool, 0).tokens[0] for p in asked.queries]
+    )
+    torch.testing.assert_close(tokens, alone, atol=1e-5, rtol=0)
+    video = recipe.video_slot_count
+    if position == "after":
+        assert all(torch.equal(tokens[0, :, :video], tokens[q, :, :video]) for q in (1, 2))
+    else:
+        assert not torch.allclose(tokens[0, 1:, :video], tokens[1, 1:, :video])
