@@ -181,18 +181,11 @@ class ExtractConfig:
             raise SettingError(
                 "prompt", self.prompt, "is empty: the model needs a question about each video"
             )
-        named = self.named_queries()
+        self.named_queries()  # refuses bad queries before any weights load
         if self.texts is not None and (self.query or self.queries):
             raise LinkedOutError(
                 "--query and --queries ask questions of videos; a text backbone (--texts) reads "
                 "each item's text alone: drop them"
-            )
-        if self.backend == "vllm" and (len(named) > 1 or self.query_position == "before"):
-            raise LinkedOutError(
-                "--backend vllm extracts one query placed after the video (its prefix cache "
-                "would skip the layer capture of a shared video, and a query before the video "
-                "needs a pass per query): use --backend transformers for several queries or "
-                "--query-position before"
             )
         at_least(self, "commit_every", 1, "commit at least 1 row at a time")
         at_least(self, "decode_threads", 1, "decode with at least 1 thread")

@@ -138,8 +138,6 @@ def test_a_query_file_that_does_not_parse_names_its_line(tmp_path, name, text, m
         (_queries(WHAT, "who={channel}"), ["names {channel}"]),
         (["--queries", "{bad}"], ["line 1: not JSON"]),
         (["--prompt", "Describe it.", *_queries(WHAT)], ["--prompt is the one query"]),
-        ([*_queries(WHAT, MOOD), "--backend", "vllm"], ["--backend vllm extracts one query"]),
-        (["--query-position", "before", "--backend", "vllm"], ["--backend vllm"]),
         (_queries("what=Something else entirely."), ["query 'what': stored", "a name of its own"]),
         ([*_queries(MOOD), "--shard", "0/2"], ["adds queries (mood)", "drop --shard"]),
     ],

@@ -34,6 +34,7 @@ CLIPS = (
 # fp32 on both sides; the two engines sum attention and matmuls in other orders, so states
 # agree to float32 rounding of values around 0.1 (measured: under 2e-7), not bitwise.
 TOLERANCE = 1e-5
+QUERIES = ("what=What does this video show?", "mood=Describe its style and mood.")
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +111,14 @@ def qwen2_runs(checkpoints, videos, tmp_path_factory):
             videos, model, root / "vllm1.lance", backend="vllm", batch_size=1, new_tokens=3
         ),
     }
+    for position in ("after", "before"):  # two queries, each its own request in vLLM
+        asked = {"query": list(QUERIES), "query_position": position, "new_tokens": 3}
+        runs[f"transformers_{position}"] = _config(
+            videos, model, root / f"hf-{position}.lance", **asked
+        )
+        runs[f"vllm_{position}"] = _config(
+            videos, model, root / f"vllm-{position}.lance", backend="vllm", batch_size=6, **asked
+        )
     from linkedout.extract.backbones import load_backbone
 
     engine = load_backbone(str(model), dtype="float32", max_pixels=28 * 28 * 12, backend="vllm")
@@ -139,6 +148,18 @@ def test_vllm_rows_equal_the_transformers_rows(qwen2_runs):
     for item_id, tokens in reference.items():
         assert (served[item_id] - tokens).abs().max() < TOLERANCE, item_id
         assert tokens.abs().max() > 100 * TOLERANCE  # the comparison is not between zeros
+
+
+@pytest.mark.parametrize("position", ["after", "before"])
+def test_several_queries_give_the_transformers_rows(qwen2_runs, position):
+    runs, summaries, _ = qwen2_runs
+    assert summaries[f"vllm_{position}"].new == len(CLIPS)
+    ours = FeatureStore.open(runs[f"vllm_{position}"].out)
+    reference = FeatureStore.open(runs[f"transformers_{position}"].out)
+    ids = sorted(reference.ids())
+    for name in ("what", "mood"):
+        expected = reference.read_tokens(ids, query=name)
+        assert (ours.read_tokens(ids, query=name) - expected).abs().max() < TOLERANCE
 
 
 def test_generated_tokens_and_counts_are_the_transformers_ones(qwen2_runs):

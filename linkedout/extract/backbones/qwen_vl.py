@@ -69,7 +69,7 @@ def _timestamp(seconds: float) -> str:
 
 
 @dataclass(frozen=True)
-class _PackedVideo:
+class PackedVideo:
     """One clip's patches, packed once whatever number of queries read it."""
 
     pixel_values: np.ndarray
@@ -126,26 +126,27 @@ class QwenVLPacker:
         return cls(tokenizer, settings, model_type, model_config.video_token_id)
 
     def prepare(self, item: ItemInput) -> Prepared:
-        return self._sequence(item.text, self._pack(item), "after")
+        return self.sequence(item.text, self.pack(item), "after")
 
     def ask(self, item: ItemInput) -> Asked:
         """Every query of `item.queries` with the video packed once. After the video, the
         queries share every token before their own (scaffold and video); before it, nothing."""
-        video = self._pack(item)
-        queries = tuple(self._sequence(t, video, item.query_position) for t in item.queries)
+        video = self.pack(item)
+        queries = tuple(self.sequence(t, video, item.query_position) for t in item.queries)
         after = item.query_position == "after"
         return Asked(queries, queries[0].spans.prompt.start if after else None)
 
-    def _pack(self, item: ItemInput) -> _PackedVideo:
+    def pack(self, item: ItemInput) -> PackedVideo:
+        """The clip's patches, once for every query that reads it."""
         if item.frames is None:
             raise ValueError("Qwen-VL backbones need video frames")
         pixel_values, grid = pack_video(item.frames, self.settings)
         seconds = None
         if SUPPORTED[self.family].seconds_per_grid:
             seconds = self._seconds_per_grid(item.frame_seconds, len(item.frames))
-        return _PackedVideo(pixel_values, grid, item.frame_seconds, len(item.frames), seconds)
+        return PackedVideo(pixel_values, grid, item.frame_seconds, len(item.frames), seconds)
 
-    def _sequence(self, text: str, video: _PackedVideo, position: str) -> Prepared:
+    def sequence(self, text: str, video: PackedVideo, position: str) -> Prepared:
         """One query's whole sequence around a packed video; `position`: where the query sits."""
         grid = video.grid
         merge = self.settings.merge_size

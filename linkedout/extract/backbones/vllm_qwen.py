@@ -71,11 +71,22 @@ class VllmQwenPacker:
         self.settings = packer.settings
 
     def ask(self, item: ItemInput) -> Asked:
-        """Each query a request of its own (the run's settings allow one, after the video)."""
-        return Asked(tuple(self.prepare(replace(item, text=t)) for t in item.queries), None)
+        """Each query a request of its own, the whole sequence: vLLM's prefix cache (off here)
+        would skip the shared video tokens whose layers are captured, so nothing is shared."""
+        video = self.packer.pack(item)
+        return Asked(
+            tuple(
+                self._for_vllm(self.packer.sequence(text, video, item.query_position), item)
+                for text in item.queries
+            ),
+            None,
+        )
 
     def prepare(self, item: ItemInput) -> Prepared:
-        prepared = self.packer.prepare(item)
+        return self._for_vllm(self.packer.prepare(item), item)
+
+    def _for_vllm(self, prepared: Prepared, item: ItemInput) -> Prepared:
+        """A packed sequence as vLLM takes it: one video placeholder and the resized frames."""
         grid = prepared.inputs["video_grid_thw"][0].tolist()
         patch = self.settings.patch_size
         frames = resize_frames(item.frames, grid[1] * patch, grid[2] * patch)
