@@ -155,7 +155,18 @@ def dataset_info(stored: StoreInfo, failures: list[Failure]) -> None:
         ("layers", ", ".join(map(str, m.layers))),
         ("pooling", m.pooling or "-"),
         *(
-            [(f"query {name}", text) for name, text in m.queries]
+            [
+                (
+                    f"query {name}",
+                    text
+                    + (
+                        f"  ({stored.query_items[name]:,} of {stored.rows:,} items)"
+                        if name in stored.query_items
+                        else ""
+                    ),
+                )
+                for name, text in m.queries
+            ]
             + [("query position", f"{m.query_position} the video")]
             if m.queries
             else [("prompt", m.prompt or "-")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 import pyarrow as pa
@@ -50,6 +50,9 @@ class StoreInfo:
     duplicates: int = 0
     """Rows beyond one per item id, which only older LinkedOut versions wrote: `optimize`
     removes them (reads already use one row per item)."""
+    query_items: dict[str, int] = field(default_factory=dict)
+    """Query name -> items holding its slots (every query beyond the first, whose slots every
+    good row holds)."""
 
     def to_json(self, failed_items: Sequence[Failure] = ()) -> dict:
         """A JSON-ready dict (`linkedout info --json`), listing `failed_items` among the facts.
@@ -63,6 +66,7 @@ class StoreInfo:
             "failures": self.failures,
             "failed_items": [asdict(f) for f in failed_items],
             "duplicate_rows": self.duplicates,
+            "query_items": self.query_items,
             "size_bytes": self.size_bytes,
             "version": self.version,
             "versions": self.versions,

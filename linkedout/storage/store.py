@@ -295,6 +295,10 @@ class FeatureStore:
             ],
             schema=self._ds.schema,
             duplicates=self.duplicate_rows(),
+            query_items={
+                name: 0 if name in self.missing_queries() else good - self.query_nulls(name)
+                for name, _ in self.manifest.named_queries()[1:]
+            },
         )
 
     # ---------------------------------------------------------------- reading

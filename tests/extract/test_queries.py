@@ -264,6 +264,7 @@ def test_info_lists_the_queries(one_query, videos, model, tmp_path):
     result = runner.invoke(app, ["info", str(two)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "query what" in result.output and "Describe its style and mood." in result.output
+    assert "(2 of 2 items)" in result.output
     assert "after the video" in result.output
 
 
