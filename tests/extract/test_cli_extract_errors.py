@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from linkedout.cli import app
 from linkedout.storage import FeatureStore
 from tests.cli_harness import assert_one_line_error, run_linkedout, tree_digest
+from tests.factories import two_example_clips
 
 REPO = Path(__file__).resolve().parents[2]
 CLIPS = REPO / "examples" / "clips"
@@ -43,10 +44,7 @@ def short_context(qwen, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("videos")
-    shutil.copy(CLIPS / "tests_data_test.avi", folder / "avi_clip.avi")
-    shutil.copy(CLIPS / "bikes.mp4", folder / "bikes.mp4")
-    return folder
+    return two_example_clips(tmp_path_factory.mktemp("videos"))
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from linkedout.extract.queries import Query, parse_query_flags, read_query_file
 from linkedout.storage import FeatureStore
 from tests.cli_harness import LINKEDOUT, assert_one_line_error, run_linkedout, tree_digest
 from tests.extract.test_video_extraction import SMALL_CLIPS
-from tests.factories import clips_folder
+from tests.factories import clips_folder, two_example_clips
 
 CLIPS = Path(__file__).resolve().parents[2] / "examples" / "clips"
 FAST = ["--frames", "4", "--max-pixels", str(28 * 28 * 12), "--layers", "all", "--quiet"]
@@ -60,10 +60,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("videos")
-    shutil.copy(CLIPS / "tests_data_test.avi", folder / "avi_clip.avi")
-    shutil.copy(CLIPS / "bikes.mp4", folder / "bikes.mp4")
-    return folder
+    return two_example_clips(tmp_path_factory.mktemp("videos"))
 
 
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
