@@ -29,6 +29,9 @@ class CatalogItem:
     """Absolute path of the video file, or "text" for a text item."""
     title: str | None = None
     """Auxiliary text for a video item; the text itself for a text item."""
+    fields: tuple[tuple[str, str], ...] = ()
+    """The video's other non-blank columns of the titles table, (column, value), for queries
+    that name them."""
 
 
 @dataclass
@@ -167,6 +170,26 @@ def read_titles(
     return titles
 
 
+def read_title_fields(
+    path: str | Path, *, id_column: str | None = None, text_column: str | None = None
+) -> tuple[list[str], dict[str, tuple[tuple[str, str], ...]]]:
+    """The titles table's other columns (neither id nor title), and per item id its non-blank
+    values of them (the first row of a repeated id)."""
+    path = Path(path)
+    rows = read_table(path)
+    if not rows:
+        raise LinkedOutError(f"{path} holds no rows")
+    found = list(rows[0])
+    id_key = _pick_column(found, path, id_column, ID_COLUMNS, "id_column")
+    text_key = _pick_column(found, path, text_column, TEXT_COLUMNS, "text_column")
+    others = [c for c in found if c not in (id_key, text_key)]
+    fields: dict[str, tuple[tuple[str, str], ...]] = {}
+    for row in rows:
+        values = tuple((c, row[c].strip()) for c in others if row.get(c, "").strip())
+        fields.setdefault(row.get(id_key, "").strip(), values)
+    return others, fields
+
+
 def read_texts(
     path: str | Path, *, id_column: str | None = None, text_column: str | None = None
 ) -> list[CatalogItem]:
@@ -192,7 +215,11 @@ def read_texts(
 
 
 # ------------------------------------------------------------------ videos
-def discover_videos(root: str | Path, titles: dict[str, str] | None = None) -> Discovery:
+def discover_videos(
+    root: str | Path,
+    titles: dict[str, str] | None = None,
+    fields: dict[str, tuple[tuple[str, str], ...]] | None = None,
+) -> Discovery:
     """Every video file under `root` (recursively, hidden files and folders skipped).
 
     The item id is the file name without its extension. When two files share one, the first in
@@ -222,7 +249,7 @@ def discover_videos(root: str | Path, titles: dict[str, str] | None = None) -> D
         )
 
     items = [
-        CatalogItem(item_id, paths[0], (titles or {}).get(item_id))
+        CatalogItem(item_id, paths[0], (titles or {}).get(item_id), (fields or {}).get(item_id, ()))
         for item_id, paths in sorted(claims.items())
     ]
     return Discovery(

@@ -34,12 +34,18 @@ from linkedout.extract.backbones import Backbone, inspect_model, load_backbone, 
 from linkedout.extract.backbones.generic_vlm import GenericVLMPacker
 from linkedout.extract.config import ExtractConfig
 from linkedout.extract.decode import unreadable_reason
-from linkedout.extract.discover import CatalogItem, discover_videos, read_texts, read_titles
+from linkedout.extract.discover import (
+    CatalogItem,
+    discover_videos,
+    read_texts,
+    read_title_fields,
+    read_titles,
+)
 from linkedout.extract.engines import ray as ray_engine
 from linkedout.extract.engines.base import Engine
 from linkedout.extract.engines.local import LocalEngine
 from linkedout.extract.pool import PoolingRecipe
-from linkedout.extract.queries import Query, fill
+from linkedout.extract.queries import Query, check_fields, fill
 from linkedout.extract.steps import (
     BackboneFacts,
     ExtractPlan,
@@ -100,15 +106,21 @@ class ExtractSummary:
 
 
 # ------------------------------------------------------------------ planning
-def plan_items(config: ExtractConfig) -> tuple[list[CatalogItem], list[str]]:
-    """The items this process extracts, and notes for the user (duplicates, skipped files)."""
+def plan_items(config: ExtractConfig) -> tuple[list[CatalogItem], list[str], list[str] | None]:
+    """The items this process extracts, notes for the user (duplicates, skipped files), and
+    the titles table's other columns that queries may name (None: no table)."""
     notes: list[str] = []
     columns = {"id_column": config.id_column, "text_column": config.text_column}
+    others = None
     if config.texts is not None:
         items = read_texts(config.texts, **columns)
     else:
-        titles = read_titles(config.titles, **columns) if config.titles else None
-        found = discover_videos(config.videos, titles)
+        titles, fields = None, None
+        if config.titles:
+            titles = read_titles(config.titles, **columns)
+            others, fields = read_title_fields(config.titles, **columns)
+        check_fields(config.named_queries(), others, str(config.titles))
+        found = discover_videos(config.videos, titles, fields)
         items = found.items
         if found.duplicates:
             shown = ", ".join(f"{i} ({len(p)} files)" for i, p in found.duplicates[:3])
@@ -127,7 +139,7 @@ def plan_items(config: ExtractConfig) -> tuple[list[CatalogItem], list[str]]:
     if config.videos is not None and items:
         untitled = "" if config.titles else " (no `titles` table given)"
         for query in config.named_queries():
-            if any(fill(query.text, i.title) for i in items):
+            if any(fill(query.text, i.title, i.fields) for i in items):
                 continue
             why = (
                 "is empty for every video: each of its lines holds {title}, and no video has a "
@@ -136,7 +148,7 @@ def plan_items(config: ExtractConfig) -> tuple[list[CatalogItem], list[str]]:
             if not (config.query or config.queries):
                 raise SettingError("prompt", config.prompt, why)
             raise LinkedOutError(f"query {query.name!r} {why}")
-    return items, notes
+    return items, notes, others
 
 
 def make_engine(config: ExtractConfig, backbone: Backbone | None = None) -> Engine:
@@ -412,7 +424,7 @@ def extract(
     The engines differ only in where `prepare_item` and `run_batch` run (threads and this
     process, or Ray tasks and actors); planning, resuming and writing happen here, once."""
     started = time.perf_counter()
-    items, notes = plan_items(config)
+    items, notes, columns = plan_items(config)
     engine = make_engine(config, backbone)
     if config.shard is not None:
         _refuse_sharded_queries(config, engine.manifest)
@@ -422,6 +434,7 @@ def extract(
     first_version = store.version
     if engine.plan.is_video:  # every new row gets every query the dataset holds
         stored = tuple(Query(n, t) for n, t in store.manifest.named_queries())
+        check_fields(list(stored), columns, str(config.titles))
         engine.plan = replace(engine.plan, queries=stored)
     hashes = _hashes(config, items)
     todo = _todo(config, store, items, hashes)

@@ -3,7 +3,8 @@
 A query is a name and a text. The name becomes part of the dataset's layout (the column of that
 query's slots, `query_<name>`), so it is a short lower-case identifier; the text may hold
 `{title}` (filled per video from `--titles`; lines holding it are dropped for untitled videos).
-One query, named `default`, is what `--prompt` gives when no query is named.
+Any other column of the titles table may be named the same way (`{channel}`). One query, named
+`default`, is what `--prompt` gives when no query is named.
 
 A query file is YAML (`name: text` pairs, or a list of `{name, text}` mappings) or JSONL (one
 `{"name": ..., "text": ...}` object per line).
@@ -20,8 +21,6 @@ from linkedout.errors import LinkedOutError
 
 DEFAULT_QUERY = "default"
 NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
-FIELDS = ("title",)
-"""The per-video fields a query text may name in braces."""
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -45,13 +44,29 @@ def check_queries(queries: list[Query], origin: str) -> list[Query]:
         seen.add(q.name)
         if not q.text.strip():
             raise LinkedOutError(f"{origin}: query {q.name!r} is empty: give it a question")
-        unknown = sorted(set(_FIELD.findall(q.text)) - set(FIELDS))
-        if unknown:
-            raise LinkedOutError(
-                f"{origin}: query {q.name!r} names {{{unknown[0]}}}, which is no field of a "
-                f"video: a query may name {', '.join('{' + f + '}' for f in FIELDS)}"
-            )
     return queries
+
+
+def named_fields(text: str) -> list[str]:
+    """The `{field}` names a query text holds, in order."""
+    return list(dict.fromkeys(_FIELD.findall(text)))
+
+
+def check_fields(queries: list[Query], columns: list[str] | None, titles: str | None) -> None:
+    """Refuse a query naming a field no video has: neither `title` nor a column of the titles
+    table (`columns`; None when no table is given)."""
+    for q in queries:
+        for name in named_fields(q.text):
+            if name == "title" or (columns is not None and name in columns):
+                continue
+            if columns is None:
+                raise LinkedOutError(
+                    f"query {q.name!r} names {{{name}}}: pass --titles with a {name!r} column"
+                )
+            raise LinkedOutError(
+                f"query {q.name!r} names {{{name}}}, a column {titles} lacks (it has: "
+                f"{', '.join(columns) or 'no other column'}, and the title)"
+            )
 
 
 def parse_query_flags(values: list[str] | None) -> list[Query]:
@@ -128,9 +143,15 @@ def _entry(entry: object, where: str) -> Query:
     return Query(name, text)
 
 
-def fill(text: str, title: str | None) -> str:
-    """A query's text for one video: `{title}` filled, or the lines holding it dropped when
-    the video has no title."""
+def fill(text: str, title: str | None, fields: tuple[tuple[str, str], ...] = ()) -> str:
+    """A query's text for one video: `{title}` and the other `{column}` fields filled; the
+    lines naming a field the video lacks (no title, a blank column) are dropped."""
+    values = dict(fields)
     if title:
-        return text.replace("{title}", title)
-    return "\n".join(line for line in text.splitlines() if "{title}" not in line).strip()
+        values["title"] = title
+    lines = text.splitlines()
+    kept = [line for line in lines if all(n in values for n in named_fields(line))]
+    if len(kept) < len(lines):
+        text = "\n".join(kept).strip()
+    # One pass: a filled value is never searched for fields itself.
+    return _FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), text)

@@ -256,7 +256,7 @@ def prepare_item(
     try:
         if item.source == "text":
             return PreparedItem(item, sha, packer.prepare(ItemInput(text=item.title or "")))
-        texts = tuple(fill(q.text, item.title) for q in plan.queries)
+        texts = tuple(fill(q.text, item.title, item.fields) for q in plan.queries)
         empty = next((q.name for q, t in zip(plan.queries, texts, strict=True) if not t), None)
         why = unreadable_reason(item.source) or (None if empty is None else empty_query(empty))
         if why:  # a dangling link or FIFO says so first; a FIFO is never opened

@@ -102,7 +102,6 @@ def test_query_flags_and_files_read_named_queries(tmp_path):
         (["what=a", "what=b"], "'what' is given twice"),
         (["what=  "], "'what' is empty"),
         (["What=x"], "not a short lower-case identifier"),
-        (["what={channel} videos"], "names {channel}, which is no field of a video"),
     ],
 )
 def test_bad_query_flags_say_what_is_wrong(values, match):
@@ -132,7 +131,11 @@ def test_a_query_file_that_does_not_parse_names_its_line(tmp_path, name, text, m
     [
         (_queries(WHAT, "what=again"), ["'what' is given twice"]),
         (_queries("what="), ["query 'what' is empty"]),
-        (_queries(WHAT, "who={channel}"), ["names {channel}"]),
+        (_queries(WHAT, "who={channel}"), ["names {channel}: pass --titles with a 'channel'"]),
+        (
+            [*_queries("who=On {channel}?"), "--titles", "{titles}"],
+            ["names {channel}, a column", "lacks (it has: views, and the title)"],
+        ),
         (["--queries", "{bad}"], ["line 1: not JSON"]),
         (["--prompt", "Describe it.", *_queries(WHAT)], ["--prompt is the one query"]),
         (_queries("what=Something else entirely."), ["query 'what': stored", "a name of its own"]),
@@ -144,7 +147,10 @@ def test_bad_queries_are_one_line_and_leave_the_dataset_as_it_was(
 ):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    extra = [str(bad) if a == "{bad}" else a for a in extra]
+    titles = tmp_path / "titles.csv"
+    titles.write_text("item,title,views\nbikes,Bike tricks,12\n")
+    files = {"{bad}": str(bad), "{titles}": str(titles)}
+    extra = [files.get(a, a) for a in extra]
     before = tree_digest(one_query)
     proc = run_linkedout(
         ["extract", "--videos", videos, "--model", model, "--out", one_query, *FAST, *extra]
@@ -247,6 +253,27 @@ def test_new_videos_get_every_stored_query(one_query, videos, model, tmp_path):
     mood = store.read_tokens(["pancake"], query="mood")
     what = store.read_tokens(["pancake"])
     assert torch.equal(_bits(mood[:, :, :VIDEO_SLOTS]), _bits(what[:, :, :VIDEO_SLOTS]))
+
+
+def test_queries_fill_any_column_of_the_titles_table(videos, model, tmp_path):
+    titles = tmp_path / "titles.csv"
+    titles.write_text("item,title,channel\nbikes,Bike tricks,Pets\navi_clip,A clip,\n")
+    asked = tmp_path / "asked.lance"
+    ask = "what=Channel: {channel}\nWhat is {title}?"
+    _extract(videos, model, asked, "--titles", str(titles), *_queries(ask))
+    # bikes reads its channel; avi_clip has none, so the line naming it is dropped.
+    spelled = tmp_path / "spelled.lance"
+    _extract(videos, model, spelled, *_queries("what=Channel: Pets\nWhat is Bike tricks?"))
+    short = tmp_path / "short.lance"
+    _extract(videos, model, short, *_queries("what=What is A clip?"))
+    got = FeatureStore.open(asked)
+    assert torch.equal(
+        _bits(got.read_tokens(["bikes"])), _bits(FeatureStore.open(spelled).read_tokens(["bikes"]))
+    )
+    assert torch.equal(
+        _bits(got.read_tokens(["avi_clip"])),
+        _bits(FeatureStore.open(short).read_tokens(["avi_clip"])),
+    )
 
 
 def test_reading_a_query_the_dataset_lacks_names_those_it_holds(one_query):

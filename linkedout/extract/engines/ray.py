@@ -21,6 +21,7 @@ dies (a lost node, an out-of-memory kill) is restarted by Ray Data and its work 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -126,7 +127,8 @@ class RayEngine:
         for handler in logging.getLogger("ray.data").handlers:  # children log through these
             handler.addFilter(_no_progress_chatter)
         items = ray.data.from_items(
-            [asdict(item) | {"sha": sha} for item, sha in todo],  # plain Arrow columns
+            # Plain Arrow columns: the fields travel as JSON.
+            [asdict(item) | {"sha": sha, "fields": json.dumps(item.fields)} for item, sha in todo],
             override_num_blocks=min(len(todo), 4 * options.workers + 16),
         )
         prepared = items.map(
@@ -205,7 +207,8 @@ def _backend_versions(backend: str) -> tuple[tuple[str, str], ...]:
 
 def _prepare_row(row: dict, plan: ExtractPlan, info: ModelInfo) -> dict:
     packer = _packer(info, plan.max_pixels, plan.facts.backend)
-    item = CatalogItem(row["item_id"], row["source"], row["title"])
+    fields = tuple(tuple(pair) for pair in json.loads(row["fields"]))
+    item = CatalogItem(row["item_id"], row["source"], row["title"], fields)
     return {"ready": prepare_item(item, row["sha"], plan, packer)}
 
 
