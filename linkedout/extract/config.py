@@ -88,8 +88,9 @@ class ExtractConfig:
     untitled videos)."""
     query: list[str] = setting(default_factory=list, cli_type=list[str] | None, parse=list_of)
     """NAME=TEXT: a named query asked of every video; repeatable, and NAME (a-z, 0-9, _) names
-    its stored slots; TEXT may name {title} and other columns of --titles. Several queries share one read of the video (see --query-position). On a
-    dataset that holds other queries, only the new ones run for the videos stored there."""
+    its stored slots; TEXT may name {title} and other columns of --titles. Several queries
+    share one read of the video (see --query-position). On a dataset that holds other
+    queries, only the new ones run for the videos stored there."""
     queries: Path | None = None
     """YAML (name: text lines) or JSONL ({"name": ..., "text": ...} per line) file of named
     queries, asked like --query (both may be given)."""

@@ -250,18 +250,33 @@ def _todo(
     return todo
 
 
-def _refuse_sharded_queries(config: ExtractConfig, manifest) -> None:
-    """Queries added to a stored dataset commit as one set of new columns, by one process:
-    shards would each try. Said before the dataset is touched."""
-    if not exists(config.out, config.storage_options):
+def _check_stored_queries(config: ExtractConfig) -> None:
+    """Before any weights load: refuse a query the dataset at `--out` stores with another text
+    or position, and a sharded run that would add queries to its stored videos (they commit
+    as one set of new columns, by one process; shards would each try)."""
+    if config.videos is None or not exists(config.out, config.storage_options):
         return
     stored = FeatureStore.open(config.out, config.storage_options)
-    if stored.manifest.mismatches(manifest):
+    manifest = stored.manifest
+    if manifest.backbone_kind != "video-llm":
         return  # `open_or_create` names the differences
-    grown = stored.manifest.with_queries(manifest)
-    if grown != stored.manifest or stored.missing_queries():
-        known = dict(stored.manifest.named_queries())
-        added = [n for n, _ in grown.named_queries() if n not in known]
+    known = dict(manifest.named_queries())
+    queries = config.named_queries()
+    for q in queries:
+        if q.name in known and known[q.name] != q.text:
+            raise LinkedOutError(
+                f"{stored.uri} stores query {q.name!r} as {known[q.name]!r}, not {q.text!r}: "
+                "a new query needs a name of its own"
+            )
+    if manifest.query_position != config.query_position:
+        raise SettingError(
+            "query_position",
+            config.query_position,
+            f"{stored.uri} holds queries placed {manifest.query_position} the video: repeat "
+            "it, or write to a new --out",
+        )
+    added = [q.name for q in queries if q.name not in known]
+    if config.shard is not None and (added or stored.missing_queries()):
         raise LinkedOutError(
             f"this run adds queries ({', '.join(added) or 'unfinished ones'}) to the videos "
             f"stored in {config.out}: that runs in one process; drop --shard for it (then shard "
@@ -425,9 +440,8 @@ def extract(
     process, or Ray tasks and actors); planning, resuming and writing happen here, once."""
     started = time.perf_counter()
     items, notes, columns = plan_items(config)
+    _check_stored_queries(config)
     engine = make_engine(config, backbone)
-    if config.shard is not None:
-        _refuse_sharded_queries(config, engine.manifest)
     with _writing(config.out):
         store = FeatureStore.open_or_create(config.out, engine.manifest, config.storage_options)
     summary = ExtractSummary(uri=store.uri, items=len(items), notes=notes)
