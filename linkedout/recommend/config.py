@@ -13,6 +13,18 @@ from linkedout.settings import at_least, check_choices, setting
 from linkedout.storage.uri import storage_options_setting
 
 
+def parse_slots(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """`0:12` on the command line -> (0, 12)."""
+    if text is None or isinstance(text, tuple):
+        return text
+    start, sep, stop = text.partition(":")
+    if not sep or not start.strip().isdigit() or not stop.strip().isdigit():
+        raise SettingError("slots", text, "write START:STOP, e.g. 0:12")
+    if int(start) >= int(stop):
+        raise SettingError("slots", text, "START must be below STOP")
+    return int(start), int(stop)
+
+
 def names_of(text: str | list[str] | None) -> list[str]:
     """`a,b` on the command line -> ["a", "b"] (none given: [])."""
     if text is None:
@@ -111,6 +123,10 @@ class TrainConfig:
     """Queries of a multi-query feature dataset to read, comma-separated, or all (default:
     its first). With several, every (query, depth) pair is an expert of the MoE, and
     explanations name the query and the depth, as query:depth."""
+    slots: tuple[int, int] | None = setting(None, cli_type=str | None, parse=parse_slots)
+    """START:STOP: read only these of the T pooled slots of each depth (default: all), e.g.
+    0:12 for the video slots alone of the 16-slot video recipe, 12:16 for the prompt's; the
+    feature dataset's pooling recipe (`linkedout info`) says what each slot holds."""
     user_col: str | None = None
     """User column (default: detected)."""
     item_col: str | None = None

@@ -65,6 +65,8 @@ class RunConfig:
     queries: list[str] = field(default_factory=list)
     """The queries of a multi-query dataset the model reads, each with every depth (none: the
     dataset's first, the only one of most datasets)."""
+    slots: list[int] | None = None
+    """[start, stop] of the T slots the model reads (None: all)."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -72,7 +74,7 @@ class RunConfig:
     @classmethod
     def from_json(cls, data: dict) -> RunConfig:
         # run_id and queries are absent from runs trained before them; the rest is required.
-        optional = {"run_id", "queries"}
+        optional = {"run_id", "queries", "slots"}
         names = [f.name for f in fields(cls) if f.name not in optional or f.name in data]
         return cls(**{name: data[name] for name in names})
 

@@ -77,15 +77,19 @@ class LanceItemTokens(ItemTokens):
         layers: Sequence[int],
         num_with_features: int,
         queries: Sequence[str] = (),
+        slots: tuple[int, int] | None = None,
     ):
         self.store = store
         self.item_ids = list(item_ids)  # model index i + 1 is item_ids[i]
         self.layers = list(layers)
         self.queries = list(queries)
+        self.slots = slots
         self.num_with_features = num_with_features
         manifest = store.manifest
         experts = len(self.layers) * max(1, len(self.queries))
-        self.shape = (len(self.item_ids) + 1, experts, *manifest.shape[1:])
+        _, t, d = manifest.shape
+        kept = t if slots is None else slots[1] - slots[0]
+        self.shape = (len(self.item_ids) + 1, experts, kept, d)
         self.dtype = TORCH_DTYPES[manifest.dtype]
         self._reader = ThreadPoolExecutor(1, "linkedout-read-ahead")
 
@@ -95,7 +99,7 @@ class LanceItemTokens(ItemTokens):
         real = (index >= 1) & (index <= self.num_with_features)
         if real.any():
             ids = [self.item_ids[i - 1] for i in index[real].tolist()]
-            out[real] = self.store.read_queries(ids, self.layers, self.queries)
+            out[real] = self.store.read_queries(ids, self.layers, self.queries, self.slots)
         return out
 
     def prefetch(self, index: torch.Tensor) -> Prefetched:
@@ -128,11 +132,12 @@ def open_item_tokens(
     num_with_features: int,
     budget: MemoryBudget,
     queries: Sequence[str] = (),
+    slots: tuple[int, int] | None = None,
 ) -> ItemTokens:
     """The table of these model items (`item_ids[i]` is index i + 1, the first
     `num_with_features` being the store's items in its order): in memory when it fits the
     budget, else read from the store batch by batch. With several `queries`, an item's rows
-    are every (query, layer) pair, query-major."""
+    are every (query, layer) pair, query-major; `slots` keeps a range of the T slots."""
     layers = store.layer_positions(layers)
     need = feature_bytes(store, layers, len(queries))
     if not budget.fits(need):
@@ -142,8 +147,10 @@ def open_item_tokens(
             budget.gib,
             store.uri,
         )
-        return LanceItemTokens(store, item_ids, layers, num_with_features, queries)
+        return LanceItemTokens(store, item_ids, layers, num_with_features, queries, slots)
     ids, tokens = store.load(layers, queries)
+    if slots is not None:
+        tokens = tokens[:, :, slots[0] : slots[1]].contiguous()
     if ids != list(item_ids[:num_with_features]):
         raise LinkedOutError(f"{store.uri} changed while training was starting: run again")
     pad = torch.zeros((1, *tokens.shape[1:]), dtype=tokens.dtype)

@@ -137,8 +137,14 @@ def prepare(config: TrainConfig, run: RunDir, plan: Plan | None = None) -> Prepa
     store = FeatureStore.open(config.features, config.storage_options)
     layers = feature_layers(store, config.model.fusion)
     queries = store.query_names(config.queries) if config.queries else []
-    if queries and config.model.fusion == "none":
-        raise SettingError("queries", ",".join(queries), "an ID-only model reads no features")
+    if (queries or config.slots) and config.model.fusion == "none":
+        raise SettingError("fusion", "none", "an ID-only model reads no features: drop them")
+    if config.slots is not None and config.slots[1] > store.manifest.tokens_per_layer:
+        raise SettingError(
+            "slots",
+            f"{config.slots[0]}:{config.slots[1]}",
+            f"{config.features} holds {store.manifest.tokens_per_layer} slots per depth",
+        )
     log_ = read_interactions(config.interactions, config.user_col, config.item_col, config.time_col)
     split = build_split(log_, store.ids(), config.split)
     if split.num_items - 1 > split.num_with_features and not config.model.ids:
@@ -150,7 +156,7 @@ def prepare(config: TrainConfig, run: RunDir, plan: Plan | None = None) -> Prepa
     tokens = None
     if config.model.fusion != "none":
         tokens = open_item_tokens(
-            store, layers, split.item_ids, split.num_with_features, budget, queries
+            store, layers, split.item_ids, split.num_with_features, budget, queries, config.slots
         )
     module = _module(config, split, tokens, budget, run)
     module.run_id = plan.run_id or None
@@ -161,6 +167,7 @@ def prepare(config: TrainConfig, run: RunDir, plan: Plan | None = None) -> Prepa
             train=jsonable(asdict(config)),
             layers=layers,
             queries=queries,
+            slots=list(config.slots) if config.slots else None,
             manifest=asdict(store.manifest),
             features_version=store.version,
             split=asdict(split.report),

@@ -74,7 +74,8 @@ def add_items(
     def batches() -> Iterator[pa.RecordBatch]:
         for start in range(0, len(new), CHUNK_ITEMS):
             ids = new[start : start + CHUNK_ITEMS]
-            tokens = store.read_queries(ids, config.layers, config.queries)
+            slots = tuple(config.slots) if config.slots else None
+            tokens = store.read_queries(ids, config.layers, config.queries, slots)
             experts = model.item_experts(tokens)
             yield pa.record_batch(
                 [pa.array(ids, pa.string()), experts_array(experts)], schema=ds.schema

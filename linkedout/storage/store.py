@@ -358,13 +358,20 @@ class FeatureStore:
         return torch.cat([first[:, :, :video], own], dim=2)
 
     def read_queries(
-        self, item_ids: Sequence[str], layers: Sequence[int], queries: Sequence[str]
+        self,
+        item_ids: Sequence[str],
+        layers: Sequence[int],
+        queries: Sequence[str],
+        slots: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """`[N, len(queries) * L, T, D]`: each query's layers in turn (query-major), the
-        experts of a model over (query, depth); no queries is the first stored one."""
+        experts of a model over (query, depth); no queries is the first stored one. `slots`
+        (start, stop) keeps those of the T slots alone."""
         if not queries:
-            return self.read_tokens(item_ids, layers)
-        return torch.cat([self.read_tokens(item_ids, layers, query=q) for q in queries], dim=1)
+            tokens = self.read_tokens(item_ids, layers)
+        else:
+            tokens = torch.cat([self.read_tokens(item_ids, layers, query=q) for q in queries], 1)
+        return tokens if slots is None else tokens[:, :, slots[0] : slots[1]].contiguous()
 
     def query_names(self, wanted: Sequence[str]) -> list[str]:
         """`wanted` checked against the stored queries (`all`: every one); a one-line error
