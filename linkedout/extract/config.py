@@ -118,8 +118,8 @@ class ExtractConfig:
     new_tokens: int = 0
     """Also keep the states of N greedily generated tokens."""
     batch_size: int = 1
-    """Items per model forward (Qwen models with --query-position after forward each video's
-    shared prefix alone, and its queries together)."""
+    """Items per model forward (with queries after the video: the videos' prefixes in one
+    forward, then all their queries in another)."""
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     dtype: Literal["auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"] = "auto"

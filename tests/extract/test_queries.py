@@ -184,6 +184,16 @@ def test_queries_after_the_video_share_its_slots_bit_for_bit(one_query, videos, 
     assert stored.field("query_mood").type.field("layer_1").type.shape == [16 - VIDEO_SLOTS, 64]
 
 
+def test_batched_videos_share_their_slots_bit_for_bit_too(videos, model, tmp_path):
+    # Both videos' prefixes in one padded forward, then all their queries in one.
+    one, three = tmp_path / "one.lance", tmp_path / "three.lance"
+    _extract(videos, model, one, *_queries(WHAT), "--batch-size", "2")
+    _extract(videos, model, three, *_queries(WHAT, MOOD, WHO), "--batch-size", "2")
+    single = _tokens(one)[:, :, :VIDEO_SLOTS]
+    for name in ("what", "mood", "who"):
+        assert torch.equal(_bits(_tokens(three, name)[:, :, :VIDEO_SLOTS]), _bits(single))
+
+
 def test_queries_before_the_video_guide_its_slots(one_query, videos, model, tmp_path):
     before = tmp_path / "before.lance"
     _extract(videos, model, before, *_queries(WHAT, MOOD), "--query-position", "before")

@@ -399,3 +399,21 @@ def test_queries_of_one_video_equal_a_pass_of_each_alone(backbone, clip, positio
         assert all(torch.equal(tokens[0, :, :video], tokens[q, :, :video]) for q in (1, 2))
     else:
         assert not torch.allclose(tokens[0, 1:, :video], tokens[1, 1:, :video])
+
+
+def test_a_batch_of_videos_with_queries_equals_each_video_alone(backbone, clip):
+    """Prefixes of different lengths share one padded pass (per video where a layer is
+    recurrent); each video's queries continue from its own cache."""
+    from dataclasses import replace
+
+    from linkedout.extract.pool import PoolingRecipe
+
+    recipe = PoolingRecipe.make("video-llm", 16, timestamps=backbone.family in QWEN3)
+    layers = tuple(range(backbone.num_layers + 1))
+    short = replace(random_item("", 2, 56, 56, 1), queries=QUERIES[:2])
+    videos = [backbone.packer.ask(replace(clip, queries=QUERIES)), backbone.packer.ask(short)]
+    assert videos[0].shared != videos[1].shared
+    together = backbone.asked_states(videos, layers, recipe, 0).tokens
+    for asked, tokens in zip(videos, together, strict=True):
+        alone = backbone.asked_states([asked], layers, recipe, 0).tokens[0]
+        torch.testing.assert_close(tokens, alone, atol=1e-5, rtol=0)

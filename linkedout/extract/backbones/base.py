@@ -200,61 +200,98 @@ class HookedBackbone(ABC):
         if all(a.shared is None for a in batch):
             return full_passes(self, batch, layers, recipe)
         prepared = tuple(a.queries for a in batch)
-        return AskedBatch(prepared, tuple(self._continued(a, layers, recipe) for a in batch))
+        if self.batches_prefixes:
+            return AskedBatch(prepared, tuple(self._continued(batch, layers, recipe)))
+        # A recurrent layer would carry a shorter prefix's padding into its state: one at a time.
+        return AskedBatch(
+            prepared, tuple(t for a in batch for t in self._continued([a], layers, recipe))
+        )
 
-    def _continued(self, asked: Asked, layers: tuple[int, ...], recipe: PoolingRecipe):
-        """`[Q, L, T, D]` of one video whose queries share its first `asked.shared` tokens:
-        one pass over that prefix (video slots pooled there, keys and values kept), then every
-        query's remaining tokens in one batch continuing from copies of that cache."""
-        shared, queries = asked.shared, asked.queries
-        first = queries[0]
-        positions = [self.positions(p.inputs) for p in queries]
-        prefix = {k: v[:, :shared] if k in self.per_token else v for k, v in first.inputs.items()}
+    def _continued(
+        self, batch: list[Asked], layers: tuple[int, ...], recipe: PoolingRecipe
+    ) -> list[torch.Tensor]:
+        """`[Q, L, T, D]` of each video whose queries share its first `shared` tokens: one
+        padded pass over the videos' prefixes (video slots pooled there, keys and values
+        kept), then every query of every video in one batch, each continuing from a copy of
+        its video's cache (padding positions masked out)."""
+        firsts = [a.queries[0] for a in batch]
+        shared = [a.shared for a in batch]
+        longest = max(shared)
+        prefixes = [
+            Prepared(
+                {k: v[:, :n] if k in self.per_token else v for k, v in p.inputs.items()}, p.spans
+            )
+            for p, n in zip(firsts, shared, strict=True)
+        ]
+        prefix, _ = self.collate(prefixes)
+        positions = [[self.positions(p.inputs) for p in a.queries] for a in batch]
+        axes = positions[0][0].shape[:-2]
+        where = torch.zeros((*axes, len(batch), longest), dtype=torch.long)
+        for i, (n, pos) in enumerate(zip(shared, positions, strict=True)):
+            where[..., i, :n] = pos[0][..., 0, :n]
         cache = self.new_cache()
 
         def video(hidden: torch.Tensor) -> torch.Tensor:
-            return recipe.video_slots(hidden[0], first.spans)
+            return torch.stack(
+                [recipe.video_slots(hidden[i], p.spans) for i, p in enumerate(firsts)]
+            )
 
         with LayerCapture(self.decoder_layers(), layers, video) as capture:
             video_states = capture.run(
-                lambda: self.forward_cached(prefix, positions[0][..., :shared], cache)
+                lambda: self.forward_cached(prefix, where.to(self.device), cache)
             )
-        tails = [p.inputs["input_ids"][0, shared:] for p in queries]
+        rows = [(i, q) for i, a in enumerate(batch) for q in range(len(a.queries))]
+        tails = [batch[i].queries[q].inputs["input_ids"][0, shared[i] :] for i, q in rows]
         width = max(len(t) for t in tails)
-        ids = torch.full((len(queries), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(queries), shared + width), dtype=torch.long)
-        mask[:, :shared] = 1
-        where = torch.zeros((*positions[0].shape[:-2], len(queries), width), dtype=torch.long)
-        for q, (tail, pos) in enumerate(zip(tails, positions, strict=True)):
-            ids[q, : len(tail)] = tail
-            mask[q, shared : shared + len(tail)] = 1
-            where[..., q, : len(tail)] = pos[..., 0, shared:]
-        # Every query continues from its own copy of the prefix's keys and values.
-        cache.reorder_cache(torch.zeros(len(queries), dtype=torch.long, device=self.device))
-        spans = [_shifted(p.spans, -shared) for p in queries]
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest + width), dtype=torch.long)
+        after = torch.zeros((*axes, len(rows), width), dtype=torch.long)
+        for r, ((i, q), tail) in enumerate(zip(rows, tails, strict=True)):
+            ids[r, : len(tail)] = tail
+            mask[r, : shared[i]] = 1  # its own video's prefix; the padding after it is masked
+            mask[r, longest : longest + len(tail)] = 1
+            after[..., r, : len(tail)] = positions[i][q][..., 0, shared[i] :]
+        # Every query continues from its own copy of its video's keys and values.
+        cache.reorder_cache(torch.tensor([i for i, _ in rows], device=self.device))
+        spans = [_shifted(batch[i].queries[q].spans, -shared[i]) for i, q in rows]
 
         def text(hidden: torch.Tensor) -> torch.Tensor:
-            return torch.stack([recipe.text_slots(hidden[q], spans[q]) for q in range(len(spans))])
+            return torch.stack([recipe.text_slots(hidden[r], spans[r]) for r in range(len(rows))])
 
-        inputs = {"input_ids": ids, "attention_mask": mask}
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
         with LayerCapture(self.decoder_layers(), layers, text) as capture:
             text_states = capture.run(
-                lambda: self.forward_cached(inputs, where.to(self.device), cache, text_only=True)
+                lambda: self.forward_cached(inputs, after.to(self.device), cache, text_only=True)
             )
-        return torch.stack(
-            [
-                torch.cat([video_states[x].expand(len(queries), -1, -1), text_states[x]], dim=1)
-                for x in layers
-            ],
-            dim=1,
-        )
+        out, start = [], 0
+        for i, a in enumerate(batch):
+            n = len(a.queries)
+            out.append(
+                torch.stack(
+                    [
+                        torch.cat(
+                            [
+                                video_states[x][i].expand(n, -1, -1),
+                                text_states[x][start : start + n],
+                            ],
+                            dim=1,
+                        )
+                        for x in layers
+                    ],
+                    dim=1,
+                )
+            )
+            start += n
+        return out
 
     # What a backbone that shares prefixes implements (the packer sets `Asked.shared` only
     # for those).
     per_token: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask")
     """Inputs with one entry per token (cut to the prefix); the rest go whole to the prefix."""
     pad_id: int = 0
+    batches_prefixes: bool = True
+    """Whether several videos' prefixes may share one padded forward: not where a layer is
+    recurrent (linear attention), whose state would read the padding."""
 
     def positions(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The position ids `[..., 1, S]` a forward of `inputs` (one item) would use."""

@@ -295,6 +295,10 @@ class QwenVLBackbone(HookedBackbone):
         self._pad_id: int = pad if pad is not None else self.tokenizer.eos_token_id
         positions = getattr(text_config, "max_position_embeddings", None)
         self.max_positions: int | None = int(positions) if positions else None
+        # Qwen3.5's linear-attention blocks keep a recurrent state (see `batches_prefixes`).
+        self.batches_prefixes = "linear_attention" not in (
+            getattr(text_config, "layer_types", None) or ()
+        )
 
     @classmethod
     def load(
