@@ -138,10 +138,24 @@ def _pick_column(
     )
 
 
-def _id_and_text(
+@dataclass(frozen=True)
+class TitleTable:
+    """A titles table read once: each item's title, and its other columns for queries."""
+
+    titles: dict[str, str]
+    """Item id -> title; blank titles left out (those items count as untitled), the first
+    row of a repeated id kept."""
+    columns: list[str]
+    """The columns besides the id and the title."""
+    fields: dict[str, tuple[tuple[str, str], ...]]
+    """Item id -> its non-blank (column, value) of `columns`."""
+
+
+def _keyed_rows(
     path: str | Path, id_column: str | None, text_column: str | None
-) -> list[tuple[str, str]]:
-    """(item id, text) per row of the table, ids stripped; a blank id is an error."""
+) -> tuple[list[tuple[str, dict[str, str]]], str, str]:
+    """(item id, row) per row of the table, ids stripped (a blank id is an error), and the
+    id and text columns found."""
     path = Path(path)
     rows = read_table(path)
     if not rows:
@@ -149,13 +163,21 @@ def _id_and_text(
     found = list(rows[0])
     id_key = _pick_column(found, path, id_column, ID_COLUMNS, "id_column")
     text_key = _pick_column(found, path, text_column, TEXT_COLUMNS, "text_column")
-    pairs = []
+    keyed = []
     for number, row in enumerate(rows, 1):
         item_id = row.get(id_key, "").strip()
         if not item_id:
             raise LinkedOutError(f"{path} row {number} has an empty {id_key!r}")
-        pairs.append((item_id, row.get(text_key, "")))
-    return pairs
+        keyed.append((item_id, row))
+    return keyed, id_key, text_key
+
+
+def _id_and_text(
+    path: str | Path, id_column: str | None, text_column: str | None
+) -> list[tuple[str, str]]:
+    """(item id, text) per row of the table, ids stripped; a blank id is an error."""
+    keyed, _, text_key = _keyed_rows(path, id_column, text_column)
+    return [(item_id, row.get(text_key, "")) for item_id, row in keyed]
 
 
 def read_titles(
@@ -163,31 +185,23 @@ def read_titles(
 ) -> dict[str, str]:
     """Item id -> title. Blank titles are left out (those items count as untitled); when an id
     repeats, its first title is kept."""
-    titles: dict[str, str] = {}
-    for item_id, text in _id_and_text(path, id_column, text_column):
-        if text.strip():
-            titles.setdefault(item_id, text.strip())
-    return titles
+    return read_title_table(path, id_column=id_column, text_column=text_column).titles
 
 
-def read_title_fields(
+def read_title_table(
     path: str | Path, *, id_column: str | None = None, text_column: str | None = None
-) -> tuple[list[str], dict[str, tuple[tuple[str, str], ...]]]:
-    """The titles table's other columns (neither id nor title), and per item id its non-blank
-    values of them (the first row of a repeated id)."""
-    path = Path(path)
-    rows = read_table(path)
-    if not rows:
-        raise LinkedOutError(f"{path} holds no rows")
-    found = list(rows[0])
-    id_key = _pick_column(found, path, id_column, ID_COLUMNS, "id_column")
-    text_key = _pick_column(found, path, text_column, TEXT_COLUMNS, "text_column")
-    others = [c for c in found if c not in (id_key, text_key)]
+) -> TitleTable:
+    keyed, id_key, text_key = _keyed_rows(path, id_column, text_column)
+    columns = [c for c in (keyed[0][1] if keyed else {}) if c not in (id_key, text_key)]
+    titles: dict[str, str] = {}
     fields: dict[str, tuple[tuple[str, str], ...]] = {}
-    for row in rows:
-        values = tuple((c, row[c].strip()) for c in others if row.get(c, "").strip())
-        fields.setdefault(row.get(id_key, "").strip(), values)
-    return others, fields
+    for item_id, row in keyed:
+        text = row.get(text_key, "").strip()
+        if text:
+            titles.setdefault(item_id, text)
+        values = tuple((c, row[c].strip()) for c in columns if row.get(c, "").strip())
+        fields.setdefault(item_id, values)
+    return TitleTable(titles, columns, fields)
 
 
 def read_texts(

@@ -38,8 +38,7 @@ from linkedout.extract.discover import (
     CatalogItem,
     discover_videos,
     read_texts,
-    read_title_fields,
-    read_titles,
+    read_title_table,
 )
 from linkedout.extract.engines import ray as ray_engine
 from linkedout.extract.engines.base import Engine
@@ -117,8 +116,8 @@ def plan_items(config: ExtractConfig) -> tuple[list[CatalogItem], list[str], lis
     else:
         titles, fields = None, None
         if config.titles:
-            titles = read_titles(config.titles, **columns)
-            others, fields = read_title_fields(config.titles, **columns)
+            table = read_title_table(config.titles, **columns)
+            titles, others, fields = table.titles, table.columns, table.fields
         check_fields(config.named_queries(), others, str(config.titles))
         found = discover_videos(config.videos, titles, fields)
         items = found.items
