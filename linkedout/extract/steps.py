@@ -227,8 +227,9 @@ def build_manifest(plan: ExtractPlan, engine: Mapping[str, str]) -> Manifest:
 def empty_query(name: str) -> str:
     what, flag = ("the prompt", "--prompt") if name == DEFAULT_QUERY else (f"query {name!r}", "it")
     return (
-        f"{what} is empty for this video: every line of it holds {{title}} and the video has "
-        f"no title; add a line without {{title}} to {flag}, or a title for it"
+        f"{what} is empty for this video: every line of it names a field the video has no "
+        f"value for ({{title}} or another --titles column); add a line without one to {flag}, "
+        "or the values"
     )
 
 
@@ -257,7 +258,9 @@ def prepare_item(
         if item.source == "text":
             return PreparedItem(item, sha, packer.prepare(ItemInput(text=item.title or "")))
         texts = tuple(fill(q.text, item.title, item.fields) for q in plan.queries)
-        empty = next((q.name for q, t in zip(plan.queries, texts, strict=True) if not t), None)
+        empty = next(
+            (q.name for q, t in zip(plan.queries, texts, strict=True) if not t.strip()), None
+        )
         why = unreadable_reason(item.source) or (None if empty is None else empty_query(empty))
         if why:  # a dangling link or FIFO says so first; a FIFO is never opened
             return FailedItem(item.item_id, why, sha, item.source, item.title)
