@@ -16,8 +16,11 @@ class RunLock:
     holds the pid, host and start time of its holder; a lock whose process no longer runs on
     this host is stale and taken over."""
 
-    def __init__(self, lock_file: Path):
+    def __init__(self, lock_file: Path, command: str = "train"):
         self.file = lock_file
+        self.command = command
+        """What holds it: `train`, or a catalog change (`catalog add`), which must not run
+        beside training (which rewrites the catalog when it ends) nor beside another change."""
         self.held = False
 
     def holder(self) -> dict | None:
@@ -91,6 +94,12 @@ class RunLock:
         self._refuse(holder)
 
     def _refuse(self, holder: dict) -> None:
+        command = holder.get("command", "train") if holder else "train"
+        if command != "train":
+            raise LinkedOutError(
+                f"{self.file.parent} is being changed by `linkedout {command}` "
+                f"({self.describe(holder)}): wait for it to finish"
+            )
         if not holder:
             raise LinkedOutError(
                 f"{self.file.parent} is locked by another `linkedout train` ({self.file} "
@@ -117,7 +126,12 @@ class RunLock:
             fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "command": self.command,
+        }
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(record, f)
         return True

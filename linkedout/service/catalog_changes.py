@@ -9,7 +9,9 @@ each new version on its own.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +48,22 @@ def add_items(
 ) -> CatalogChange:
     """Embed every item of `features` that the catalog lacks with the run's trained compressor
     and experts, and append them to catalog.lance in one commit."""
-    run = _editable(run_path)
+    with _editing(run_path, "catalog add") as run:
+        return _add_items(run, features, storage_options, on_progress)
+
+
+def remove_items(run_path: str | Path, item_ids: list[str]) -> CatalogChange:
+    """Delete these items from the catalog in one commit; ids not in it are counted, not fatal."""
+    with _editing(run_path, "catalog remove") as run:
+        return _remove_items(run, item_ids)
+
+
+def _add_items(
+    run: RunDir,
+    features: str,
+    storage_options: dict[str, str] | None,
+    on_progress: Callable[[int, int], None] | None,
+) -> CatalogChange:
     config = run.config()
     module = run.checkpoint(config.run_id)
     model = module.model
@@ -93,9 +110,7 @@ def add_items(
     )
 
 
-def remove_items(run_path: str | Path, item_ids: list[str]) -> CatalogChange:
-    """Delete these items from the catalog in one commit; ids not in it are counted, not fatal."""
-    run = _editable(run_path)
+def _remove_items(run: RunDir, item_ids: list[str]) -> CatalogChange:
     ds = lance.dataset(str(run.catalog_file))
     present = _live_ids(ds)
     gone = sorted(set(item_ids) & present)
@@ -115,16 +130,28 @@ def _live_ids(ds: lance.LanceDataset) -> set[str]:
     return set(ds.to_table(columns=["item_id"]).column("item_id").to_pylist()) - {""}
 
 
-def _editable(run_path: str | Path) -> RunDir:
+@contextmanager
+def _editing(run_path: str | Path, command: str) -> Iterator[RunDir]:
+    """The run, locked for one catalog change: not beside training (which rewrites
+    catalog.lance from scratch when it finishes, so a change now would be lost) nor beside
+    another change (two adds would both append the same new items)."""
     run = RunDir(run_path)
     run.require_checkpoint()
-    lock = RunLock(run.lock_file)
+    lock = RunLock(run.lock_file, command)
     holder = lock.holder()
-    if holder is not None and lock.holder_alive(holder):
-        # Training rewrites catalog.lance from scratch when it finishes: a change now would
-        # be lost.
+    if (
+        holder is not None
+        and holder.get("command", "train") == "train"
+        and lock.holder_alive(holder)
+    ):
         raise LinkedOutError(
             f"{run.path} is being trained ({lock.describe(holder)}): change its catalog once "
             "training has finished"
         )
-    return run
+    note = lock.acquire()  # another change holding it is one line naming it
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    try:
+        yield run
+    finally:
+        lock.release()

@@ -148,3 +148,29 @@ def test_a_running_server_swaps_catalog_versions_whole_under_load(
         meta = http.get("/metadata").json()
         assert meta["catalog"] == {"version": 3, "size": 255, "added": 15}
     assert json.loads((run_copy / "metrics.json").read_text())  # the run is intact
+
+
+def test_a_catalog_change_waits_for_training_and_for_another_change(run_copy, planted, tmp_path):
+    from linkedout.recommend.run import RunDir
+    from linkedout.recommend.run_lock import RunLock
+
+    new = tmp_path / "new.lance"
+    write_new_items(new, planted, cluster=2, n=3)
+    lock_file = RunDir(run_copy).lock_file
+    before = tree_digest(run_copy / "catalog.lance")
+    for command, message in (
+        ("catalog add", "is being changed by `linkedout catalog add` \\(pid"),
+        ("train", "is being trained \\(pid"),
+    ):
+        holder = RunLock(lock_file, command)  # held by a live process: this one
+        holder.acquire()
+        try:
+            with pytest.raises(LinkedOutError, match=message):
+                add_items(run_copy, str(new))
+            with pytest.raises(LinkedOutError, match=message):
+                remove_items(run_copy, ["v0001"])
+        finally:
+            holder.release()
+        assert tree_digest(run_copy / "catalog.lance") == before
+    assert add_items(run_copy, str(new)).added == 3
+    assert not lock_file.exists()  # the change released its lock
