@@ -34,6 +34,7 @@ from linkedout.extract.backbones import Backbone, inspect_model, load_backbone, 
 from linkedout.extract.backbones.generic_vlm import GenericVLMPacker
 from linkedout.extract.config import ExtractConfig
 from linkedout.extract.decode import unreadable_reason
+from linkedout.extract.defaults import DEFAULT_PROMPT
 from linkedout.extract.discover import (
     CatalogItem,
     discover_videos,
@@ -51,7 +52,7 @@ from linkedout.extract.steps import (
     check_frames_fit,
     parse_layers,
 )
-from linkedout.storage import FailedItem, FeatureStore, FeatureWriter
+from linkedout.storage import FailedItem, FeatureStore, FeatureWriter, Manifest
 from linkedout.storage.columns import query_column, tokens_to_arrow
 from linkedout.storage.location import exists
 from linkedout.storage.maintenance import optimize
@@ -249,16 +250,21 @@ def _todo(
     return todo
 
 
-def _check_stored_queries(config: ExtractConfig) -> None:
+def _check_stored_queries(config: ExtractConfig) -> Manifest | None:
     """Before any weights load: refuse a query the dataset at `--out` stores with another text
     or position, and a sharded run that would add queries to its stored videos (they commit
-    as one set of new columns, by one process; shards would each try)."""
+    as one set of new columns, by one process; shards would each try). Returns the stored
+    manifest when the run asks no query of its own of a dataset of named queries: it then
+    asks the stored ones (rather than adding the default prompt as a query)."""
     if config.videos is None or not exists(config.out, config.storage_options):
-        return
+        return None
     stored = FeatureStore.open(config.out, config.storage_options)
     manifest = stored.manifest
     if manifest.backbone_kind != "video-llm":
-        return  # `open_or_create` names the differences
+        return None  # `open_or_create` names the differences
+    asks_nothing = not config.query and config.queries is None and config.prompt == DEFAULT_PROMPT
+    if asks_nothing and manifest.queries:
+        return manifest
     known = dict(manifest.named_queries())
     queries = config.named_queries()
     for q in queries:
@@ -281,6 +287,7 @@ def _check_stored_queries(config: ExtractConfig) -> None:
             f"stored in {config.out}: that runs in one process; drop --shard for it (then shard "
             "the new videos as before)"
         )
+    return None
 
 
 def _adding(
@@ -439,8 +446,15 @@ def extract(
     process, or Ray tasks and actors); planning, resuming and writing happen here, once."""
     started = time.perf_counter()
     items, notes, columns = plan_items(config)
-    _check_stored_queries(config)
+    adopted = _check_stored_queries(config)
     engine = make_engine(config, backbone)
+    if adopted is not None:
+        engine.manifest = replace(
+            engine.manifest,
+            prompt=adopted.prompt,
+            queries=adopted.queries,
+            query_slots=adopted.query_slots,
+        )
     with _writing(config.out):
         store = FeatureStore.open_or_create(config.out, engine.manifest, config.storage_options)
     summary = ExtractSummary(uri=store.uri, items=len(items), notes=notes)

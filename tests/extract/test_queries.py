@@ -292,6 +292,20 @@ def test_queries_fill_any_column_of_the_titles_table(videos, model, tmp_path):
     )
 
 
+def test_a_run_naming_no_query_asks_the_stored_ones(one_query, videos, model, tmp_path):
+    grown = tmp_path / "grown.lance"
+    shutil.copytree(one_query, grown)
+    _extract(videos, model, grown, *_queries(MOOD))
+    more = tmp_path / "more"
+    shutil.copytree(videos, more)
+    shutil.copy(CLIPS / "flipping_a_pancake.mkv", more / "pancake.mkv")
+    output = _extract(more, model, grown)  # no --query: not the default prompt as a new one
+    assert "1 new" in output and "added to" not in output
+    store = FeatureStore.open(grown)
+    assert [n for n, _ in store.manifest.named_queries()] == ["what", "mood"]
+    assert store.read_tokens(["pancake"], query="mood").shape[0] == 1
+
+
 def test_reading_a_query_the_dataset_lacks_names_those_it_holds(one_query):
     store = FeatureStore.open(one_query)
     with pytest.raises(LinkedOutError, match="holds no query 'mood'; its queries: what"):
