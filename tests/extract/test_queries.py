@@ -255,16 +255,20 @@ def test_an_added_query_runs_alone_and_rewrites_no_stored_column(
     assert [n for n, _ in manifest.named_queries()] == ["what", "mood", "who"]
 
 
-def test_new_videos_get_every_stored_query(one_query, videos, model, tmp_path):
+@pytest.mark.parametrize("asked", [[WHAT], []], ids=["the first query", "no query"])
+def test_new_videos_get_every_stored_query(one_query, videos, model, tmp_path, asked):
     grown = tmp_path / "grown.lance"
     shutil.copytree(one_query, grown)
     _extract(videos, model, grown, *_queries(MOOD))
     more = tmp_path / "more"
     shutil.copytree(videos, more)
     shutil.copy(CLIPS / "flipping_a_pancake.mkv", more / "pancake.mkv")
-    # Asked nothing new, the run extracts the new video with both stored queries.
-    _extract(more, model, grown, *_queries(WHAT))
+    # Asked nothing new (not even the default prompt as a new query), the run extracts the
+    # new video with both stored queries.
+    output = _extract(more, model, grown, *_queries(*asked))
+    assert "1 new" in output and "added to" not in output
     store = FeatureStore.open(grown)
+    assert [n for n, _ in store.manifest.named_queries()] == ["what", "mood"]
     assert sorted(store.ids()) == ["avi_clip", "bikes", "pancake"]
     mood = store.read_tokens(["pancake"], query="mood")
     what = store.read_tokens(["pancake"])
@@ -290,20 +294,6 @@ def test_queries_fill_any_column_of_the_titles_table(videos, model, tmp_path):
         _bits(got.read_tokens(["avi_clip"])),
         _bits(FeatureStore.open(short).read_tokens(["avi_clip"])),
     )
-
-
-def test_a_run_naming_no_query_asks_the_stored_ones(one_query, videos, model, tmp_path):
-    grown = tmp_path / "grown.lance"
-    shutil.copytree(one_query, grown)
-    _extract(videos, model, grown, *_queries(MOOD))
-    more = tmp_path / "more"
-    shutil.copytree(videos, more)
-    shutil.copy(CLIPS / "flipping_a_pancake.mkv", more / "pancake.mkv")
-    output = _extract(more, model, grown)  # no --query: not the default prompt as a new one
-    assert "1 new" in output and "added to" not in output
-    store = FeatureStore.open(grown)
-    assert [n for n, _ in store.manifest.named_queries()] == ["what", "mood"]
-    assert store.read_tokens(["pancake"], query="mood").shape[0] == 1
 
 
 def test_reading_a_query_the_dataset_lacks_names_those_it_holds(one_query):

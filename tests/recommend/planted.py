@@ -123,3 +123,24 @@ def make_planted(
     cold_items = {ids[i] for i in cold_used}
     features = root / "features.lance"
     return Planted(features, interactions, signal_layer, cold_items, manifest, centroids, clusters)
+
+
+def train_planted(planted: Planted, out: Path, fusion: str = "moe", ids: bool = False, **kw):
+    """A run on planted data with the tests' small settings (15 epochs at most)."""
+    from linkedout.recommend.config import TrainConfig
+    from linkedout.recommend.model import ModelConfig
+    from linkedout.recommend.train import train
+
+    config = TrainConfig(
+        features=str(planted.features),
+        interactions=str(planted.interactions),
+        out=str(out),
+        model=ModelConfig(d_model=32, fusion=fusion, ids=ids, dropout=0.1),
+        epochs=15,
+        batch_size=64,
+        lr=3e-3,
+        patience=5,
+        quiet=True,
+        **kw,
+    )
+    return train(config)

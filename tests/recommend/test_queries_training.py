@@ -11,12 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from linkedout.cli import app
-from linkedout.recommend.config import TrainConfig
-from linkedout.recommend.model import ModelConfig
-from linkedout.recommend.train import train
 from linkedout.service.ranker import Query, Ranker
 from tests.cli_harness import assert_one_line_error, run_linkedout
-from tests.recommend.planted import make_planted
+from tests.recommend.planted import make_planted, train_planted
 
 runner = CliRunner()
 
@@ -27,20 +24,8 @@ def planted(tmp_path_factory):
 
 
 def _train(planted, root, queries: list[str], **kw):
-    config = TrainConfig(
-        features=str(planted.features),
-        interactions=str(planted.interactions),
-        out=str(root / f"run-{'-'.join(queries)}-{kw.get('slots')}"),
-        model=ModelConfig(d_model=32, fusion="moe", dropout=0.1),
-        queries=queries,
-        epochs=15,
-        batch_size=64,
-        lr=3e-3,
-        patience=5,
-        quiet=True,
-        **kw,
-    )
-    return train(config)
+    out = root / f"run-{'-'.join(queries)}-{kw.get('slots')}"
+    return train_planted(planted, out, queries=queries, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,11 @@ from typer.testing import CliRunner
 from linkedout.cli import app
 from linkedout.errors import LinkedOutError
 from linkedout.memory import MemoryBudget
-from linkedout.recommend.config import TrainConfig
 from linkedout.recommend.evaluate import TrainedRun, evaluate_run
-from linkedout.recommend.model import ModelConfig
 from linkedout.recommend.run import RunDir
-from linkedout.recommend.train import train
 from linkedout.service.ranker import Query, Ranker
 from linkedout.service.results import user_history
-from tests.recommend.planted import make_planted
+from tests.recommend.planted import make_planted, train_planted
 
 runner = CliRunner()
 
@@ -31,19 +28,7 @@ def planted(tmp_path_factory):
 
 
 def _train(planted, root, fusion="moe", ids=False, **kw):
-    config = TrainConfig(
-        features=str(planted.features),
-        interactions=str(planted.interactions),
-        out=str(root / f"run-{fusion}-{ids}"),
-        model=ModelConfig(d_model=32, fusion=fusion, ids=ids, dropout=0.1),
-        epochs=15,
-        batch_size=64,
-        lr=3e-3,
-        patience=5,
-        quiet=True,
-        **kw,
-    )
-    return train(config)
+    return train_planted(planted, root / f"run-{fusion}-{ids}", fusion, ids, **kw)
 
 
 @pytest.fixture(scope="module")
