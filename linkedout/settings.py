@@ -103,3 +103,8 @@ def at_least(config: object, name: str, low: float, reason: str) -> None:
     value = getattr(config, name)
     if value is not None and value < low:
         raise SettingError(name, value, reason)
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """`a, b,,c` on the command line -> ("a", "b", "c"): blanks between commas ignored."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -10,7 +10,6 @@ This module plans, resumes and writes, once per run; an engine (`engines/local.p
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os
@@ -20,14 +19,12 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
-import torch
 
 from linkedout.errors import LinkedOutError, SettingError, first_line
 from linkedout.extract.backbones import Backbone, inspect_model, load_backbone, writes_timestamps
@@ -265,14 +262,14 @@ def _check_stored_queries(config: ExtractConfig) -> Manifest | None:
     asks_nothing = not config.query and config.queries is None and config.prompt == DEFAULT_PROMPT
     if asks_nothing and manifest.queries:
         return manifest
-    known = dict(manifest.named_queries())
     queries = config.named_queries()
-    for q in queries:
-        if q.name in known and known[q.name] != q.text:
-            raise LinkedOutError(
-                f"{stored.uri} stores query {q.name!r} as {known[q.name]!r}, not {q.text!r}: "
-                "a new query needs a name of its own"
-            )
+    conflicts = manifest.query_conflicts([(q.name, q.text) for q in queries])
+    if conflicts:
+        name, text, new = conflicts[0]
+        raise LinkedOutError(
+            f"{stored.uri} stores query {name!r} as {text!r}, not {new!r}: a new query needs a "
+            "name of its own"
+        )
     if manifest.query_position != config.query_position:
         raise SettingError(
             "query_position",
@@ -280,6 +277,7 @@ def _check_stored_queries(config: ExtractConfig) -> Manifest | None:
             f"{stored.uri} holds queries placed {manifest.query_position} the video: repeat "
             "it, or write to a new --out",
         )
+    known = dict(manifest.named_queries())
     added = [q.name for q in queries if q.name not in known]
     if config.shard is not None and (added or stored.missing_queries()):
         raise LinkedOutError(
@@ -331,7 +329,7 @@ def _add_queries(
     done = 0
     stop = threading.Event()
 
-    def fill(batch: pa.RecordBatch) -> pa.RecordBatch:
+    def fill_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
         nonlocal done
         ids = batch.column("item_id").to_pylist()
         rows = {}
@@ -341,7 +339,7 @@ def _add_queries(
             done += 1
             if isinstance(row, FailedItem):
                 summary.failure_reasons[f"query not added: {row.error}"] += 1
-            elif all(bool(torch.isfinite(t).all()) for t in row.queries.values()):
+            elif row.finite():
                 rows[row.item_id] = row
             else:
                 summary.failure_reasons["query not added: its states hold NaN or inf"] += 1
@@ -364,25 +362,21 @@ def _add_queries(
     # the end; run it aside, so a Ctrl-C here stops it at the next item.
     with ThreadPoolExecutor(1, "linkedout-add-queries") as aside:
         adding = aside.submit(
-            store.add_query_columns, names, fill, config.commit_every, str(checkpoint)
+            store.add_query_columns, names, fill_columns, config.commit_every, str(checkpoint)
         )
         try:
-            while True:
-                try:
-                    adding.result(timeout=0.2)
-                    break
-                except FutureTimeout:
-                    continue
+            while not wait([adding], timeout=0.2).done:
+                pass
         except KeyboardInterrupt:
             stop.set()
-            with contextlib.suppress(Exception):
-                adding.result()
+            wait([adding])
             raise
+        adding.result()
     store.refresh()
     checkpoint.unlink(missing_ok=True)
-    summary.queries_added = list(names)
-    summary.given_queries = len(store) - max(store.query_nulls(n) for n in names)
     lacking = {name: store.query_nulls(name) for name in names}
+    summary.queries_added = list(names)
+    summary.given_queries = len(store) - max(lacking.values())
     for name, count in lacking.items():
         if count:
             summary.notes.append(

@@ -9,7 +9,7 @@ from typing import Literal
 
 from linkedout.errors import SettingError
 from linkedout.memory import MemoryBudget
-from linkedout.settings import at_least, check_choices, setting
+from linkedout.settings import at_least, check_choices, comma_list, setting
 from linkedout.storage.uri import storage_options_setting
 
 
@@ -31,7 +31,7 @@ def names_of(text: str | list[str] | None) -> list[str]:
         return []
     if isinstance(text, list):
         return text
-    return [name.strip() for name in text.split(",") if name.strip()]
+    return list(comma_list(text))
 
 
 FUSIONS = ("moe", "mean", "last", "none")  # and layer:K, one stored depth
@@ -218,7 +218,7 @@ def parse_history(text: str | None) -> tuple[str, ...] | None:
     """`ID,ID,...` -> the ids, oldest first (blanks between commas ignored)."""
     if text is None:
         return None
-    items = tuple(i.strip() for i in text.split(",") if i.strip())
+    items = comma_list(text)
     if not items:
         raise SettingError(
             "history", text, "lists no item ids: pass watched ids, oldest first, as ID,ID,..."

@@ -148,9 +148,7 @@ def open_item_tokens(
             store.uri,
         )
         return LanceItemTokens(store, item_ids, layers, num_with_features, queries, slots)
-    ids, tokens = store.load(layers, queries)
-    if slots is not None:
-        tokens = tokens[:, :, slots[0] : slots[1]].contiguous()
+    ids, tokens = store.load(layers, queries, slots)
     if ids != list(item_ids[:num_with_features]):
         raise LinkedOutError(f"{store.uri} changed while training was starting: run again")
     pad = torch.zeros((1, *tokens.shape[1:]), dtype=tokens.dtype)

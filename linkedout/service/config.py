@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from linkedout.errors import SettingError
-from linkedout.settings import at_least, setting
+from linkedout.settings import at_least, comma_list, setting
 from linkedout.storage.uri import storage_options_setting
 
 MAX_K = 1000
@@ -78,7 +78,7 @@ class ServeConfig:
 
 
 def _parse_items(text: str) -> tuple[str, ...]:
-    items = tuple(i.strip() for i in text.split(",") if i.strip())
+    items = comma_list(text)
     if not items:
         raise SettingError("items", text, "lists no item ids: pass them as ID,ID,...")
     return items

@@ -8,6 +8,7 @@ their manifests agree on everything that shapes the tensors (`Manifest.mismatche
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -121,14 +122,18 @@ class Manifest:
             self.query_slots != other.query_slots
         ):
             out.append(f"query_slots: stored {self.query_slots}, new {other.query_slots}")
-        stored = dict(self.named_queries())
-        for name, text in other.named_queries():
-            if name in stored and stored[name] != text:
-                out.append(
-                    f"query {name!r}: stored {_short(stored[name])}, new {_short(text)} (a "
-                    "new query needs a name of its own)"
-                )
+        for name, stored, text in self.query_conflicts(other.named_queries()):
+            out.append(
+                f"query {name!r}: stored {_short(stored)}, new {_short(text)} (a new query "
+                "needs a name of its own)"
+            )
         return out
+
+    def query_conflicts(self, queries: Sequence[tuple[str, str]]) -> list[tuple[str, str, str]]:
+        """(name, stored text, new text) of each of `queries` stored under its name with
+        another text."""
+        stored = dict(self.named_queries())
+        return [(n, stored[n], t) for n, t in queries if n in stored and stored[n] != t]
 
     def with_queries(self, other: Manifest) -> Manifest:
         """This manifest with the queries of `other` it lacks appended (the stored ones keep

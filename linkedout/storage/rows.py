@@ -32,6 +32,11 @@ class FeatureRow:
     """Query name -> its `[L, S, D]` slots, for each query beyond the first (whose slots are
     `tokens`), as the manifest's `query_slots` says."""
 
+    def finite(self) -> bool:
+        """No NaN or inf in any of its states (fp16 overflows on some layers' activations)."""
+        held = ([] if self.tokens is None else [self.tokens]) + list(self.queries.values())
+        return all(bool(torch.isfinite(t).all()) for t in held)
+
 
 @dataclass(frozen=True)
 class FailedItem:

@@ -277,6 +277,7 @@ class FeatureStore:
         stamps = [v["timestamp"] for v in versions]
         files = self._ds.all_files().read_all()
         good = len(self)  # also counts the distinct ids and the duplicates
+        unfinished = self.missing_queries()
         return StoreInfo(
             uri=self.uri,
             manifest=self.manifest,
@@ -296,7 +297,7 @@ class FeatureStore:
             schema=self._ds.schema,
             duplicates=self.duplicate_rows(),
             query_items={
-                name: 0 if name in self.missing_queries() else good - self.query_nulls(name)
+                name: 0 if name in unfinished else good - self.query_nulls(name)
                 for name, _ in self.manifest.named_queries()[1:]
             },
         )
@@ -322,40 +323,14 @@ class FeatureStore:
     ) -> torch.Tensor:
         """`[N, L, T, D]` for these ids in this order, reading only the requested layers, as
         query `query` made them (default: the first stored query, the `tokens` column)."""
+        if query is not None:
+            return self._read_asked(item_ids, self.layer_positions(layers), [query])
         layers = self.layer_positions(layers)
-        offsets = self._offset_map()
-        missing = [i for i in item_ids if i not in offsets]
-        if missing:
-            raise MissingItemsError(self._missing_message(missing), missing)
-        if not item_ids:
-            return torch.empty(
-                (0, len(layers), *self.manifest.shape[1:]), dtype=TORCH_DTYPES[self.manifest.dtype]
-            )
-        rows = np.fromiter((offsets[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
-        column = self._query_column(query)
-        if column is None:
-            table = self._ds.take(rows, columns=[tokens_column(x) for x in layers])
-            return arrow_to_tokens(layer_arrays(table, layers), self.manifest)
-        shared = self.manifest.query_position == "after"
-        read = [tokens_column(x, column) for x in layers]
-        if shared:  # the video slots every query shares are those of `tokens`
-            read += [tokens_column(x) for x in layers]
-        table = self._ds.take(rows, columns=read)
-        absent = [i for i, ok in zip(item_ids, _valid(table, column), strict=True) if not ok]
-        if absent:
-            raise MissingItemsError(
-                f"{len(absent)} item(s) of {self.uri} hold no slots for query {query!r} (e.g. "
-                f"{absent[0]!r}): their video was not found when the query was added; re-run "
-                "`linkedout extract` with their videos",
-                absent,
-            )
-        slots = self.manifest.query_slots
-        own = arrow_to_tokens(layer_arrays(table, layers, column), self.manifest, slots=slots)
-        if not shared:
-            return own
-        video = self.manifest.tokens_per_layer - slots
-        first = arrow_to_tokens(layer_arrays(table, layers), self.manifest)
-        return torch.cat([first[:, :, :video], own], dim=2)
+        rows = self._rows(item_ids)
+        if not len(rows):
+            return self._empty(len(layers))
+        table = self._ds.take(rows, columns=[tokens_column(x) for x in layers])
+        return arrow_to_tokens(layer_arrays(table, layers), self.manifest)
 
     def read_queries(
         self,
@@ -370,8 +345,58 @@ class FeatureStore:
         if not queries:
             tokens = self.read_tokens(item_ids, layers)
         else:
-            tokens = torch.cat([self.read_tokens(item_ids, layers, query=q) for q in queries], 1)
+            tokens = self._read_asked(item_ids, self.layer_positions(layers), queries)
         return tokens if slots is None else tokens[:, :, slots[0] : slots[1]].contiguous()
+
+    def _read_asked(
+        self, item_ids: Sequence[str], layers: list[int], queries: Sequence[str]
+    ) -> torch.Tensor:
+        """`read_queries` of named queries in one take: each query's own column, and `tokens`
+        once (the first query's slots, and the video slots queries after the video share)."""
+        columns = [self._query_column(q) for q in queries]  # None: the first query, `tokens`
+        own = [c for c in columns if c is not None]
+        shared = self.manifest.query_position == "after"
+        rows = self._rows(item_ids)
+        if not len(rows):
+            return self._empty(len(queries) * len(layers))
+        with_tokens = None in columns or (shared and bool(own))
+        read = [tokens_column(x, c) for c in own for x in layers]
+        if with_tokens:
+            read += [tokens_column(x) for x in layers]
+        table = self._ds.take(rows, columns=read)
+        for query, column in zip(queries, columns, strict=True):
+            absent = [] if column is None else _absent(table, column, item_ids)
+            if absent:
+                raise MissingItemsError(
+                    f"{len(absent)} item(s) of {self.uri} hold no slots for query {query!r} "
+                    f"(e.g. {absent[0]!r}): their video was not found when the query was added; "
+                    "re-run `linkedout extract` with their videos",
+                    absent,
+                )
+        first = arrow_to_tokens(layer_arrays(table, layers), self.manifest) if with_tokens else None
+        slots = self.manifest.query_slots
+        parts = []
+        for column in columns:
+            if column is None:
+                parts.append(first)
+                continue
+            mine = arrow_to_tokens(layer_arrays(table, layers, column), self.manifest, slots=slots)
+            video = self.manifest.tokens_per_layer - slots
+            parts.append(torch.cat([first[:, :, :video], mine], dim=2) if shared else mine)
+        return torch.cat(parts, dim=1)
+
+    def _rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Row offsets of these stored ids, in order; ids not stored are one error."""
+        offsets = self._offset_map()
+        missing = [i for i in item_ids if i not in offsets]
+        if missing:
+            raise MissingItemsError(self._missing_message(missing), missing)
+        return np.fromiter((offsets[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
+
+    def _empty(self, experts: int) -> torch.Tensor:
+        return torch.empty(
+            (0, experts, *self.manifest.shape[1:]), dtype=TORCH_DTYPES[self.manifest.dtype]
+        )
 
     def query_names(self, wanted: Sequence[str]) -> list[str]:
         """`wanted` checked against the stored queries (`all`: every one); a one-line error
@@ -381,13 +406,17 @@ class FeatureStore:
             return stored
         unknown = [q for q in wanted if q not in stored]
         if unknown:
-            raise LinkedOutError(
-                f"{self.uri} holds no query {unknown[0]!r}; its queries: "
-                f"{', '.join(stored) or '- (text features)'}"
-            )
+            raise self._no_query(unknown[0])
         if len(set(wanted)) != len(wanted):
             raise LinkedOutError(f"queries {', '.join(wanted)} name one twice")
         return list(wanted)
+
+    def _no_query(self, query: str) -> LinkedOutError:
+        stored = [name for name, _ in self.manifest.named_queries()]
+        return LinkedOutError(
+            f"{self.uri} holds no query {query!r}; its queries: "
+            f"{', '.join(stored) or '- (text features)'}"
+        )
 
     def _query_column(self, query: str | None) -> str | None:
         """The column holding query `query`'s own slots; None for the first (`tokens`)."""
@@ -395,9 +424,7 @@ class FeatureStore:
         if query is None or (stored and query == stored[0]):
             return None
         if query not in stored:
-            raise LinkedOutError(
-                f"{self.uri} holds no query {query!r}; its queries: {', '.join(stored) or '-'}"
-            )
+            raise self._no_query(query)
         if query in self.missing_queries():
             raise LinkedOutError(
                 f"query {query!r} of {self.uri} was never finished: re-run the `linkedout "
@@ -413,18 +440,26 @@ class FeatureStore:
             yield ids, arrow_to_tokens(columns, self.manifest)
 
     def load(
-        self, layers: Sequence[int] | None = None, queries: Sequence[str] = ()
+        self,
+        layers: Sequence[int] | None = None,
+        queries: Sequence[str] = (),
+        slots: tuple[int, int] | None = None,
     ) -> tuple[list[str], torch.Tensor]:
         """Every stored item as `(ids, [N, L, T, D])` in one tensor (`[N, Q * L, T, D]` for
-        several queries, as `read_queries`)."""
+        several queries and a range of slots, as `read_queries`)."""
         layers = self.layer_positions(layers)
         if len(queries) > 1 or (queries and self._query_column(queries[0]) is not None):
             ids = self.ids()
             chunks = [
-                self.read_queries(ids[start : start + 8192], layers, queries)
+                self.read_queries(ids[start : start + 8192], layers, queries, slots)
                 for start in range(0, len(ids), 8192)
             ]
-            return ids, torch.cat(chunks) if chunks else self.read_queries([], layers, queries)
+            empty = self.read_queries([], layers, queries, slots)
+            return ids, torch.cat(chunks) if chunks else empty
+        ids, out = self._load_tokens(layers)
+        return ids, out if slots is None else out[:, :, slots[0] : slots[1]].contiguous()
+
+    def _load_tokens(self, layers: list[int]) -> tuple[list[str], torch.Tensor]:
         out = torch.empty(
             (len(self), len(layers), *self.manifest.shape[1:]),
             dtype=TORCH_DTYPES[self.manifest.dtype],
@@ -574,13 +609,13 @@ class FeatureStore:
         )
 
 
-def _valid(table: pa.Table, column: str) -> list[bool]:
-    """Which rows of a read hold `column` (a struct: Lance's take returns it whole, a scan
-    returns its children flat)."""
-    if column in table.schema.names:
-        return table.column(column).is_valid().to_pylist()
-    child = next(n for n in table.schema.names if n.startswith(column + "."))
-    return table.column(child).is_valid().to_pylist()
+def _absent(table: pa.Table, column: str, item_ids: Sequence[str]) -> list[str]:
+    """The ids whose row of a read holds no `column` (a struct: Lance's take returns it whole,
+    a scan returns its children flat)."""
+    if column not in table.schema.names:
+        column = next(n for n in table.schema.names if n.startswith(column + "."))
+    valid = table.column(column).is_valid().to_pylist()
+    return [i for i, ok in zip(item_ids, valid, strict=True) if not ok]
 
 
 def _pruned_meanwhile(error: OSError) -> bool:

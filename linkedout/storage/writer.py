@@ -149,7 +149,7 @@ class FeatureWriter:
                 f"item {row.item_id!r}: tokens are {str(tokens.dtype).removeprefix('torch.')} but "
                 f"this store holds {self.store.manifest.dtype}: cast them first"
             )
-        if not all(bool(torch.isfinite(t).all()) for t in (tokens, *row.queries.values())):
+        if not row.finite():
             # fp16 overflows on the massive activations some LLM layers carry; keep the run going
             # and say how to avoid it rather than storing inf.
             return FailedItem(

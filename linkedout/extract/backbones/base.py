@@ -102,7 +102,7 @@ class AskedBatch:
     """Each video's queries as forwarded (with `spans.generated` when tokens were generated)."""
     tokens: tuple[torch.Tensor, ...]
     """Each video's `[Q, L, T, D]`: query, tapped layer, slot. With a shared prefix the first
-    V slots (the video's) are one tensor for every query: the same bits."""
+    V slots (the video's) are computed once and copied to every query: the same bits."""
 
 
 class Backbone(Protocol):
@@ -252,7 +252,8 @@ class HookedBackbone(ABC):
             mask[r, longest : longest + len(tail)] = 1
             after[..., r, : len(tail)] = positions[i][q][..., 0, shared[i] :]
         # Every query continues from its own copy of its video's keys and values.
-        cache.reorder_cache(torch.tensor([i for i, _ in rows], device=self.device))
+        owners = torch.tensor([i for i, _ in rows], device=self.device)  # each row's video
+        cache.reorder_cache(owners)
         spans = [_shifted(batch[i].queries[q].spans, -shared[i]) for i, q in rows]
 
         def text(hidden: torch.Tensor) -> torch.Tensor:
@@ -263,26 +264,12 @@ class HookedBackbone(ABC):
             text_states = capture.run(
                 lambda: self.forward_cached(inputs, after.to(self.device), cache, text_only=True)
             )
-        out, start = [], 0
-        for i, a in enumerate(batch):
-            n = len(a.queries)
-            out.append(
-                torch.stack(
-                    [
-                        torch.cat(
-                            [
-                                video_states[x][i].expand(n, -1, -1),
-                                text_states[x][start : start + n],
-                            ],
-                            dim=1,
-                        )
-                        for x in layers
-                    ],
-                    dim=1,
-                )
-            )
-            start += n
-        return out
+        video = torch.stack([video_states[x] for x in layers], dim=1)  # [B, L, V, D]
+        text = torch.stack([text_states[x] for x in layers], dim=1)  # [rows, L, T - V, D]
+        tokens = torch.cat(
+            [video[owners.to(video.device)], text], dim=2
+        )  # every query its video's slots
+        return list(tokens.split([len(a.queries) for a in batch]))
 
     # What a backbone that shares prefixes implements (the packer sets `Asked.shared` only
     # for those).

@@ -151,26 +151,19 @@ class QwenVLPacker:
         grid = video.grid
         merge = self.settings.merge_size
         per_patch = grid[1] * grid[2] // merge**2
-        head, mid, tail = self._scaffold(text, before=position == "before")
-        head_ids = self._encode(head)
-        if position == "before":  # head, text, mid, video, tail
-            text_ids = self._encode(text)
-            video_start = len(head_ids) + len(text_ids) + len(self._encode(mid))
-            video_ids, video_text, frames = self._video(
-                grid[0], per_patch, video_start, video.seconds, video.n_frames
-            )
-            pieces = [head_ids, text_ids, self._encode(mid), video_ids, self._encode(tail)]
-            whole = head + text + mid + video_text + tail
-            prompt_start = len(head_ids)
-        else:  # head, video, mid, text, tail
-            video_ids, video_text, frames = self._video(
-                grid[0], per_patch, len(head_ids), video.seconds, video.n_frames
-            )
-            text_ids = self._encode(text)
-            pieces = [head_ids, video_ids, self._encode(mid), text_ids, self._encode(tail)]
-            whole = head + video_text + mid + text + tail
-            prompt_start = len(head_ids) + len(video_ids) + len(pieces[2])
-        input_ids = [token for piece in pieces for token in piece]
+        before = position == "before"
+        head, mid, tail = self._scaffold(text, before=before)
+        head_ids, mid_ids, text_ids = self._encode(head), self._encode(mid), self._encode(text)
+        # head, first, mid, second, tail: the text first when `before`, else the video.
+        video_start = len(head_ids) + (len(text_ids) + len(mid_ids) if before else 0)
+        video_ids, video_text, frames = self._video(
+            grid[0], per_patch, video_start, video.seconds, video.n_frames
+        )
+        pair = ((text_ids, text), (video_ids, video_text))
+        first, second = pair if before else pair[::-1]
+        input_ids = head_ids + first[0] + mid_ids + second[0] + self._encode(tail)
+        whole = head + first[1] + mid + second[1] + tail
+        prompt_start = len(head_ids) if before else video_start + len(video_ids) + len(mid_ids)
         # The processor tokenizes the whole expanded prompt at once; ours must be identical.
         if input_ids != self._encode(whole):
             raise ValueError("the chat template merges the prompt text with its surroundings")
