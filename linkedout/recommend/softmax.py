@@ -19,10 +19,16 @@ uniform negatives (BENCHMARKS.md, ablations).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 CHUNK_ROWS = 128
 CHUNK_CELLS = 1 << 20  # logits per backward block: P x chunk_cols, at least 256 columns
+SAVED_BYTES = 1 << 30
+"""The forward pass keeps every cell's exponential for the backward pass up to this size (at
+MicroLens-50K's shapes 41 MB for an average step, 490 MB for the longest); beyond it the
+backward remakes them block by block."""
 
 
 def product_dtype(device: torch.device | str) -> torch.dtype:
@@ -61,29 +67,73 @@ class _FullSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, queries, keys, targets, dtype, chunk_rows, chunk_cols):
         q_low, k_low = queries.detach().to(dtype), keys.detach().to(dtype)
-        lse = torch.empty(len(queries), dtype=_exact(dtype), device=queries.device)
-        for rows, _, logits in _logit_chunks(q_low, k_low, chunk_rows):
-            top = logits.amax(1, keepdim=True)
-            lse[rows] = logits.sub_(top).exp_().sum(1).log_().add_(top[:, 0])
+        exact = _exact(dtype)
+        lse = torch.empty(len(queries), dtype=exact, device=queries.device)
+        # exp(logit - row max) of every cell, kept for the backward pass when it fits: the
+        # backward then multiplies it out, instead of remaking the products and their
+        # exponentials (on MicroLens, a third of the softmax's time).
+        kept = len(q_low) * len(k_low) * q_low.element_size() <= SAVED_BYTES
+        exps = _SCRATCH.take((len(q_low), len(k_low)), dtype, q_low.device) if kept else None
+        sums = torch.empty(len(queries), dtype=exact, device=queries.device)
+        row_exps = _row_exps_fused() if len(q_low) * len(k_low) >= FUSED_CELLS else _row_exps
+        spare = None if kept else torch.empty_like(q_low[:chunk_rows, :1].expand(-1, len(k_low)))
+        for rows, logits in _logit_chunks(q_low, k_low, chunk_rows):
+            out = exps[rows] if kept else spare[: len(logits)]
+            top, row_sums = row_exps(logits, out)
+            sums[rows] = row_sums
+            lse[rows] = row_sums.log() + top
         target_logits = (queries * keys.index_select(0, targets)).sum(1)
-        ctx.save_for_backward(queries, keys, q_low, k_low, targets, lse)
+        ctx.save_for_backward(queries, keys, q_low, k_low, targets, lse, sums, exps)
         ctx.chunk_cols = chunk_cols
         return (lse - target_logits).mean()
 
     @staticmethod
     def backward(ctx, grad):
-        queries, keys, q_low, k_low, targets, lse = ctx.saved_tensors
+        queries, keys, q_low, k_low, targets, lse, sums, exps = ctx.saved_tensors
         scale = grad / len(queries)
-        grad_q = torch.zeros(q_low.shape, dtype=lse.dtype, device=queries.device)
-        grad_k = torch.empty(keys.shape, dtype=lse.dtype, device=keys.device)
-        part_q = torch.empty_like(q_low)
-        for cols, probs in _prob_blocks(q_low, k_low, lse, scale, ctx.chunk_cols):
-            torch.mm(probs, k_low[cols], out=part_q)
-            grad_q += part_q
-            grad_k[cols] = probs.T @ q_low
+        if exps is not None:
+            # probabilities = exps / sums, row by row: the row factor goes on the small sides
+            # of the two products ([P, m] queries, [P, m] gradients), never over [P, N].
+            factor = (scale / sums)[:, None]
+            grad_q = torch.mm(exps, k_low).to(lse.dtype).mul_(factor)
+            grad_k = torch.mm(exps.T, (q_low * factor).to(q_low.dtype)).to(lse.dtype)
+            _SCRATCH.give(exps)
+        else:
+            grad_q = torch.zeros(q_low.shape, dtype=lse.dtype, device=queries.device)
+            grad_k = torch.empty(keys.shape, dtype=lse.dtype, device=keys.device)
+            part_q = torch.empty_like(q_low)
+            for cols, probs in _prob_blocks(q_low, k_low, lse, scale, ctx.chunk_cols):
+                torch.mm(probs, k_low[cols], out=part_q)
+                grad_q += part_q
+                grad_k[cols] = probs.T @ q_low
         grad_q -= scale * keys.index_select(0, targets)
         grad_k.index_add_(0, targets, queries, alpha=-scale)
         return grad_q.to(queries.dtype), grad_k.to(keys.dtype), None, None, None, None
+
+
+class _Scratch:
+    """The exponentials' buffer, handed from one step's backward pass to the next step's
+    forward pass: a fresh one of up to hundreds of MB each step cost 7% of an epoch on
+    MicroLens in page faults alone. A buffer still held (a forward pass whose backward has not
+    run) is never handed out again."""
+
+    def __init__(self):
+        self.free: torch.Tensor | None = None
+
+    def take(self, shape: tuple[int, int], dtype: torch.dtype, device) -> torch.Tensor:
+        size = shape[0] * shape[1]
+        free, self.free = self.free, None
+        if free is None or free.dtype != dtype or free.device != device or len(free) < size:
+            free = torch.empty(size, dtype=dtype, device=device)
+        return free[:size].view(shape)
+
+    def give(self, used: torch.Tensor) -> None:
+        flat = used._base if used._base is not None else used.view(-1)
+        if self.free is None or len(flat) > len(self.free):
+            self.free = flat
+
+
+_SCRATCH = _Scratch()
 
 
 def _exact(dtype: torch.dtype) -> torch.dtype:
@@ -92,16 +142,55 @@ def _exact(dtype: torch.dtype) -> torch.dtype:
 
 
 def _logit_chunks(q_low: torch.Tensor, k_low: torch.Tensor, chunk_rows: int):
-    """(rows, the products [c, N], the same as exact logits [c, N]) of each chunk of rows, in
-    one pair of buffers reused by every chunk: fresh large buffers would cost page faults."""
-    shape = (min(chunk_rows, len(q_low)), len(k_low))
-    low = torch.empty(shape, dtype=q_low.dtype, device=q_low.device)
-    exact = torch.empty(shape, dtype=_exact(q_low.dtype), device=q_low.device)
+    """(rows, the products [c, N] in the products' dtype) of each chunk of rows, in one buffer
+    reused by every chunk: fresh large buffers would cost page faults."""
+    low = torch.empty(
+        min(chunk_rows, len(q_low)), len(k_low), dtype=q_low.dtype, device=q_low.device
+    )
     for start in range(0, len(q_low), chunk_rows):
         rows = slice(start, min(start + chunk_rows, len(q_low)))
         c = rows.stop - rows.start
         torch.mm(q_low[rows], k_low.T, out=low[:c])
-        yield rows, low[:c], exact[:c].copy_(low[:c])
+        yield rows, low[:c]
+
+
+def _row_exps(logits: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Products `[c, N]` -> each row's max and sum of exp(logit - max) in float32 (float64 for
+    float64 products); the exponentials themselves are written to `out` in the products' dtype."""
+    x = logits.to(_exact(logits.dtype))
+    top = x.amax(1, keepdim=True)
+    x = (x - top).exp()
+    out.copy_(x)
+    return top[:, 0], x.sum(1)
+
+
+FUSED_CELLS = 1 << 22
+"""Steps of at least this many logits run `_row_exps` compiled (one pass over a chunk instead
+of six, which halves the forward pass at MicroLens-50K's shapes); smaller ones, where the
+seconds of compiling would not pay, run it as written."""
+_fused = None
+
+
+def _row_exps_fused():
+    """`_row_exps` through torch.compile, built once per process (the compiled code is cached
+    on disk by torch); where compiling fails (no C++ compiler, say) it runs as written."""
+    global _fused
+    if _fused is None:
+        compiled = torch.compile(_row_exps, dynamic=True)
+
+        def run(logits, out):
+            global _fused
+            try:
+                return compiled(logits, out)
+            except Exception as e:  # noqa: BLE001 (any compiler failure: fall back, once)
+                warnings.warn(
+                    f"the fused softmax did not compile, running unfused: {e}", stacklevel=2
+                )
+                _fused = _row_exps
+                return _row_exps(logits, out)
+
+        _fused = run
+    return _fused
 
 
 def _prob_blocks(q_low: torch.Tensor, k_low: torch.Tensor, lse: torch.Tensor, scale, cols: int):

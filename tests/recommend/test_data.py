@@ -74,6 +74,22 @@ def test_validation_on_a_fixed_sample_of_users():
     assert len(SequenceData(split, 50, 16, 64, seed=5).val_dataloader().dataset) == 300
 
 
+def test_validation_batches_group_users_by_history_length_and_pad_to_their_longest():
+    split = make_split()
+    data = SequenceData(split, 50, 16, 64, seed=5)
+    seen, widths = [], []
+    for history, target, users in data.val_dataloader():
+        lengths = [min(50, len(split.history(int(u), "valid"))) for u in users]
+        assert history.shape == (len(users), max(lengths))
+        for row, u, n in zip(history.tolist(), users.tolist(), lengths, strict=True):
+            assert row[-n:] == split.history(u, "valid")[-50:] and not any(row[:-n])
+            assert target.tolist()[users.tolist().index(u)] == (split.target(u, "valid"))
+        seen += users.tolist()
+        widths.append(history.shape[1])
+    assert sorted(seen) == list(range(300))
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+
+
 def test_split_files_round_trip_and_digest(tmp_path):
     split = make_split()
     sha = write_split(split, tmp_path / "split")
