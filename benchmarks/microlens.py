@@ -196,6 +196,35 @@ def main() -> None:
     ]
     results: dict[str, list[dict]] = {}
     split_sha = None
+
+    def report(final: bool) -> None:
+        """OUT/microlens.json from the runs finished so far, naming the ones still missing:
+        written after every run, so an interrupted benchmark is already a report."""
+        missing = [f"{row.name}, seed {seed}" for row, seed in plan if not _has(results, row, seed)]
+        figures = {
+            "dataset": {
+                "name": "MicroLens-50K",
+                "source": str(data),
+                "users_taken": protocol.users or "all",
+                "quick": args.quick,
+                "split": json.loads((out / "split" / "split.json").read_text()),
+            },
+            "protocol": asdict(protocol)
+            | {"command": "linkedout train --features F --interactions I"},
+            "extraction": extraction,
+            # popularity is the same in every run
+            "popularity": {
+                k: v["popularity"] for k, v in next(iter(results.values()))[0]["views"].items()
+            },
+            "rows": [summarise(row, results[row.key]) for row in rows if row.key in results],
+            "rows_not_run": [row.name for row in ROWS if row not in rows],
+            "runs_missing": missing,
+            "speed": speed(out, results, evaluate=final),
+        }
+        if final and args.ablations:
+            figures["ablations"] = run_ablations(out, protocol, features, pairs, titles, split_sha)
+        write_json(out / "microlens.json", figures)
+
     for n, (row, seed) in enumerate(plan, 1):
         run = out / "runs" / f"{row.key.replace(':', '')}-seed{seed}"
         record = train_row(run, row, seed, protocol, features, pairs)
@@ -212,26 +241,13 @@ def main() -> None:
             f"{record['wall_seconds']:.0f} s)",
             flush=True,
         )
+        if n < len(plan):
+            report(final=False)
+    report(final=True)
 
-    first = next(iter(results.values()))[0]  # popularity is the same in every run
-    figures = {
-        "dataset": {
-            "name": "MicroLens-50K",
-            "source": str(data),
-            "users_taken": protocol.users or "all",
-            "quick": args.quick,
-            "split": json.loads((out / "split" / "split.json").read_text()),
-        },
-        "protocol": asdict(protocol) | {"command": "linkedout train --features F --interactions I"},
-        "extraction": extraction,
-        "popularity": {k: v["popularity"] for k, v in first["views"].items()},
-        "rows": [summarise(row, results[row.key]) for row in rows],
-        "rows_not_run": [row.name for row in ROWS if row not in rows],
-        "speed": speed(out, results),
-    }
-    if args.ablations:
-        figures["ablations"] = run_ablations(out, protocol, features, pairs, titles, split_sha)
-    write_json(out / "microlens.json", figures)
+
+def _has(results: dict[str, list[dict]], row: Row, seed: int) -> bool:
+    return any(r["seed"] == seed for r in results.get(row.key, []))
 
 
 def inputs(data: Path, out: Path, users: int | None) -> tuple[Path, Path]:
@@ -438,8 +454,9 @@ def recommend_latency(trained, users: int, warm: int) -> dict[str, float]:
     return {"p50_ms": q[49], "p99_ms": q[98]}
 
 
-def speed(out: Path, results: dict[str, list[dict]]) -> dict:
-    """Training throughput of the MoE and ID-only rows, one full-ranking evaluation pass and
+def speed(out: Path, results: dict[str, list[dict]], evaluate: bool = True) -> dict:
+    """Training throughput of the MoE and ID-only rows beside the floor their softmax's
+    products set on this machine, and (`evaluate`) one full-ranking evaluation pass and
     `recommend` latency, on the first seed's runs."""
     from linkedout.recommend.evaluate import TrainedRun, evaluate_run
 
@@ -451,7 +468,12 @@ def speed(out: Path, results: dict[str, list[dict]]) -> dict:
             "seconds_per_epoch": r["train_seconds_per_epoch"],
             "sequences_per_s": r["sequences_per_s"],
             "validation_seconds_per_epoch": r["val_seconds_per_epoch"],
+            "epochs": r["epochs"],
+            "wall_seconds": r["wall_seconds"],
+            "softmax_floor": softmax_floor(Path(r["run"])),
         }
+    if not evaluate:
+        return figures
     for key in present:
         run = Path(results[key][0]["run"])
         start = time.perf_counter()
@@ -472,6 +494,52 @@ def speed(out: Path, results: dict[str, list[dict]]) -> dict:
             "items": len(trained.item_ids),
         }
     return figures
+
+
+def softmax_floor(run: Path, rows: int = 1024) -> dict:
+    """Seconds an epoch of this run's full softmax spends in its three matrix products alone
+    (the logits, and the two gradients), timed on this machine at the run's shapes: `rows`
+    targets against every candidate item, scaled to the epoch's targets. No epoch can take
+    less; the rest of an epoch is the softmax's exponentials, the sequence model and the
+    item tower."""
+    import torch
+
+    from linkedout.recommend.data import TrainSequences
+    from linkedout.recommend.evaluate import TrainedRun
+    from linkedout.recommend.softmax import product_dtype
+
+    trained = TrainedRun(run)
+    model, split = trained.module.model, trained.split
+    width = (model.config.d_model if model.ids is not None else 0) + (
+        model.num_layers * model.expert_dim if model.content else 0
+    )
+    counts = split.train_counts()
+    items = int((counts[1:] > 0).sum()) if model.content else split.num_items - 1
+    targets = sum(TrainSequences(split, model.config.max_len).lengths())
+    dtype = product_dtype("cpu")
+    q, k = torch.randn(rows, width, dtype=dtype), torch.randn(items, width, dtype=dtype)
+    probs = torch.rand(rows, items, dtype=dtype)
+    seconds = sum(
+        _median_seconds(f) for f in (lambda: q @ k.T, lambda: probs @ k, lambda: probs.T @ q)
+    )
+    return {
+        "width": width,
+        "items": items,
+        "targets": targets,
+        "tflop": 6 * targets * items * width / 1e12,
+        "dtype": str(dtype).removeprefix("torch."),
+        "seconds": seconds * targets / rows,
+    }
+
+
+def _median_seconds(fn, repeats: int = 9) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -145,6 +145,13 @@ def render(figures: dict, results: Path, plots: Path, base: Path) -> str:
             f"Not run for these figures (`benchmarks/microlens.py --rows` took a subset): "
             f"{', '.join(ml['rows_not_run'])}.",
         ]
+    if ml.get("runs_missing"):
+        out += [
+            "",
+            "**Partial report: runs still missing** (the benchmark was stopped or is still "
+            "running; `make benchmark` continues from the finished runs): "
+            f"{'; '.join(ml['runs_missing'])}.",
+        ]
     out += _goals(rows, layer_rows, figures.get("peer_recbole_sasrec"))
     cold = pop["test_cold_start"]
     out += [
@@ -455,11 +462,20 @@ def _speed(figures: dict, ml: dict) -> list[str]:
         if key not in sp["train"]:
             continue
         t = sp["train"][key]
-        out.append(
+        line = (
             f"| training, {name} | {t['sequences_per_s']:.0f} sequences/s, "
             f"{t['seconds_per_epoch']:.1f} s per epoch (+ {t['validation_seconds_per_epoch']:.1f}"
-            " s validation) |"
+            " s validation)"
         )
+        if "softmax_floor" in t:
+            f = t["softmax_floor"]
+            line += (
+                f"; floor {f['seconds']:.1f} s per epoch: the softmax's three products alone "
+                f"({f['tflop']:.2f} TFLOP in {f['dtype']}, {f['width']} wide x {f['items']:,} "
+                f"items); {t['epochs']} epochs, **{t['wall_seconds'] / 60:.1f} min** to the "
+                "early stop, setup and final evaluation included"
+            )
+        out.append(line + " |")
     if "peer_recbole_sasrec" in figures and "ids" in sp["train"]:
         p = figures["peer_recbole_sasrec"]
         ours = sp["train"]["ids"]["seconds_per_epoch"] / p["seconds_per_epoch"]
