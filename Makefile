@@ -42,9 +42,10 @@ demo: install
 	$(PY) examples/demo.py
 
 # Quality and speed on MicroLens-50K beside baselines -> BENCHMARKS.md, benchmarks/results/,
-# benchmarks/figures/ (every row to convergence: 17 runs of 11-15 epochs, a full-softmax epoch
-# taking 75-160 s on one thread here, so several hours on 2 cores). Interrupted, it resumes from
-# finished runs; `benchmarks/microlens.py --rows ids,moe+ids,moe --seeds 1` runs a subset.
+# benchmarks/figures/ (every row to convergence: 17 runs of 15-20 epochs, a full-softmax epoch
+# taking 10-20 s on 2 cores here, so under 2 hours). Each finished run is written to disk at
+# once: interrupted, it resumes from finished runs, and the report of a partial run names the
+# runs still missing; `benchmarks/microlens.py --rows ids,moe+ids,moe --seeds 1` runs a subset.
 BENCH ?= out/benchmark
 benchmark: install
 	$(PY) benchmarks/storage.py --json $(BENCH)/storage.json

@@ -160,8 +160,32 @@ def main() -> None:
     parser.add_argument(
         "--ablations", action="store_true", help="also train the ablation rows (first seed)"
     )
+    parser.add_argument(
+        "--new-uploads",
+        action="store_true",
+        help="also the new-uploads protocol (benchmarks/new_uploads.py): the ID-only, "
+        "content-only and MoE + IDs rows, every seed, trained without the new items' "
+        "interactions -> OUT/new-uploads.json",
+    )
+    parser.add_argument(
+        "--new-fraction", type=float, default=0.2, help="share of items new for the test"
+    )
+    parser.add_argument(
+        "--valid-new-fraction",
+        type=float,
+        default=0.1,
+        help="share of items new for validation (disjoint from the test's)",
+    )
     args = parser.parse_args()
     protocol = QUICK if args.quick else FULL
+    if args.new_uploads:  # refused now, not after hours of the other rows
+        from benchmarks.new_uploads import ProtocolError, check_fractions
+
+        try:
+            check_fractions(args.new_fraction, args.valid_new_fraction)
+        except ProtocolError as e:
+            print(e, file=sys.stderr)
+            sys.exit(2)
     if args.seeds:
         protocol = replace(protocol, seeds=tuple(int(s) for s in args.seeds.split(",")))
     if args.epochs:
@@ -244,6 +268,8 @@ def main() -> None:
         if n < len(plan):
             report(final=False)
     report(final=True)
+    if args.new_uploads:
+        run_new_uploads(out, protocol, features, pairs, args.new_fraction, args.valid_new_fraction)
 
 
 def _has(results: dict[str, list[dict]], row: Row, seed: int) -> bool:
@@ -294,7 +320,7 @@ def extract_titles(out: Path, titles: Path, tokens_per_layer: int, name: str = "
     start = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - start
-    if fresh or not record.exists():
+    if fresh:  # a resumed extraction (every title stored already) times nothing
         with open(titles, newline="", encoding="utf-8") as f:
             count = sum(1 for _ in csv.DictReader(f))
         figures = {
@@ -307,6 +333,8 @@ def extract_titles(out: Path, titles: Path, tokens_per_layer: int, name: str = "
             "note": "wall time of the command, model load and Lance writes included",
         }
         record.write_text(json.dumps(figures, indent=2) + "\n")
+    if not record.exists():
+        return {"model": TEXT_MODEL, "layers": list(DEPTHS), "tokens_per_layer": tokens_per_layer}
     return json.loads(record.read_text())
 
 
@@ -324,6 +352,87 @@ def shuffled_titles(out: Path, titles: Path) -> Path:
         writer.writeheader()
         writer.writerows({"item": r["item"], "title": t} for r, t in zip(rows, texts))
     return path
+
+
+NEW_UPLOAD_ROWS = ("ids", "moe", "moe+ids")
+NEW_UPLOAD_SEED = 0
+"""The draw of new items: one for every run, so seeds vary the training only."""
+
+
+def run_new_uploads(
+    out: Path,
+    protocol: Protocol,
+    features: Path,
+    pairs: Path,
+    fraction: float,
+    valid_fraction: float,
+) -> None:
+    """The new-uploads protocol beside the leave-one-out table: each row and seed trained on
+    the log without the new items, then its ranking of each user's last new item (validation's
+    set and the test's); OUT/new-uploads.json rewritten after every run."""
+    from benchmarks import new_uploads as nu
+
+    sequences = nu.read_pairs(pairs)
+    try:
+        new = nu.choose(
+            sorted({i for seq in sequences.values() for i in seq}),
+            fraction,
+            valid_fraction,
+            NEW_UPLOAD_SEED,
+        )
+        chosen = {split: nu.targets(sequences, new, split) for split in (nu.VALIDATION, nu.TEST)}
+    except nu.ProtocolError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    folder = out / "new-uploads"
+    trained_on = nu.write_pairs(nu.training_sequences(sequences, new), folder / "pairs.tsv")
+    by_key = {r.key: r for r in ROWS}
+    rows: dict[str, list[dict]] = {}
+    for key in NEW_UPLOAD_ROWS:
+        for seed in protocol.seeds:
+            run = folder / "runs" / f"{key}-seed{seed}"
+            record = train_row(run, by_key[key], seed, protocol, features, trained_on)
+            record["new_uploads"] = {
+                split: nu.evaluate(run, targets) for split, (targets, _) in chosen.items()
+            }
+            rows.setdefault(key, []).append(record)
+            test = record["new_uploads"]["test"]
+            print(
+                f"[new uploads] {by_key[key].name}, seed {seed}: new-item HR@10 "
+                f"{test['HR@10']:.4f}, NDCG@10 {test['NDCG@10']:.4f}",
+                flush=True,
+            )
+            write_json(
+                out / "new-uploads.json",
+                {
+                    "protocol": {
+                        "fraction": fraction,
+                        "valid_fraction": valid_fraction,
+                        "draw_seed": NEW_UPLOAD_SEED,
+                        "items_new": {"valid": len(new.valid), "test": len(new.test)},
+                        "targets": {s: len(t) for s, (t, _) in chosen.items()},
+                        "left_out_empty_history": {s: e for s, (_, e) in chosen.items()},
+                        "trained_on": str(trained_on),
+                    },
+                    "rows": [
+                        {
+                            "key": k,
+                            "name": by_key[k].name,
+                            "runs": [
+                                {
+                                    "seed": r["seed"],
+                                    "new_uploads": r["new_uploads"],
+                                    "warm": r["views"],
+                                    "epochs": r["epochs"],
+                                    "wall_seconds": r["wall_seconds"],
+                                }
+                                for r in records
+                            ],
+                        }
+                        for k, records in rows.items()
+                    ],
+                },
+            )
 
 
 def run_ablations(

@@ -39,9 +39,12 @@ def main() -> None:
     args = parser.parse_args()
     figures = {
         name: json.loads((args.out / f"{name}.json").read_text())
-        for name in ("storage", "extract", "microlens", "serve")
+        for name in ("storage", "extract", "microlens", "serve", "new-uploads")
         if (args.out / f"{name}.json").exists()
     }
+    probes = sorted(args.out.glob("serve-ann*.json"))
+    if "serve" in figures and probes:
+        figures["serve"]["ann_probes"] = [json.loads(p.read_text()) for p in probes]
     if "microlens" not in figures:
         sys.exit(f"{args.out}/microlens.json is missing: run benchmarks/microlens.py first")
     peer = args.out / "peers" / "recbole_sasrec.json"
@@ -162,6 +165,8 @@ def render(figures: dict, results: Path, plots: Path, base: Path) -> str:
         "![HR@10 by fusion mode](" + _rel(plots / "fusion_hr10.png", base) + ")",
         "",
     ]
+    if "new-uploads" in figures:
+        out += _new_uploads_table(figures["new-uploads"])
     if layer_rows:
         out += _layer_table(layer_rows, rows, _rel(plots / "gates.png", base))
     if ml.get("ablations"):
@@ -236,6 +241,21 @@ def serving_section(serve: dict) -> list[str]:
         + ". No approximate index yet.",
         "",
     ]
+    for probe in serve.get("ann_probes", []):
+        steps = probe["ann"]
+        out += [
+            f"Approximate index probe (`benchmarks/serve.py RUN --ann-items {probe['items']} "
+            f"--ann-index {probe.get('index', 'IVF_PQ')}`): {probe.get('index', 'IVF_PQ')} over "
+            f"{probe['items']:,} keys {probe['width']} wide made from the run's real keys plus "
+            f"noise, built in {probe['build_s']:.0f} s; recall@10 against the exact scan "
+            + " / ".join(f"{a['recall_at_10']:.2f}" for a in steps)
+            + " at nprobes "
+            + " / ".join(str(a["nprobes"]) for a in steps)
+            + ", "
+            + " / ".join(f"{a['ms']:.1f}" for a in steps)
+            + f" ms per query against {probe['exact_ms']:.1f} ms exact.",
+            "",
+        ]
     return out
 
 
@@ -302,6 +322,52 @@ def _quality_row(row: dict, note: str = "") -> str:
 def _pm(row: dict, view: str, metric: str) -> str:
     mean, std = row["mean"][view][metric], row["std"][view][metric]
     return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def _new_uploads_table(nu: dict) -> list[str]:
+    """The new-uploads protocol (benchmarks/new_uploads.py): each row's ranking of items none
+    of whose interactions it trained on."""
+    p = nu["protocol"]
+    out = [
+        "### New uploads: items the model never trained on",
+        "",
+        f"A seeded random {p['fraction']:.0%} of the items ({p['items_new']['test']:,}) are new "
+        f"uploads for the test and a disjoint {p['valid_fraction']:.0%} "
+        f"({p['items_new']['valid']:,}) for validation: none of their interactions is trained on, "
+        "their features are in the feature dataset. Each user who watched one is ranked for the "
+        "last one they watched, after what they watched before it (new items dropped), every "
+        "item with features a candidate, history masked: "
+        f"{p['targets']['test']:,} test and {p['targets']['valid']:,} validation targets "
+        f"({p['left_out_empty_history']['test']:,} and {p['left_out_empty_history']['valid']:,}"
+        " users left out whose history held only new items). Warm: the leave-one-out test of "
+        "the same runs (on the log without the new items).",
+        "",
+        "| model | new uploads HR@10 | new NDCG@10 | validation new HR@10 | warm HR@10 | warm "
+        "NDCG@10 | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in nu["rows"]:
+        runs = row["runs"]
+
+        def mean(get, runs=runs):
+            values = [get(r) for r in runs]
+            text = f"{statistics.fmean(values):.4f}"
+            return text + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
+
+        out.append(
+            f"| {row['name']} | "
+            + " | ".join(
+                [
+                    mean(lambda r: r["new_uploads"]["test"]["HR@10"]),
+                    mean(lambda r: r["new_uploads"]["test"]["NDCG@10"]),
+                    mean(lambda r: r["new_uploads"]["valid"]["HR@10"]),
+                    mean(lambda r: r["warm"]["test"]["model"]["HR@10"]),
+                    mean(lambda r: r["warm"]["test"]["model"]["NDCG@10"]),
+                ]
+            )
+            + f" | {', '.join(str(r['seed']) for r in runs)} |"
+        )
+    return out + [""]
 
 
 def _layer_table(layer_rows: list[dict], rows: dict, gates_png: str) -> list[str]:
@@ -426,11 +492,15 @@ def _speed(figures: dict, ml: dict) -> list[str]:
         "",
     ]
     ex = ml["extraction"]
+    timed = (
+        f"{ex['titles_per_s']:.0f} titles/s ({ex['titles']:,} titles in {ex['seconds']:.0f} s)"
+        if "seconds" in ex
+        else "not timed: the titles were extracted before this benchmark ran"
+    )
     out += [
         "| stage | figure |",
         "|---|---|",
-        f"| text extraction (MiniLM, all depths, into Lance) | {ex['titles_per_s']:.0f} "
-        f"titles/s ({ex['titles']:,} titles in {ex['seconds']:.0f} s) |",
+        f"| text extraction (MiniLM, all depths, into Lance) | {timed} |",
     ]
     if "extract" in figures:
         e = figures["extract"]

@@ -78,6 +78,7 @@ class EpochSummary(L.Callback):
             "train_seconds": seconds - self._val_seconds,
             "val_seconds": self._val_seconds,
             "train_sequences": len(trainer.train_dataloader.dataset),
+            "threads": torch.get_num_threads(),  # per process: the times depend on it
         } | {f"val_{k}": float(m[f"val_{k}"]) for k in ("HR@10", "NDCG@10", "HR@20", "NDCG@20")}
         self.epochs.append(record)
         self.run.write_epochs(self.epochs)

@@ -97,7 +97,7 @@ def evaluate(
     for name in splits:
         histories = [split.history(u, name) for u in range(len(split.users))]
         targets = torch.tensor([split.target(u, name) for u in range(len(split.users))])
-        h, gate = _states(run, histories, batch_size)
+        h, gate = states(run, histories, batch_size)
         ranks, ranks_unmasked = rank_targets(
             run.module.model, run.catalog, h, gate, targets, histories, batch_size
         )
@@ -122,7 +122,7 @@ def write_report(run: TrainedRun, report: EvalReport, gates: torch.Tensor | None
         plot_gates(run.layers, gates, run.run.gates_file)
 
 
-def _states(
+def states(
     run: TrainedRun, histories: list[list[int]], batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every user's state and gate, in user order. Users of similar history length are batched

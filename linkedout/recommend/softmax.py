@@ -1,16 +1,21 @@
-"""Cross-entropy over the whole catalog (a full softmax) without a `[P, N]` logit matrix.
+"""Cross-entropy over the whole catalog (a full softmax) without a `[P, N]` float32 logit matrix.
 
-Scores are `queries [P, m] @ keys [N, m].T`. The forward pass makes and consumes the logits
-`chunk_rows` rows at a time for each row's log-sum-exp; the backward pass, which knows every
-row's log-sum-exp, remakes them a block of `chunk_cols` columns (items) at a time: each block's
-probabilities give that block's key gradients whole, written once, while the query gradients,
-`P x m` and small, are summed over blocks. (Row chunks there would add a whole `N x m` key
-gradient per chunk instead.) Memory is one chunk, `chunk_rows x N` or `P x chunk_cols` logits,
-whatever the batch and the catalog, and the chunk stays in cache while its exponentials are
-taken. The products run in `product_dtype`: bfloat16 is several times faster than float32
-where the hardware multiplies it natively (GPUs, CPUs with AVX512-BF16 or AMX), accumulates in
-float32, and the softmax itself is float32. The target's own term (the `-1` of softmax minus
-one-hot) is exact float32.
+Scores are `queries [P, m] @ keys [N, m].T`. The forward pass makes the logits `chunk_rows` rows
+at a time, in the products' dtype; one pass over each chunk (compiled with torch.compile on
+large steps, where it is a sixth of the passes of the eager code) takes each row's max and sum of
+exponentials, and writes the exponentials, in the products' dtype, to a `[P, N]` buffer kept for
+the backward pass and reused from step to step. The backward pass is then two products, the
+probabilities' row factors applied to their small sides. When that buffer would pass
+`SAVED_BYTES`, the backward pass remakes the logits a block of `chunk_cols` columns (items) at a
+time instead: each block's probabilities give that block's key gradients whole, written once,
+while the query gradients, `P x m` and small, are summed over blocks.
+
+The products run in `product_dtype`: bfloat16 is several times faster than float32 where the
+hardware multiplies it natively (GPUs, CPUs with AVX512-BF16 or AMX), accumulates in float32, and
+the softmax itself is float32. The target's own term (the `-1` of softmax minus one-hot) is exact
+float32. At MicroLens-50K's shapes (1,070 targets a step on average against 19,220 items, 2
+threads) a step's softmax went from 73 to 55 ms with MoE + IDs keys (176 wide) and from 40 to
+33 ms with ID-only keys (64 wide), against the remade-in-blocks backward pass it replaced.
 
 A full softmax is what RecBole's SASRec trains with (`loss_type: CE`); on MicroLens-50K it
 ranks 6% better on validation than a 1,024-negative sampled softmax, and 3% better than 4,096
@@ -70,8 +75,8 @@ class _FullSoftmax(torch.autograd.Function):
         exact = _exact(dtype)
         lse = torch.empty(len(queries), dtype=exact, device=queries.device)
         # exp(logit - row max) of every cell, kept for the backward pass when it fits: the
-        # backward then multiplies it out, instead of remaking the products and their
-        # exponentials (on MicroLens, a third of the softmax's time).
+        # backward then multiplies it out instead of remaking the products and their
+        # exponentials, which halved it on MicroLens (9.7 -> 4.5 s of a MoE + IDs epoch).
         kept = len(q_low) * len(k_low) * q_low.element_size() <= SAVED_BYTES
         exps = _SCRATCH.take((len(q_low), len(k_low)), dtype, q_low.device) if kept else None
         sums = torch.empty(len(queries), dtype=exact, device=queries.device)
