@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import write_json  # noqa: E402
+from benchmarks.common import timed, write_json  # noqa: E402
 from linkedout.datasets import MICROLENS_FILES, microlens_50k  # noqa: E402
 from linkedout.errors import LinkedOutError  # noqa: E402
 
@@ -628,9 +628,10 @@ def softmax_floor(run: Path, rows: int = 1024) -> dict:
     dtype = product_dtype("cpu")
     q, k = torch.randn(rows, width, dtype=dtype), torch.randn(items, width, dtype=dtype)
     probs = torch.rand(rows, items, dtype=dtype)
-    seconds = sum(
-        _median_seconds(f) for f in (lambda: q @ k.T, lambda: probs @ k, lambda: probs.T @ q)
-    )
+    seconds = 0.0
+    for product in (lambda: q @ k.T, lambda: probs @ k, lambda: probs.T @ q):
+        product()  # untimed: the first call allocates
+        seconds += timed(product, 9)
     return {
         "width": width,
         "items": items,
@@ -639,16 +640,6 @@ def softmax_floor(run: Path, rows: int = 1024) -> dict:
         "dtype": str(dtype).removeprefix("torch."),
         "seconds": seconds * targets / rows,
     }
-
-
-def _median_seconds(fn, repeats: int = 9) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,8 @@ files were just written and sit in the page cache), which is the regime training
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +25,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import write_json  # noqa: E402
+from benchmarks.common import timed, write_json  # noqa: E402
 from linkedout.storage import FeatureRow, FeatureStore, FeatureWriter, Manifest  # noqa: E402
 from linkedout.storage.maintenance import optimize  # noqa: E402
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def dir_bytes(path: Path) -> int:
