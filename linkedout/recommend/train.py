@@ -261,9 +261,21 @@ def fit(
         finally:
             os.environ.pop(RESUME_ENV, None)
             signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignored it
+            _leave_process_group()
     if resume is not None and trainer.is_global_zero:
         restore_earlier_logs(prepared.run)
     return trainer
+
+
+def _leave_process_group() -> None:
+    """Leave the data-parallel process group once training is over (nothing after it talks to
+    the other ranks). Lightning keeps it open, and a process that exits with it open can abort
+    at exit ("terminate called without an active exception": gloo's threads still hold work
+    while the interpreter is torn down), which made the launcher kill a finished run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _fit_takes_weights_only() -> bool:
