@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import random
 import shutil
@@ -402,37 +403,28 @@ def run_new_uploads(
                 f"{test['HR@10']:.4f}, NDCG@10 {test['NDCG@10']:.4f}",
                 flush=True,
             )
+            protocol_figures = {
+                "fraction": fraction,
+                "valid_fraction": valid_fraction,
+                "draw_seed": NEW_UPLOAD_SEED,
+                "items_new": {"valid": len(new.valid), "test": len(new.test)},
+                "targets": {s: len(t) for s, (t, _) in chosen.items()},
+                "left_out_empty_history": {s: e for s, (_, e) in chosen.items()},
+                "trained_on": str(trained_on),
+            }
+            rows_figures = [
+                {"key": k, "name": by_key[k].name, "runs": [_new_upload_run(r) for r in records]}
+                for k, records in rows.items()
+            ]
             write_json(
-                out / "new-uploads.json",
-                {
-                    "protocol": {
-                        "fraction": fraction,
-                        "valid_fraction": valid_fraction,
-                        "draw_seed": NEW_UPLOAD_SEED,
-                        "items_new": {"valid": len(new.valid), "test": len(new.test)},
-                        "targets": {s: len(t) for s, (t, _) in chosen.items()},
-                        "left_out_empty_history": {s: e for s, (_, e) in chosen.items()},
-                        "trained_on": str(trained_on),
-                    },
-                    "rows": [
-                        {
-                            "key": k,
-                            "name": by_key[k].name,
-                            "runs": [
-                                {
-                                    "seed": r["seed"],
-                                    "new_uploads": r["new_uploads"],
-                                    "warm": r["views"],
-                                    "epochs": r["epochs"],
-                                    "wall_seconds": r["wall_seconds"],
-                                }
-                                for r in records
-                            ],
-                        }
-                        for k, records in rows.items()
-                    ],
-                },
+                out / "new-uploads.json", {"protocol": protocol_figures, "rows": rows_figures}
             )
+
+
+def _new_upload_run(record: dict) -> dict:
+    """What new-uploads.json keeps of a run's record."""
+    keep = ("seed", "new_uploads", "epochs", "wall_seconds")
+    return {k: record[k] for k in keep} | {"warm": record["views"]}
 
 
 def run_ablations(
@@ -605,6 +597,7 @@ def speed(out: Path, results: dict[str, list[dict]], evaluate: bool = True) -> d
     return figures
 
 
+@functools.cache  # the partial report after each run asks again for the rows done before
 def softmax_floor(run: Path, rows: int = 1024) -> dict:
     """Seconds an epoch of this run's full softmax spends in its three matrix products alone
     (the logits, and the two gradients), timed on this machine at the run's shapes: `rows`

@@ -305,9 +305,10 @@ class LinkedOut(nn.Module):
 def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """`table[index]` for sorted, distinct `index`: a view when it is a run of consecutive rows
     (a full softmax's items), which saves a copy and a scatter in the backward pass."""
-    if len(index) and int(index[-1]) - int(index[0]) + 1 == len(index):
+    if len(index):
         first, last = int(index[0]), int(index[-1])
-        return table[first : last + 1]
+        if last - first + 1 == len(index):
+            return table[first : last + 1]
     # index_select rather than `tensor[index]`: under deterministic=True the backward of
     # advanced indexing takes a sort-based path that made an epoch 5x slower.
     return table.index_select(0, index)

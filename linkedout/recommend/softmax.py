@@ -81,7 +81,10 @@ class _FullSoftmax(torch.autograd.Function):
         exps = _SCRATCH.take((len(q_low), len(k_low)), dtype, q_low.device) if kept else None
         sums = torch.empty(len(queries), dtype=exact, device=queries.device)
         row_exps = _row_exps_fused() if len(q_low) * len(k_low) >= FUSED_CELLS else _row_exps
-        spare = None if kept else torch.empty_like(q_low[:chunk_rows, :1].expand(-1, len(k_low)))
+        if not kept:  # the exponentials are only summed: one chunk's worth of room
+            spare = torch.empty(
+                min(chunk_rows, len(q_low)), len(k_low), dtype=dtype, device=q_low.device
+            )
         for rows, logits in _logit_chunks(q_low, k_low, chunk_rows):
             out = exps[rows] if kept else spare[: len(logits)]
             top, row_sums = row_exps(logits, out)
