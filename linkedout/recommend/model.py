@@ -242,7 +242,18 @@ class LinkedOut(nn.Module):
         id_vectors: torch.Tensor | None,
     ) -> torch.Tensor:
         """`h [B, d]` against candidates (`codes [C, L, r]`, `id_vectors [C, d]`) -> `[B, C]`."""
-        return self.queries(h, gate) @ self.keys(codes, id_vectors).T
+        scores = self.queries(h, gate) @ self.keys(codes, id_vectors).T
+        boost = self.boosts(id_vectors)
+        return scores if boost is None else scores + boost
+
+    def boosts(self, id_vectors: torch.Tensor | None) -> torch.Tensor | None:
+        """`[C]` the ranking's `new_item_boost` for candidates without a trained ID vector (the
+        zero vector: untrained rows stay zero, and items added after training read row 0);
+        None when there is none to add."""
+        b = self.config.new_item_boost
+        if not b or id_vectors is None or not self.content:
+            return None
+        return b * (id_vectors == 0).all(1).to(id_vectors.dtype)
 
     def layer_contributions(
         self, h: torch.Tensor, gate: torch.Tensor, codes: torch.Tensor

@@ -108,6 +108,8 @@ class Ranker:
                 )
         h, gate = self._user_states(snap, rows)
         scores = self.model.queries(h, gate) @ snap.keys.T
+        if snap.boosts is not None:
+            scores += snap.boosts
         scores[:, 0] = float("-inf")  # the padding row
         for b, (q, known) in enumerate(zip(queries, rows, strict=True)):
             excluded = known + [snap.index[i] for i in q.exclude if i in snap.index]

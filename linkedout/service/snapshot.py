@@ -39,6 +39,9 @@ class CatalogSnapshot:
     """L of the content part (0 for ID-only runs)."""
     added: int
     """Live items that were not in the training split."""
+    boosts: torch.Tensor | None = None
+    """`[N + 1]` added to every user's scores (the model's `new_item_boost` on items without a
+    trained ID vector), None when the model adds none."""
 
     @property
     def size(self) -> int:
@@ -92,4 +95,5 @@ def load_snapshot(
         id_width=0 if id_vectors is None else id_vectors.shape[1],
         num_layers=0 if experts is None else experts.shape[1],
         added=int((model_index == 0).sum()),
+        boosts=model.boosts(id_vectors),
     )

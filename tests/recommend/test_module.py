@@ -3,6 +3,8 @@ and items no training sequence holds."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +21,14 @@ def _module(ids: bool, full_softmax_max_items: int, fusion: str = "moe") -> Link
     torch.manual_seed(0)
     module = LinkedOutModule.create(
         ModelConfig(
-            d_model=16, fusion=fusion, ids=ids, blocks=1, dropout=0.0, id_dropout=0.0, max_len=8
+            d_model=16,
+            fusion=fusion,
+            ids=ids,
+            blocks=1,
+            dropout=0.0,
+            id_dropout=0.0,
+            max_len=8,
+            new_item_boost=0.0,  # the loss's references below use `score`, which ranks
         ),
         num_items=60,
         token_shape=(3, 2, 8),
@@ -65,6 +74,24 @@ def test_full_softmax_equals_cross_entropy_over_the_candidates_scores():
         logits = module.model.score(h, gate, codes, id_rows)[:, module.softmax_items.candidates]
         target_col = torch.searchsorted(module.softmax_items.candidates, TARGETS[TARGETS != 0])
         torch.testing.assert_close(loss, F.cross_entropy(logits, target_col))
+
+
+def test_the_new_item_boost_lifts_items_without_an_id_vector_when_ranking_only():
+    """Validation's catalog ranks with `new_item_boost` added to the items training never saw
+    (their ID rows stay zero); the training loss does not see it; ID-only SASRec has none."""
+    module = _module(ids=True, full_softmax_max_items=100)
+    model = module.model.eval()
+    h, gate, codes, id_rows = _reference_states(module)
+    plain = model.score(h, gate, codes, id_rows)
+    loss = _full_loss(module)
+    model.config = replace(model.config, new_item_boost=3.0)
+    untrained = torch.arange(60) % 7 == 0
+    lift = model.score(h, gate, codes, id_rows) - plain
+    torch.testing.assert_close(lift, 3.0 * untrained.float().expand_as(lift))
+    torch.testing.assert_close(_full_loss(module), loss)
+    sasrec = _module(ids=True, full_softmax_max_items=100, fusion="none").model
+    sasrec.config = replace(sasrec.config, new_item_boost=3.0)
+    assert sasrec.boosts(torch.zeros(5, 16)) is None
 
 
 def test_sampled_softmax_equals_the_formula_over_full_logits():

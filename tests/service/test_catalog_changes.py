@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 
 import lance
 import pytest
@@ -54,6 +55,28 @@ def test_added_items_rank_by_their_content_for_the_users_who_like_it(run_copy, p
     assert not {a[0], a[1]} & {r.item_id for r in every.items}
     gone = run_linkedout(["recommend", run_copy, "--history", f"{a[0]},{a[1]}"])
     assert_one_line_error(gone, "none of the 2 history item(s) is in the catalog")
+
+
+def test_the_new_item_boost_lifts_exactly_the_items_without_a_trained_id(
+    run_copy, planted, tmp_path
+):
+    """`new_item_boost` adds to the served score of items added after training (and of any
+    item training never saw), not of the items the run has ID vectors for."""
+    added = set(write_new_items(tmp_path / "a.lance", planted, cluster=0, n=12))
+    add_items(run_copy, str(tmp_path / "a.lance"))
+    ranker = Ranker(run_copy)
+    model = ranker.model
+    untrained = {item for item, row in ranker.trained.items() if not model.ids.weight[row].any()}
+    scores = {}
+    for boost in (0.0, 5.0):
+        model.config = replace(model.config, new_item_boost=boost)
+        ranker.snapshot = ranker._load(None)
+        (result,) = ranker.rank([Query(user="u0", k=ranker.snapshot.size)])
+        scores[boost] = {r.item_id: r.score for r in result.items}
+    assert scores[0.0].keys() == scores[5.0].keys() and added <= scores[0.0].keys()
+    for item, score in scores[0.0].items():
+        lift = 5.0 if item in added | untrained else 0.0
+        assert scores[5.0][item] == pytest.approx(score + lift, abs=1e-4)
 
 
 def test_features_made_another_way_are_refused_with_the_differences(run_copy, planted, tmp_path):

@@ -1,0 +1,179 @@
+"""Model settings for new uploads, chosen on validation: each variant trained once on the
+new-uploads log (benchmarks/new_uploads.py; 20% of items new for the test, a disjoint 10% for
+validation, the draw `microlens.py --new-uploads` uses) and judged on validation only:
+
+- new uploads: HR@10 / NDCG@10 of each user's last validation-new item (never trained on);
+- warm: the run's own leave-one-out validation at its best epoch (the log without new items).
+
+    python benchmarks/new_uploads_study.py --variants moe,moe+ids [--seed 1]
+        [--boosts 0,1,2,3 --loo-runs out/benchmark/runs/moe+ids-seed1]
+
+`--boosts` ranks each variant's run again with each `--new-item-boost` (a ranking setting, no
+retraining), and `--loo-runs` the leave-one-out benchmark's runs (warm validation on the whole
+log, where few items lack a trained ID vector).
+
+Each finished variant is written at once to OUT/new-uploads-study.json (default
+out/benchmark), so a stopped study resumes from the finished runs; test targets are not read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import new_uploads as nu  # noqa: E402
+from benchmarks.common import write_json  # noqa: E402
+from benchmarks.microlens import (  # noqa: E402
+    FULL,
+    NEW_UPLOAD_SEED,
+    PAIRS,
+    Row,
+    extract_titles,
+    inputs,
+    microlens_50k,
+    train_row,
+)
+
+BASE = {
+    "ids": ("--fusion", "none", "--ids"),
+    "moe": ("--fusion", "moe"),
+    "moe+ids": ("--fusion", "moe", "--ids"),
+}
+"""A variant is a base row, then `/`-separated changes: id-drop-P (--id-dropout P),
+boost-B (--new-item-boost B)."""
+CHANGES = {"id-drop": "--id-dropout", "boost": "--new-item-boost"}
+
+
+def variant_args(name: str) -> tuple[str, ...]:
+    base, *changes = name.split("/")
+    if base not in BASE:
+        raise SystemExit(f"variant {name!r}: start with one of {', '.join(BASE)}")
+    args = list(BASE[base])
+    for change in changes:
+        flag, _, value = change.rpartition("-")
+        if flag not in CHANGES:
+            raise SystemExit(f"variant {name!r}: {change!r} is not one of {', '.join(CHANGES)}-P")
+        args += [CHANGES[flag], value]
+    return tuple(args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="", help="comma-separated variant names")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=REPO / "out" / "benchmark")
+    parser.add_argument(
+        "--boosts",
+        help="comma-separated --new-item-boost values to rank each variant's run with "
+        "(no retraining: the boost is a ranking setting)",
+    )
+    parser.add_argument(
+        "--loo-runs",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="finished leave-one-out runs (benchmarks/microlens.py) to rank with each boost too: "
+        "their warm validation on the whole log",
+    )
+    args = parser.parse_args()
+    boosts = [float(b) for b in args.boosts.split(",")] if args.boosts else []
+    variants = {name: variant_args(name) for name in args.variants.split(",") if name}
+    data = microlens_50k()
+    pairs, titles = inputs(data, args.out, None)
+    assert pairs == data / PAIRS
+    extract_titles(args.out, titles, FULL.tokens_per_layer)
+    sequences = nu.read_pairs(pairs)
+    new = nu.choose(sorted({i for s in sequences.values() for i in s}), seed=NEW_UPLOAD_SEED)
+    chosen, empty = nu.targets(sequences, new, nu.VALIDATION)
+    folder = args.out / "new-uploads"
+    trained_on = nu.write_pairs(nu.training_sequences(sequences, new), folder / "pairs.tsv")
+    figures_path = args.out / "new-uploads-study.json"
+    figures = json.loads(figures_path.read_text()) if figures_path.exists() else {}
+    figures_before = dict(figures)  # earlier boosts of a run are kept beside new ones
+    for name, train_args in variants.items():
+        key = f"{name} seed {args.seed}"
+        run = folder / "study" / f"{name.replace('/', '_')}-seed{args.seed}"
+        record = train_row(
+            run,
+            Row(name, name, train_args, True),
+            args.seed,
+            FULL,
+            args.out / "titles.lance",
+            trained_on,
+        )
+        best = max(record["curve"], key=lambda e: e["val_NDCG@10"])
+        figures[key] = {
+            "args": list(train_args),
+            "new_valid": nu.evaluate(run, chosen),
+            "warm_valid": {k: best[f"val_{k}"] for k in ("HR@10", "NDCG@10")},
+            "epochs": record["epochs"],
+            "wall_seconds": record["wall_seconds"],
+            "targets": len(chosen),
+            "left_out_empty_history": empty,
+        }
+        if boosts:
+            earlier = figures_before.get(key, {}).get("boost_sweep", {})
+            figures[key]["boost_sweep"] = earlier | boost_sweep(run, chosen, boosts)
+        write_json(figures_path, figures)
+        f = figures[key]
+        print(
+            f"{key}: new-upload valid HR@10 {f['new_valid']['HR@10']:.4f} NDCG@10 "
+            f"{f['new_valid']['NDCG@10']:.4f}; warm valid HR@10 {f['warm_valid']['HR@10']:.4f} "
+            f"NDCG@10 {f['warm_valid']['NDCG@10']:.4f} ({f['epochs']} epochs, "
+            f"{f['wall_seconds']:.0f} s)",
+            flush=True,
+        )
+    for run in args.loo_runs:
+        key = f"leave-one-out {run.name}"
+        earlier = figures.get(key, {}).get("boost_sweep", {})
+        figures[key] = {"boost_sweep": earlier | boost_sweep(run, [], boosts)}
+        write_json(figures_path, figures)
+
+
+def boost_sweep(run: Path, chosen: list[nu.Target], boosts: list[float]) -> dict:
+    """Validation figures of a finished run ranked with each `new_item_boost` in `boosts`:
+    new uploads (`chosen` targets) and the run's own warm validation (its leave-one-out
+    validation targets, every item of the catalog a candidate)."""
+    import torch
+
+    from linkedout.recommend.evaluate import TrainedRun, states
+    from linkedout.recommend.metrics import RankingMetrics
+    from linkedout.recommend.ranking import rank_targets
+
+    trained = TrainedRun(run)
+    model, split, index = trained.module.model, trained.split, trained.index
+    users = range(len(split.users))
+    sets = {
+        "new": (
+            [[index[i] for i in t.history if i in index][-trained.max_len :] for t in chosen],
+            torch.tensor([index[t.item] for t in chosen], dtype=torch.long),
+        ),
+        "warm": (
+            [split.history(u, "valid") for u in users],
+            torch.tensor([split.target(u, "valid") for u in users], dtype=torch.long),
+        ),
+    }
+    out = {}
+    with torch.inference_mode():
+        user_states = {name: states(trained, hist, 1024) for name, (hist, _) in sets.items()}
+        for boost in boosts:
+            model.config = replace(model.config, new_item_boost=boost)
+            out[str(boost)] = {}
+            for name, (hist, items) in sets.items() if chosen else list(sets.items())[1:]:
+                ranks, _ = rank_targets(model, trained.catalog, *user_states[name], items, hist)
+                metrics = RankingMetrics()
+                metrics.update(ranks)
+                m = metrics.compute()
+                out[str(boost)][name] = {k: m[k] for k in ("HR@10", "NDCG@10")}
+            print(f"{run.name} boost {boost}: {json.dumps(out[str(boost)])}", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
