@@ -43,14 +43,15 @@ demo: install
 
 # Quality and speed on MicroLens-50K beside baselines -> BENCHMARKS.md, benchmarks/results/,
 # benchmarks/figures/ (every row to convergence: 17 runs of 15-20 epochs, a full-softmax epoch
-# taking 10-20 s on 2 cores here, so under 2 hours). Each finished run is written to disk at
+# taking 10-20 s on 2 cores here, so under 2 hours; then the new-uploads protocol, 9 runs on the
+# log without the new items, about 25 minutes). Each finished run is written to disk at
 # once: interrupted, it resumes from finished runs, and the report of a partial run names the
 # runs still missing; `benchmarks/microlens.py --rows ids,moe+ids,moe --seeds 1` runs a subset.
 BENCH ?= out/benchmark
 benchmark: install
 	$(PY) benchmarks/storage.py --json $(BENCH)/storage.json
 	$(PY) benchmarks/extract.py --json $(BENCH)/extract.json
-	$(PY) benchmarks/microlens.py --out $(BENCH)
+	$(PY) benchmarks/microlens.py --new-uploads --out $(BENCH)
 	$(PY) benchmarks/serve.py $(firstword $(wildcard $(BENCH)/runs/moe+ids-seed*)) --json $(BENCH)/serve.json
 	$(PY) benchmarks/report.py $(BENCH)
 

@@ -134,17 +134,23 @@ def read_pairs(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def evaluate(run: Path, chosen: list[Target], batch_size: int = 1024) -> dict:
+def evaluate(
+    run: Path,
+    chosen: list[Target],
+    batch_size: int = 1024,
+    new_item_boost: float | None = None,
+) -> dict:
     """HR@10/20, NDCG@10/20 and MRR of the run's ranking of `chosen` targets over its whole
     catalog (version 1: every item with features), histories masked; and how many targets
-    had history items the run does not know (dropped from their history)."""
+    had history items the run does not know (dropped from their history). `new_item_boost`:
+    rank with it instead of the run's own."""
     import torch
 
     from linkedout.recommend.evaluate import TrainedRun, states
     from linkedout.recommend.metrics import RankingMetrics
     from linkedout.recommend.ranking import rank_targets
 
-    trained = TrainedRun(run)
+    trained = TrainedRun(run, new_item_boost=new_item_boost)
     index = trained.index
     unknown = [t.item for t in chosen if t.item not in index]
     if unknown:

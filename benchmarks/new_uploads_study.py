@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,7 +162,7 @@ def boost_sweep(run: Path, chosen: list[nu.Target], boosts: list[float]) -> dict
     with torch.inference_mode():
         user_states = {name: states(trained, hist, 1024) for name, (hist, _) in sets.items()}
         for boost in boosts:
-            model.config = replace(model.config, new_item_boost=boost)
+            model.boost_new_items(boost)
             out[str(boost)] = {}
             for name, (hist, items) in sets.items() if chosen else list(sets.items())[1:]:
                 ranks, _ = rank_targets(model, trained.catalog, *user_states[name], items, hist)

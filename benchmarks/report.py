@@ -123,16 +123,20 @@ def render(figures: dict, results: Path, plots: Path, base: Path) -> str:
             else f". One seed ({protocol['seeds'][0]}); `make benchmark` reports the spread."
         ),
         "",
-        "| model | HR@10 | NDCG@10 | HR@20 | NDCG@20 | cold items HR@10 | cold NDCG@10 | best / "
-        "stopped epoch |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | HR@10 | NDCG@10 | HR@20 | NDCG@20 | cold items HR@10 | cold NDCG@10 | long "
+        "tail HR@10 | long tail NDCG@10 | best / stopped epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     pop = ml["popularity"]
     out.append(
         "| popularity | "
         + " | ".join(f"{pop['test'][m]:.4f}" for m in ("HR@10", "NDCG@10", "HR@20", "NDCG@20"))
-        + f" | {pop['test_cold_start']['HR@10']:.4f} | {pop['test_cold_start']['NDCG@10']:.4f}"
-        " | - |"
+        + "".join(
+            f" | {pop[view][m]:.4f}" if view in pop else " | -"
+            for view in ("test_cold_start", "test_long_tail")
+            for m in ("HR@10", "NDCG@10")
+        )
+        + " | - |"
     )
     for key in ("ids", "moe", "moe+ids", "mean"):
         if key in rows:
@@ -307,13 +311,27 @@ def _goals(rows: dict, layer_rows: list[dict], peer: dict | None) -> list[str]:
             + ", ".join(f"{name} {v:.4f}" for name, v in cold.items())
             + f" (floor {COLD_FLOOR}: {'kept' if min(cold.values()) >= COLD_FLOOR else 'missed'})."
         )
+    tail = {
+        name: rows[k]["mean"]["test_long_tail"]
+        for k, name in (("ids", "ID only"), ("moe", "content only"), ("moe+ids", "MoE + IDs"))
+        if "test_long_tail" in rows.get(k, {}).get("mean", {})
+    }
+    if len(tail) == 3:
+        fused = tail.pop("MoE + IDs")
+        met = all(fused[m] >= max(t[m] for t in tail.values()) for m in ("HR@10", "NDCG@10"))
+        out.append(
+            "- Long tail (test targets with 1-5 training interactions), HR@10 / NDCG@10: "
+            + ", ".join(f"{name} {t['HR@10']:.4f} / {t['NDCG@10']:.4f}" for name, t in tail.items())
+            + f", MoE + IDs {fused['HR@10']:.4f} / {fused['NDCG@10']:.4f} (goal: MoE + IDs at "
+            f"least the better of the two: {'met' if met else 'not met'})."
+        )
     return out
 
 
 def _quality_row(row: dict, note: str = "") -> str:
-    test, cold = "test", "test_cold_start"
-    cells = [_pm(row, test, m) for m in ("HR@10", "NDCG@10", "HR@20", "NDCG@20")]
-    cells += [_pm(row, cold, m) if cold in row["mean"] else "-" for m in ("HR@10", "NDCG@10")]
+    cells = [_pm(row, "test", m) for m in ("HR@10", "NDCG@10", "HR@20", "NDCG@20")]
+    for view in ("test_cold_start", "test_long_tail"):
+        cells += [_pm(row, view, m) if view in row["mean"] else "-" for m in ("HR@10", "NDCG@10")]
     # Epochs count from 1 here; the best one is the checkpoint kept.
     epochs = ", ".join(f"{r['best_epoch'] + 1}/{r['epochs']}" for r in row["runs"])
     return f"| {row['name']}{note} | " + " | ".join(cells) + f" | {epochs} |"
@@ -367,6 +385,21 @@ def _new_uploads_table(nu: dict) -> list[str]:
             )
             + f" | {', '.join(str(r['seed']) for r in runs)} |"
         )
+    by_key = {row["key"]: row["runs"] for row in nu["rows"]}
+    if {"moe", "moe+ids"} <= by_key.keys():
+
+        def new_mean(key: str, metric: str) -> float:
+            return statistics.fmean(r["new_uploads"]["test"][metric] for r in by_key[key])
+
+        ratios = {
+            m: new_mean("moe+ids", m) / max(new_mean("moe", m), 1e-12) for m in ("HR@10", "NDCG@10")
+        }
+        met = min(ratios.values()) >= 1
+        out += [
+            "",
+            f"New uploads, MoE + IDs over content only: HR@10 {ratios['HR@10']:.3f}x, NDCG@10 "
+            f"{ratios['NDCG@10']:.3f}x (goal: at least 1x: {'met' if met else 'not met'}).",
+        ]
     return out + [""]
 
 

@@ -135,7 +135,12 @@ def evaluate(
 
     from linkedout.recommend.evaluate import evaluate_run
 
-    report = evaluate_run(config.run, splits=(config.split,), memory_budget=budget)
+    report = evaluate_run(
+        config.run,
+        splits=(config.split,),
+        memory_budget=budget,
+        new_item_boost=config.new_item_boost,
+    )
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -154,7 +159,7 @@ def recommend(
 
     from linkedout.service.ranker import Query, Ranker
 
-    ranker = Ranker(config.run)
+    ranker = Ranker(config.run, config.new_item_boost)
     items = ranker.history_of(config.user) if config.history is None else list(config.history)
     (result,) = ranker.rank([Query(history=items, k=config.k, explain=config.explain)])
     if as_json:

@@ -71,6 +71,7 @@ def metrics(report: EvalReport, title: str) -> None:
         "valid": "valid",
         "test": "test",
         "test_cold_start": "cold items",
+        "test_long_tail": "long tail (1-5)",
         "test_unmasked": "test, unmasked",
     }
     shown = [(split, label) for split, label in labels.items() if split in report.splits]

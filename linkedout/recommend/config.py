@@ -236,6 +236,18 @@ def parse_history(text: str | None) -> tuple[str, ...] | None:
     return items
 
 
+NEW_ITEM_BOOST_HELP = (
+    "Rank with this --new-item-boost instead of the run's (content + IDs runs: added to the "
+    "score of items without a trained ID vector; 0 turns it off). No retraining needed."
+)
+
+
+def check_boost_override(config) -> None:
+    boost = config.new_item_boost
+    if boost is not None and not math.isfinite(boost):
+        raise SettingError("new_item_boost", boost, "give a finite number")
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     """What `linkedout evaluate` ranks."""
@@ -244,10 +256,12 @@ class EvaluateConfig:
     split: Literal["valid", "test"] = "test"
     """The split whose targets are ranked: valid or test."""
     catalog_memory_gb: float | None = _catalog_memory_setting()
+    new_item_boost: float | None = setting(default=None, help=NEW_ITEM_BOOST_HELP)
 
     def __post_init__(self) -> None:
         check_choices(self)
         _check_catalog_memory(self)
+        check_boost_override(self)
 
     memory_budget = _memory_budget
 
@@ -267,8 +281,10 @@ class RecommendConfig:
     """How many items."""
     explain: bool = False
     """Show the user's per-depth gate and each item's strongest depth."""
+    new_item_boost: float | None = setting(default=None, help=NEW_ITEM_BOOST_HELP)
 
     def __post_init__(self) -> None:
+        check_boost_override(self)
         if (self.user is None) == (self.history is None):
             reason = "pass exactly one of `user` U or `history` ID,ID,..."
             raise SettingError("user", SettingError.UNSET, reason)

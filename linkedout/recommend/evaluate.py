@@ -22,6 +22,7 @@ class TrainedRun:
     The embeddings are loaded when they fit `memory_budget` (default: half the free memory),
     else ranked chunk by chunk from disk: same results, one read of the file per ranking pass.
     `module`: the best checkpoint already loaded (training has it), instead of reading it.
+    `new_item_boost`: rank with this instead of the run's own.
 
     config.json, the checkpoint and catalog.lance must carry the same run id (none, for runs
     trained before run ids): files mixed from two runs are refused, not ranked."""
@@ -31,6 +32,7 @@ class TrainedRun:
         path: str | Path | RunDir,
         memory_budget: MemoryBudget | None = None,
         module: LinkedOutModule | None = None,
+        new_item_boost: float | None = None,
     ):
         self.run = path if isinstance(path, RunDir) else RunDir(path)
         if module is None:  # else training is finishing the run: it has no metrics.json yet
@@ -39,6 +41,7 @@ class TrainedRun:
         self.config = self.run.config()
         run_id = self.config.run_id
         self.module = self.run.checkpoint(run_id) if module is None else module
+        self.module.model.boost_new_items(new_item_boost)
         ids = self.module.model.ids.weight.detach() if self.module.model.ids is not None else None
         budget = MemoryBudget.resolve(None) if memory_budget is None else memory_budget
         self.catalog: Catalog = self.run.catalog(ids, budget, run_id)
@@ -70,13 +73,19 @@ def evaluate_run(
     write: bool = False,
     batch_size: int = 1024,
     memory_budget: MemoryBudget | None = None,
+    new_item_boost: float | None = None,
 ) -> EvalReport:
-    """`evaluate` of the run at `path`; with `write`, into its metrics.json and gates.png."""
-    trained = TrainedRun(path, memory_budget)
+    """`evaluate` of the run at `path` (ranked with `new_item_boost` when given, else the
+    run's); with `write`, into its metrics.json and gates.png."""
+    trained = TrainedRun(path, memory_budget, new_item_boost=new_item_boost)
     report, gates = evaluate(trained, splits, batch_size)
     if write:
         write_report(trained, report, gates)
     return report
+
+
+LONG_TAIL = 5
+"""The long-tail slice: test targets with 1 to this many training interactions."""
 
 
 @torch.inference_mode()
@@ -84,11 +93,13 @@ def evaluate(
     run: TrainedRun, splits: tuple[str, ...] = ("valid", "test"), batch_size: int = 1024
 ) -> tuple[EvalReport, torch.Tensor | None]:
     """Metrics of the model and of popularity on each split, plus two views of test: the
-    cold-start slice (targets never seen in training) and `test_unmasked`, ranked without
+    cold-start slice (targets never seen in training), the long tail (targets seen 1 to
+    `LONG_TAIL` times in training) and `test_unmasked`, ranked without
     masking the user's earlier items (RecBole's rule, for side-by-side comparisons). Also the
     test users' gates `[users, L]` (None for ID-only models or without test)."""
     split = run.split
-    popularity = split.train_counts()
+    counts = split.train_counts()
+    popularity = counts.clone()
     popularity[0] = float("-inf")
     seen = torch.zeros(split.num_items, dtype=torch.bool)
     seen[[i for seq in split.train for i in seq]] = True
@@ -107,6 +118,10 @@ def evaluate(
             cold = ~seen[targets]
             if cold.any():
                 results["test_cold_start"] = _metrics(ranks[cold], pop_ranks[cold])
+            # Rare items: where ID vectors are poorest and content should help most.
+            tail = (counts[targets] >= 1) & (counts[targets] <= LONG_TAIL)
+            if tail.any():
+                results["test_long_tail"] = _metrics(ranks[tail], pop_ranks[tail])
             results["test_unmasked"] = _metrics(ranks_unmasked, pop_unmasked)
             if run.module.model.content:
                 gates = gate

@@ -18,6 +18,7 @@ gate costs L·r numbers per item rather than L·d.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -245,6 +246,12 @@ class LinkedOut(nn.Module):
         scores = self.queries(h, gate) @ self.keys(codes, id_vectors).T
         boost = self.boosts(id_vectors)
         return scores if boost is None else scores + boost
+
+    def boost_new_items(self, boost: float | None) -> None:
+        """Rank with `new_item_boost` `boost` from now on (None: keep the trained setting). A
+        ranking setting only: the weights do not depend on it."""
+        if boost is not None:
+            self.config = replace(self.config, new_item_boost=boost)
 
     def boosts(self, id_vectors: torch.Tensor | None) -> torch.Tensor | None:
         """`[C]` the ranking's `new_item_boost` for candidates without a trained ID vector (the

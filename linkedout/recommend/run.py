@@ -109,7 +109,8 @@ class GateReport:
 @dataclass
 class EvalReport:
     """metrics.json: one entry per ranked split, in ranking order (valid, test, then the test
-    views test_cold_start and test_unmasked), and the gate of content models."""
+    views test_cold_start, test_long_tail and test_unmasked), and the gate of content
+    models."""
 
     splits: dict[str, SplitMetrics]
     gate: GateReport | None = None

@@ -43,12 +43,14 @@ class QueryError(LinkedOutError):
 
 
 class Ranker:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, new_item_boost: float | None = None):
+        """`new_item_boost`: rank with this instead of the run's own (None: the run's)."""
         self.run = RunDir(path)
         self.run.require_checkpoint()
         self.config: RunConfig = self.run.config()
         self.module = self.run.checkpoint(self.config.run_id)
         self.model = self.module.model
+        self.model.boost_new_items(new_item_boost)
         require_catalog(self.run.catalog_file)
         self.run.check_run_id(
             self.run.catalog_file, catalog_run_id(self.run.catalog_file), self.config.run_id

@@ -94,6 +94,8 @@ class Metadata(BaseModel):
     users: int
     max_history_used: int
     """The model reads the last this-many history items."""
+    new_item_boost: float
+    """Added to the score of items without a trained ID vector (content + IDs runs)."""
     manifest: dict
     catalog: CatalogInfo
 

@@ -52,10 +52,8 @@ def test_targets_are_each_users_last_new_item_after_a_history_without_new_items(
         nu.targets({"c": ["x", "y"]}, new, nu.TEST)
 
 
-def test_a_content_model_ranks_new_items_it_never_trained_on(tmp_path):
-    """Planted data: the new items' features sit in their cluster, none of their interactions
-    is trained on, and the content-only model still ranks them far above chance."""
-    planted = make_planted(tmp_path / "data")
+def _new_uploads_log(planted, tmp_path):
+    """The planted log with 20% of its items new for the test (10% for validation)."""
     with open(planted.interactions, newline="") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: (r["user_id"], int(r["timestamp"])))
     sequences: dict[str, list[str]] = {}
@@ -65,9 +63,25 @@ def test_a_content_model_ranks_new_items_it_never_trained_on(tmp_path):
     new = nu.choose(items, 0.2, 0.1, seed=0)
     trained_on = nu.write_pairs(nu.training_sequences(sequences, new), tmp_path / "pairs.tsv")
     assert not new.held_out & {i for seq in nu.read_pairs(trained_on).values() for i in seq}
-    run = train_planted(replace(planted, interactions=trained_on), tmp_path / "run")
     test, _ = nu.targets(sequences, new, nu.TEST)
+    return replace(planted, interactions=trained_on), test
+
+
+def test_a_content_model_ranks_new_items_it_never_trained_on(tmp_path):
+    """Planted data: the new items' features sit in their cluster, none of their interactions
+    is trained on, and the content-only model still ranks them far above chance."""
+    planted, test = _new_uploads_log(make_planted(tmp_path / "data"), tmp_path)
+    run = train_planted(planted, tmp_path / "run")
     figures = nu.evaluate(run, test)
     catalog = 240  # every item with features is a candidate, the new ones included
     assert figures["users"] == len(test)
     assert figures["HR@10"] > 5 * 10 / catalog, figures
+
+
+def test_the_new_item_boost_brings_new_items_into_the_fused_models_top_10(tmp_path):
+    """Content + IDs: without the boost, warm items' ID terms keep new items out of the top
+    10; the default boost ranks them by content against the warm items."""
+    planted, test = _new_uploads_log(make_planted(tmp_path / "data"), tmp_path)
+    run = train_planted(planted, tmp_path / "run", ids=True)
+    boosted, plain = nu.evaluate(run, test), nu.evaluate(run, test, new_item_boost=0.0)
+    assert boosted["HR@10"] > max(2 * plain["HR@10"], 5 * 10 / 240), (boosted, plain)

@@ -76,6 +76,16 @@ def test_content_ranks_unseen_items_and_ids_cannot(runs, planted):
     assert ids_only["HR@10"] < 2.5 * chance
 
 
+def test_the_long_tail_slice_holds_the_test_targets_seen_one_to_five_times(runs):
+    split = RunDir(runs["ids"]).split()
+    counts = split.train_counts()
+    targets = [split.target(u, "test") for u in range(len(split.users))]
+    expected = sum(1 <= counts[t] <= 5 for t in targets)
+    for name in ("ids", "moe"):
+        tail = _metrics(runs[name])["test_long_tail"]
+        assert tail["model"]["users"] == tail["popularity"]["users"] == expected > 0
+
+
 def _full_scores(run: TrainedRun, histories: list[list[int]]) -> torch.Tensor:
     """Every item's score from one product over the whole in-memory catalog (the reference)."""
     h, gate = run.user_states(histories)

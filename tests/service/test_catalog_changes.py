@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import replace
 
 import lance
 import pytest
@@ -64,15 +63,14 @@ def test_the_new_item_boost_lifts_exactly_the_items_without_a_trained_id(
     item training never saw), not of the items the run has ID vectors for."""
     added = set(write_new_items(tmp_path / "a.lance", planted, cluster=0, n=12))
     add_items(run_copy, str(tmp_path / "a.lance"))
-    ranker = Ranker(run_copy)
-    model = ranker.model
-    untrained = {item for item, row in ranker.trained.items() if not model.ids.weight[row].any()}
-    scores = {}
-    for boost in (0.0, 5.0):
-        model.config = replace(model.config, new_item_boost=boost)
-        ranker.snapshot = ranker._load(None)
+    scores, untrained = {}, set()
+    for boost in (0.0, 5.0):  # as `serve --new-item-boost` and `recommend` rank
+        ranker = Ranker(run_copy, new_item_boost=boost)
+        ids = ranker.model.ids.weight
+        untrained = {item for item, row in ranker.trained.items() if not ids[row].any()}
         (result,) = ranker.rank([Query(user="u0", k=ranker.snapshot.size)])
         scores[boost] = {r.item_id: r.score for r in result.items}
+    assert Ranker(run_copy).model.config.new_item_boost == 2.75  # the run's own
     assert scores[0.0].keys() == scores[5.0].keys() and added <= scores[0.0].keys()
     for item, score in scores[0.0].items():
         lift = 5.0 if item in added | untrained else 0.0
