@@ -77,6 +77,37 @@ def test_the_new_item_boost_lifts_exactly_the_items_without_a_trained_id(
         assert scores[5.0][item] == pytest.approx(score + lift, abs=1e-4)
 
 
+def test_an_item_added_after_training_scores_as_it_did_when_present_at_training(
+    run_copy, planted, tmp_path
+):
+    """The new-uploads protocol's second check: an item in the features at training but never
+    trained on scores the same once removed and added back by `catalog add` (the same content
+    vector from the same compressor, no ID vector either way, the same boost)."""
+    ranker = Ranker(run_copy)
+    ids = ranker.model.ids.weight
+    seen = set(ranker.history_of("u0"))  # never ranked for u0
+    untrained = (i for i in planted.cold_items if not ids[ranker.trained[i]].any())
+    cold = sorted(i for i in untrained if i not in seen)[:5]
+    assert len(cold) == 5
+
+    def scores(ranker):
+        (result,) = ranker.rank([Query(user="u0", k=ranker.snapshot.size)])
+        return {r.item_id: r.score for r in result.items}
+
+    before = scores(ranker)
+    assert remove_items(run_copy, cold).removed == len(cold)
+    assert not set(cold) & scores(Ranker(run_copy)).keys()
+    tokens = FeatureStore.open(str(planted.features)).read_tokens(cold)
+    back = FeatureStore.create(tmp_path / "back.lance", planted.manifest)
+    with FeatureWriter(back, commit_every=1000) as w:
+        for item, x in zip(cold, tokens, strict=True):
+            w.add(FeatureRow(item, x.half(), content_sha256=item))
+    assert add_items(run_copy, str(tmp_path / "back.lance")).added == len(cold)
+    after = scores(Ranker(run_copy))
+    for item in cold:
+        assert after[item] == pytest.approx(before[item], abs=1e-4)
+
+
 def test_features_made_another_way_are_refused_with_the_differences(run_copy, planted, tmp_path):
     other = planted.manifest.__class__(
         backbone="another-model",
