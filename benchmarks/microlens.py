@@ -385,16 +385,28 @@ def run_new_uploads(
     except nu.ProtocolError as e:
         print(e, file=sys.stderr)
         sys.exit(2)
+    from linkedout.recommend.evaluate import TrainedRun
+
     folder = out / "new-uploads"
     trained_on = nu.write_pairs(nu.training_sequences(sequences, new), folder / "pairs.tsv")
+    protocol_figures = {
+        "fraction": fraction,
+        "valid_fraction": valid_fraction,
+        "draw_seed": NEW_UPLOAD_SEED,
+        "items_new": {"valid": len(new.valid), "test": len(new.test)},
+        "targets": {s: len(t) for s, (t, _) in chosen.items()},
+        "left_out_empty_history": {s: e for s, (_, e) in chosen.items()},
+        "trained_on": str(trained_on),
+    }
     by_key = {r.key: r for r in ROWS}
     rows: dict[str, list[dict]] = {}
     for key in NEW_UPLOAD_ROWS:
         for seed in protocol.seeds:
             run = folder / "runs" / f"{key}-seed{seed}"
             record = train_row(run, by_key[key], seed, protocol, features, trained_on)
+            trained = TrainedRun(run)
             record["new_uploads"] = {
-                split: nu.evaluate(run, targets) for split, (targets, _) in chosen.items()
+                split: nu.evaluate(trained, targets) for split, (targets, _) in chosen.items()
             }
             rows.setdefault(key, []).append(record)
             test = record["new_uploads"]["test"]
@@ -403,15 +415,6 @@ def run_new_uploads(
                 f"{test['HR@10']:.4f}, NDCG@10 {test['NDCG@10']:.4f}",
                 flush=True,
             )
-            protocol_figures = {
-                "fraction": fraction,
-                "valid_fraction": valid_fraction,
-                "draw_seed": NEW_UPLOAD_SEED,
-                "items_new": {"valid": len(new.valid), "test": len(new.test)},
-                "targets": {s: len(t) for s, (t, _) in chosen.items()},
-                "left_out_empty_history": {s: e for s, (_, e) in chosen.items()},
-                "trained_on": str(trained_on),
-            }
             rows_figures = [
                 {"key": k, "name": by_key[k].name, "runs": [_new_upload_run(r) for r in records]}
                 for k, records in rows.items()

@@ -134,38 +134,48 @@ def read_pairs(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def evaluate(
-    run: Path,
-    chosen: list[Target],
-    batch_size: int = 1024,
-    new_item_boost: float | None = None,
-) -> dict:
-    """HR@10/20, NDCG@10/20 and MRR of the run's ranking of `chosen` targets over its whole
-    catalog (version 1: every item with features), histories masked; and how many targets
-    had history items the run does not know (dropped from their history). `new_item_boost`:
-    rank with it instead of the run's own."""
+def rankable(trained, chosen: list[Target]):
+    """`chosen` in a trained run's model indices: each user's history (items the run does not
+    know dropped, the last `max_len` kept), the target items as a tensor, and how many
+    histories lost unknown items."""
     import torch
 
-    from linkedout.recommend.evaluate import TrainedRun, states
-    from linkedout.recommend.metrics import RankingMetrics
-    from linkedout.recommend.ranking import rank_targets
-
-    trained = TrainedRun(run, new_item_boost=new_item_boost)
     index = trained.index
     unknown = [t.item for t in chosen if t.item not in index]
     if unknown:
         raise ProtocolError(
-            f"{run}: {len(unknown)} new-upload targets have no features in the run's catalog, "
-            f"e.g. {unknown[0]}: train on the feature dataset that holds every item"
+            f"{trained.path}: {len(unknown)} new-upload targets have no features in the run's "
+            f"catalog, e.g. {unknown[0]}: train on the feature dataset that holds every item"
         )
     histories, short = [], 0
     for t in chosen:
         known = [index[i] for i in t.history if i in index]
         short += len(known) < len(t.history)
         histories.append(known[-trained.max_len :] or [0])
+    return histories, torch.tensor([index[t.item] for t in chosen]), short
+
+
+def evaluate(
+    run,
+    chosen: list[Target],
+    batch_size: int = 1024,
+    new_item_boost: float | None = None,
+) -> dict:
+    """HR@10/20, NDCG@10/20 and MRR of the run's ranking of `chosen` targets over its whole
+    catalog (version 1: every item with features), histories masked; and how many targets
+    had history items the run does not know (dropped from their history). `run`: a run
+    directory, or a `TrainedRun` already loaded (several target sets, one load);
+    `new_item_boost`: rank with it instead of the run's own (a directory only)."""
+    import torch
+
+    from linkedout.recommend.evaluate import TrainedRun, states
+    from linkedout.recommend.metrics import RankingMetrics
+    from linkedout.recommend.ranking import rank_targets
+
+    trained = run if isinstance(run, TrainedRun) else TrainedRun(run, new_item_boost=new_item_boost)
+    histories, items, short = rankable(trained, chosen)
     with torch.inference_mode():
         h, gate = states(trained, histories, batch_size)
-        items = torch.tensor([index[t.item] for t in chosen])
         ranks, _ = rank_targets(
             trained.module.model, trained.catalog, h, gate, items, histories, batch_size
         )

@@ -31,7 +31,6 @@ from benchmarks.common import write_json  # noqa: E402
 from benchmarks.microlens import (  # noqa: E402
     FULL,
     NEW_UPLOAD_SEED,
-    PAIRS,
     Row,
     extract_titles,
     inputs,
@@ -85,7 +84,6 @@ def main() -> None:
     variants = {name: variant_args(name) for name in args.variants.split(",") if name}
     data = microlens_50k()
     pairs, titles = inputs(data, args.out, None)
-    assert pairs == data / PAIRS
     extract_titles(args.out, titles, FULL.tokens_per_layer)
     sequences = nu.read_pairs(pairs)
     new = nu.choose(sorted({i for s in sequences.values() for i in s}), seed=NEW_UPLOAD_SEED)
@@ -94,7 +92,6 @@ def main() -> None:
     trained_on = nu.write_pairs(nu.training_sequences(sequences, new), folder / "pairs.tsv")
     figures_path = args.out / "new-uploads-study.json"
     figures = json.loads(figures_path.read_text()) if figures_path.exists() else {}
-    figures_before = dict(figures)  # earlier boosts of a run are kept beside new ones
     for name, train_args in variants.items():
         key = f"{name} seed {args.seed}"
         run = folder / "study" / f"{name.replace('/', '_')}-seed{args.seed}"
@@ -107,6 +104,7 @@ def main() -> None:
             trained_on,
         )
         best = max(record["curve"], key=lambda e: e["val_NDCG@10"])
+        earlier = figures.get(key, {}).get("boost_sweep", {})  # kept beside new boosts
         figures[key] = {
             "args": list(train_args),
             "new_valid": nu.evaluate(run, chosen),
@@ -117,7 +115,6 @@ def main() -> None:
             "left_out_empty_history": empty,
         }
         if boosts:
-            earlier = figures_before.get(key, {}).get("boost_sweep", {})
             figures[key]["boost_sweep"] = earlier | boost_sweep(run, chosen, boosts)
         write_json(figures_path, figures)
         f = figures[key]
@@ -146,25 +143,23 @@ def boost_sweep(run: Path, chosen: list[nu.Target], boosts: list[float]) -> dict
     from linkedout.recommend.ranking import rank_targets
 
     trained = TrainedRun(run)
-    model, split, index = trained.module.model, trained.split, trained.index
+    model, split = trained.module.model, trained.split
     users = range(len(split.users))
     sets = {
-        "new": (
-            [[index[i] for i in t.history if i in index][-trained.max_len :] for t in chosen],
-            torch.tensor([index[t.item] for t in chosen], dtype=torch.long),
-        ),
         "warm": (
             [split.history(u, "valid") for u in users],
-            torch.tensor([split.target(u, "valid") for u in users], dtype=torch.long),
-        ),
+            torch.tensor([split.target(u, "valid") for u in users]),
+        )
     }
+    if chosen:
+        sets["new"] = nu.rankable(trained, chosen)[:2]
     out = {}
     with torch.inference_mode():
         user_states = {name: states(trained, hist, 1024) for name, (hist, _) in sets.items()}
         for boost in boosts:
             model.boost_new_items(boost)
             out[str(boost)] = {}
-            for name, (hist, items) in sets.items() if chosen else list(sets.items())[1:]:
+            for name, (hist, items) in sets.items():
                 ranks, _ = rank_targets(model, trained.catalog, *user_states[name], items, hist)
                 metrics = RankingMetrics()
                 metrics.update(ranks)

@@ -98,8 +98,7 @@ class ModelConfig:
         at_least(self, "max_len", 1, "the model must see at least 1 item")
         if self.d_model % self.heads:
             raise SettingError("heads", self.heads, f"must divide `d_model` ({self.d_model})")
-        if not math.isfinite(self.new_item_boost):
-            raise SettingError("new_item_boost", self.new_item_boost, "give a finite number")
+        check_boost_override(self)
         for name in ("id_dropout", "dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise SettingError(name, getattr(self, name), "use a probability in [0, 1)")
@@ -243,6 +242,7 @@ NEW_ITEM_BOOST_HELP = (
 
 
 def check_boost_override(config) -> None:
+    """A boost given (the run's, or one overriding it) must be a finite number."""
     boost = config.new_item_boost
     if boost is not None and not math.isfinite(boost):
         raise SettingError("new_item_boost", boost, "give a finite number")

@@ -101,8 +101,6 @@ def evaluate(
     counts = split.train_counts()
     popularity = counts.clone()
     popularity[0] = float("-inf")
-    seen = torch.zeros(split.num_items, dtype=torch.bool)
-    seen[[i for seq in split.train for i in seq]] = True
     results: dict[str, SplitMetrics] = {}
     gates = None
     for name in splits:
@@ -115,7 +113,7 @@ def evaluate(
         pop_ranks, pop_unmasked = fixed_score_ranks(popularity, targets, histories)
         results[name] = _metrics(ranks, pop_ranks)
         if name == "test":
-            cold = ~seen[targets]
+            cold = counts[targets] == 0
             if cold.any():
                 results["test_cold_start"] = _metrics(ranks[cold], pop_ranks[cold])
             # Rare items: where ID vectors are poorest and content should help most.
