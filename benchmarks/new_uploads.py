@@ -159,20 +159,20 @@ def evaluate(
     run,
     chosen: list[Target],
     batch_size: int = 1024,
-    new_item_boost: float | None = None,
+    new_item_lift: float | None = None,
 ) -> dict:
     """HR@10/20, NDCG@10/20 and MRR of the run's ranking of `chosen` targets over its whole
     catalog (version 1: every item with features), histories masked; and how many targets
     had history items the run does not know (dropped from their history). `run`: a run
     directory, or a `TrainedRun` already loaded (several target sets, one load);
-    `new_item_boost`: rank with it instead of the run's own (a directory only)."""
+    `new_item_lift`: rank with it instead of the run's own (a directory only)."""
     import torch
 
     from linkedout.recommend.evaluate import TrainedRun, states
     from linkedout.recommend.metrics import RankingMetrics
     from linkedout.recommend.ranking import rank_targets
 
-    trained = run if isinstance(run, TrainedRun) else TrainedRun(run, new_item_boost=new_item_boost)
+    trained = run if isinstance(run, TrainedRun) else TrainedRun(run, new_item_lift=new_item_lift)
     histories, items, short = rankable(trained, chosen)
     with torch.inference_mode():
         h, gate = states(trained, histories, batch_size)

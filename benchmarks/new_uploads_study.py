@@ -6,9 +6,9 @@ validation, the draw `microlens.py --new-uploads` uses) and judged on validation
 - warm: the run's own leave-one-out validation at its best epoch (the log without new items).
 
     python benchmarks/new_uploads_study.py --variants moe,moe+ids [--seed 1]
-        [--boosts 0,1,2,3 --loo-runs out/benchmark/runs/moe+ids-seed1]
+        [--lifts 0,0.25,0.5 --loo-runs out/benchmark/runs/moe+ids-seed1]
 
-`--boosts` ranks each variant's run again with each `--new-item-boost` (a ranking setting, no
+`--lifts` ranks each variant's run again with each `--new-item-lift` (a ranking setting, no
 retraining), and `--loo-runs` the leave-one-out benchmark's runs (warm validation on the whole
 log, where few items lack a trained ID vector).
 
@@ -44,8 +44,8 @@ BASE = {
     "moe+ids": ("--fusion", "moe", "--ids"),
 }
 """A variant is a base row, then `/`-separated changes: id-drop-P (--id-dropout P),
-boost-B (--new-item-boost B)."""
-CHANGES = {"id-drop": "--id-dropout", "boost": "--new-item-boost"}
+lift-B (--new-item-lift B)."""
+CHANGES = {"id-drop": "--id-dropout", "lift": "--new-item-lift"}
 
 
 def variant_args(name: str) -> tuple[str, ...]:
@@ -67,20 +67,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "benchmark")
     parser.add_argument(
-        "--boosts",
-        help="comma-separated --new-item-boost values to rank each variant's run with "
-        "(no retraining: the boost is a ranking setting)",
+        "--lifts",
+        help="comma-separated --new-item-lift values to rank each variant's run with "
+        "(no retraining: the lift is a ranking setting)",
     )
     parser.add_argument(
         "--loo-runs",
         type=Path,
         nargs="*",
         default=[],
-        help="finished leave-one-out runs (benchmarks/microlens.py) to rank with each boost too: "
+        help="finished leave-one-out runs (benchmarks/microlens.py) to rank with each lift too: "
         "their warm validation on the whole log",
     )
     args = parser.parse_args()
-    boosts = [float(b) for b in args.boosts.split(",")] if args.boosts else []
+    lifts = [float(b) for b in args.lifts.split(",")] if args.lifts else []
     variants = {name: variant_args(name) for name in args.variants.split(",") if name}
     data = microlens_50k()
     pairs, titles = inputs(data, args.out, None)
@@ -104,7 +104,7 @@ def main() -> None:
             trained_on,
         )
         best = max(record["curve"], key=lambda e: e["val_NDCG@10"])
-        earlier = figures.get(key, {}).get("boost_sweep", {})  # kept beside new boosts
+        earlier = figures.get(key, {}).get("lift_sweep", {})  # kept beside new lifts
         figures[key] = {
             "args": list(train_args),
             "new_valid": nu.evaluate(run, chosen),
@@ -114,8 +114,8 @@ def main() -> None:
             "targets": len(chosen),
             "left_out_empty_history": empty,
         }
-        if boosts:
-            figures[key]["boost_sweep"] = earlier | boost_sweep(run, chosen, boosts)
+        if lifts:
+            figures[key]["lift_sweep"] = earlier | lift_sweep(run, chosen, lifts)
         write_json(figures_path, figures)
         f = figures[key]
         print(
@@ -127,13 +127,13 @@ def main() -> None:
         )
     for run in args.loo_runs:
         key = f"leave-one-out {run.name}"
-        earlier = figures.get(key, {}).get("boost_sweep", {})
-        figures[key] = {"boost_sweep": earlier | boost_sweep(run, [], boosts)}
+        earlier = figures.get(key, {}).get("lift_sweep", {})
+        figures[key] = figures.get(key, {}) | {"lift_sweep": earlier | lift_sweep(run, [], lifts)}
         write_json(figures_path, figures)
 
 
-def boost_sweep(run: Path, chosen: list[nu.Target], boosts: list[float]) -> dict:
-    """Validation figures of a finished run ranked with each `new_item_boost` in `boosts`:
+def lift_sweep(run: Path, chosen: list[nu.Target], lifts: list[float]) -> dict:
+    """Validation figures of a finished run ranked with each `new_item_lift` in `lifts`:
     new uploads (`chosen` targets) and the run's own warm validation (its leave-one-out
     validation targets, every item of the catalog a candidate)."""
     import torch
@@ -156,16 +156,16 @@ def boost_sweep(run: Path, chosen: list[nu.Target], boosts: list[float]) -> dict
     out = {}
     with torch.inference_mode():
         user_states = {name: states(trained, hist, 1024) for name, (hist, _) in sets.items()}
-        for boost in boosts:
-            model.boost_new_items(boost)
-            out[str(boost)] = {}
+        for lift in lifts:
+            model.lift_new_items(lift)
+            out[str(lift)] = {}
             for name, (hist, items) in sets.items():
                 ranks, _ = rank_targets(model, trained.catalog, *user_states[name], items, hist)
                 metrics = RankingMetrics()
                 metrics.update(ranks)
                 m = metrics.compute()
-                out[str(boost)][name] = {k: m[k] for k in ("HR@10", "NDCG@10")}
-            print(f"{run.name} boost {boost}: {json.dumps(out[str(boost)])}", flush=True)
+                out[str(lift)][name] = {k: m[k] for k in ("HR@10", "NDCG@10")}
+            print(f"{run.name} lift {lift}: {json.dumps(out[str(lift)])}", flush=True)
     return out
 
 

@@ -139,7 +139,7 @@ def evaluate(
         config.run,
         splits=(config.split,),
         memory_budget=budget,
-        new_item_boost=config.new_item_boost,
+        new_item_lift=config.new_item_lift,
     )
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
@@ -159,7 +159,7 @@ def recommend(
 
     from linkedout.service.ranker import Query, Ranker
 
-    ranker = Ranker(config.run, config.new_item_boost)
+    ranker = Ranker(config.run, config.new_item_lift)
     items = ranker.history_of(config.user) if config.history is None else list(config.history)
     (result,) = ranker.rank([Query(history=items, k=config.k, explain=config.explain)])
     if as_json:

@@ -98,10 +98,10 @@ def test_python_errors_name_the_setting_and_the_cli_shows_its_flag(tmp_path):
         "train --features f --interactions i --out o --heads 3": "--heads 3: must divide --d-model",
         "train --features f --interactions i --out o --lr -1": "--lr -1.0: the learning rate",
         "train --features f --interactions i --out o --fusion none": "uses no content: add --ids",
-        "train --features f --interactions i --out o --new-item-boost nan": "a finite number",
-        "evaluate r --new-item-boost inf": "--new-item-boost inf: give a finite number",
-        "serve r --new-item-boost nan": "--new-item-boost nan: give a finite number",
-        "recommend r --user u --new-item-boost nan": "give a finite number",
+        "train --features f --interactions i --out o --new-item-lift nan": "a finite number",
+        "evaluate r --new-item-lift inf": "--new-item-lift inf: give a finite number",
+        "serve r --new-item-lift nan": "--new-item-lift nan: give a finite number",
+        "recommend r --user u --new-item-lift nan": "give a finite number",
     }
     for command, message in cases.items():
         result = runner.invoke(app, command.split())

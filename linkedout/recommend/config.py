@@ -58,13 +58,14 @@ class ModelConfig:
     """With content and --ids: drop a history item's ID vector with this probability in
     training, so the model learns to read items by their content too (items with few
     interactions have poor ID vectors, new ones none)."""
-    new_item_boost: float = 2.75
-    """With content and --ids: added, when ranking, to the score of every item without a
-    trained ID vector (new uploads, items added with `catalog add`, items no training sequence
-    holds). Such items are scored by content alone against warm items' content + ID scores,
+    new_item_lift: float = 0.25
+    """With content and --ids: when ranking, every item without a trained ID vector (new
+    uploads, items added with `catalog add`, items no training sequence holds) gains this
+    many units of the user's ID-score scale (|h_u| times the mean length of the trained ID
+    vectors). Such items are scored by content alone against warm items' content + ID scores,
     which otherwise keeps them out of every top 10. Not used by the training loss; 0 turns it
-    off. The default: the smallest (0.25 steps) that ranks MicroLens-50K's validation new
-    uploads as well as the content-only model does (README, model section)."""
+    off. The default: chosen on MicroLens-50K's validation new uploads (README, model
+    section)."""
     token_pool: Literal["mean", "attention"] = "mean"
     """How a depth's stored tokens become one vector: mean (once, before training) or attention
     (a learned query per depth)."""
@@ -98,10 +99,18 @@ class ModelConfig:
         at_least(self, "max_len", 1, "the model must see at least 1 item")
         if self.d_model % self.heads:
             raise SettingError("heads", self.heads, f"must divide `d_model` ({self.d_model})")
-        check_boost_override(self)
+        check_lift_override(self)
         for name in ("id_dropout", "dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise SettingError(name, getattr(self, name), "use a probability in [0, 1)")
+
+    @classmethod
+    def stored(cls, values: dict) -> ModelConfig:
+        """The config a checkpoint stored. Runs trained before 2026-12-07 stored
+        `new_item_boost`, a constant added to new items' scores: in score units it has no
+        counterpart in `new_item_lift`'s, so it is dropped and they rank with the default lift
+        (`--new-item-lift` overrides it; the weights do not depend on either)."""
+        return cls(**{k: v for k, v in values.items() if k != "new_item_boost"})
 
 
 @dataclass(frozen=True)
@@ -235,17 +244,18 @@ def parse_history(text: str | None) -> tuple[str, ...] | None:
     return items
 
 
-NEW_ITEM_BOOST_HELP = (
-    "Rank with this --new-item-boost instead of the run's (content + IDs runs: added to the "
-    "score of items without a trained ID vector; 0 turns it off). No retraining needed."
+NEW_ITEM_LIFT_HELP = (
+    "Rank with this --new-item-lift instead of the run's (content + IDs runs: what items "
+    "without a trained ID vector gain, in units of each user's ID-score scale; 0 turns it "
+    "off). No retraining needed."
 )
 
 
-def check_boost_override(config) -> None:
-    """A boost given (the run's, or one overriding it) must be a finite number."""
-    boost = config.new_item_boost
-    if boost is not None and not math.isfinite(boost):
-        raise SettingError("new_item_boost", boost, "give a finite number")
+def check_lift_override(config) -> None:
+    """A lift given (the run's, or one overriding it) must be a finite number."""
+    lift = config.new_item_lift
+    if lift is not None and not math.isfinite(lift):
+        raise SettingError("new_item_lift", lift, "give a finite number")
 
 
 @dataclass(frozen=True)
@@ -256,12 +266,12 @@ class EvaluateConfig:
     split: Literal["valid", "test"] = "test"
     """The split whose targets are ranked: valid or test."""
     catalog_memory_gb: float | None = _catalog_memory_setting()
-    new_item_boost: float | None = setting(default=None, help=NEW_ITEM_BOOST_HELP)
+    new_item_lift: float | None = setting(default=None, help=NEW_ITEM_LIFT_HELP)
 
     def __post_init__(self) -> None:
         check_choices(self)
         _check_catalog_memory(self)
-        check_boost_override(self)
+        check_lift_override(self)
 
     memory_budget = _memory_budget
 
@@ -281,10 +291,10 @@ class RecommendConfig:
     """How many items."""
     explain: bool = False
     """Show the user's per-depth gate and each item's strongest depth."""
-    new_item_boost: float | None = setting(default=None, help=NEW_ITEM_BOOST_HELP)
+    new_item_lift: float | None = setting(default=None, help=NEW_ITEM_LIFT_HELP)
 
     def __post_init__(self) -> None:
-        check_boost_override(self)
+        check_lift_override(self)
         if (self.user is None) == (self.history is None):
             reason = "pass exactly one of `user` U or `history` ID,ID,..."
             raise SettingError("user", SettingError.UNSET, reason)

@@ -22,7 +22,7 @@ class TrainedRun:
     The embeddings are loaded when they fit `memory_budget` (default: half the free memory),
     else ranked chunk by chunk from disk: same results, one read of the file per ranking pass.
     `module`: the best checkpoint already loaded (training has it), instead of reading it.
-    `new_item_boost`: rank with this instead of the run's own.
+    `new_item_lift`: rank with this instead of the run's own.
 
     config.json, the checkpoint and catalog.lance must carry the same run id (none, for runs
     trained before run ids): files mixed from two runs are refused, not ranked."""
@@ -32,7 +32,7 @@ class TrainedRun:
         path: str | Path | RunDir,
         memory_budget: MemoryBudget | None = None,
         module: LinkedOutModule | None = None,
-        new_item_boost: float | None = None,
+        new_item_lift: float | None = None,
     ):
         self.run = path if isinstance(path, RunDir) else RunDir(path)
         if module is None:  # else training is finishing the run: it has no metrics.json yet
@@ -41,7 +41,7 @@ class TrainedRun:
         self.config = self.run.config()
         run_id = self.config.run_id
         self.module = self.run.checkpoint(run_id) if module is None else module
-        self.module.model.boost_new_items(new_item_boost)
+        self.module.model.lift_new_items(new_item_lift)
         ids = self.module.model.ids.weight.detach() if self.module.model.ids is not None else None
         budget = MemoryBudget.resolve(None) if memory_budget is None else memory_budget
         self.catalog: Catalog = self.run.catalog(ids, budget, run_id)
@@ -73,11 +73,11 @@ def evaluate_run(
     write: bool = False,
     batch_size: int = 1024,
     memory_budget: MemoryBudget | None = None,
-    new_item_boost: float | None = None,
+    new_item_lift: float | None = None,
 ) -> EvalReport:
-    """`evaluate` of the run at `path` (ranked with `new_item_boost` when given, else the
+    """`evaluate` of the run at `path` (ranked with `new_item_lift` when given, else the
     run's); with `write`, into its metrics.json and gates.png."""
-    trained = TrainedRun(path, memory_budget, new_item_boost=new_item_boost)
+    trained = TrainedRun(path, memory_budget, new_item_lift=new_item_lift)
     report, gates = evaluate(trained, splits, batch_size)
     if write:
         write_report(trained, report, gates)

@@ -244,23 +244,31 @@ class LinkedOut(nn.Module):
     ) -> torch.Tensor:
         """`h [B, d]` against candidates (`codes [C, L, r]`, `id_vectors [C, d]`) -> `[B, C]`."""
         scores = self.queries(h, gate) @ self.keys(codes, id_vectors).T
-        boost = self.boosts(id_vectors)
-        return scores if boost is None else scores + boost
+        new = self.new_items(id_vectors)
+        return scores if new is None else scores.addr(self.lifts(h), new)
 
-    def boost_new_items(self, boost: float | None) -> None:
-        """Rank with `new_item_boost` `boost` from now on (None: keep the trained setting). A
+    def lift_new_items(self, lift: float | None) -> None:
+        """Rank with `new_item_lift` `lift` from now on (None: keep the trained setting). A
         ranking setting only: the weights do not depend on it."""
-        if boost is not None:
-            self.config = replace(self.config, new_item_boost=boost)
+        if lift is not None:
+            self.config = replace(self.config, new_item_lift=lift)
 
-    def boosts(self, id_vectors: torch.Tensor | None) -> torch.Tensor | None:
-        """`[C]` the ranking's `new_item_boost` for candidates without a trained ID vector (the
-        zero vector: untrained rows stay zero, and items added after training read row 0);
-        None when there is none to add."""
-        b = self.config.new_item_boost
-        if not b or id_vectors is None or not self.content:
+    def new_items(self, id_vectors: torch.Tensor | None) -> torch.Tensor | None:
+        """`[C]` 1 for candidates without a trained ID vector (the zero vector: untrained rows
+        stay zero, and items added after training read row 0), else 0; None when the ranking
+        lifts no item (no lift, or not a content + IDs model)."""
+        if not self.config.new_item_lift or id_vectors is None or not self.content:
             return None
-        return b * (id_vectors == 0).all(1).to(id_vectors.dtype)
+        return (id_vectors == 0).all(1).to(id_vectors.dtype)
+
+    def lifts(self, h: torch.Tensor) -> torch.Tensor:
+        """`[B]` what a new item gains in each user's scores: `new_item_lift` times the scale of
+        that user's ID scores, |h_u| times the mean length of the trained ID vectors. Scaled, not
+        constant, because ID scores grow as training goes on: a constant chosen on one run is
+        too small for a run that trains longer (README, model section)."""
+        norms = self.ids.weight.detach().float().norm(dim=1)
+        id_scale = norms.sum() / (norms > 0).sum().clamp(min=1)
+        return (self.config.new_item_lift * id_scale) * h.float().norm(dim=-1).to(h.dtype)
 
     def layer_contributions(
         self, h: torch.Tensor, gate: torch.Tensor, codes: torch.Tensor

@@ -39,7 +39,7 @@ class LinkedOutModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.config = ModelConfig(**model)
+        self.config = ModelConfig.stored(model)
         shape = None if num_layers is None else (num_layers, tokens, dim)
         self.model = LinkedOut(self.config, num_items, shape)
         self.softmax_items = TrainingItems(num_items, num_items > full_softmax_max_items, negatives)

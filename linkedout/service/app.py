@@ -68,7 +68,7 @@ class Service:
 
     def load_and_watch(self) -> None:
         try:
-            ranker = Ranker(self.config.run, self.config.new_item_boost)
+            ranker = Ranker(self.config.run, self.config.new_item_lift)
         except Exception as e:  # reported by /readyz and every ranking, never raised
             self.load_error = first_line(e, 300)
             log.error("could not load %s: %s", self.config.run, self.load_error)
@@ -191,7 +191,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             layers=ranker.layers,
             users=len(ranker.user_index),
             max_history_used=ranker.model.config.max_len,
-            new_item_boost=ranker.model.config.new_item_boost,
+            new_item_lift=ranker.model.config.new_item_lift,
             manifest=ranker.config.manifest,
             catalog=CatalogInfo(version=snap.version, size=snap.size, added=snap.added),
         )

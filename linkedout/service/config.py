@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from linkedout.errors import SettingError
-from linkedout.recommend.config import NEW_ITEM_BOOST_HELP, check_boost_override
+from linkedout.recommend.config import NEW_ITEM_LIFT_HELP, check_lift_override
 from linkedout.settings import at_least, comma_list, setting
 from linkedout.storage.uri import storage_options_setting
 
@@ -49,10 +49,10 @@ class ServeConfig:
     """How often to look for a new catalog.lance version (catalog add/remove)."""
     threads: int | None = None
     """Torch threads per process (default: cores / workers)."""
-    new_item_boost: float | None = setting(default=None, help=NEW_ITEM_BOOST_HELP)
+    new_item_lift: float | None = setting(default=None, help=NEW_ITEM_LIFT_HELP)
 
     def __post_init__(self) -> None:
-        check_boost_override(self)
+        check_lift_override(self)
         if not 1 <= self.port <= 65535:
             raise SettingError("port", self.port, "use a TCP port in 1..65535")
         at_least(self, "workers", 1, "run at least 1 process")

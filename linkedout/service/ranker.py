@@ -43,14 +43,14 @@ class QueryError(LinkedOutError):
 
 
 class Ranker:
-    def __init__(self, path: str | Path, new_item_boost: float | None = None):
-        """`new_item_boost`: rank with this instead of the run's own (None: the run's)."""
+    def __init__(self, path: str | Path, new_item_lift: float | None = None):
+        """`new_item_lift`: rank with this instead of the run's own (None: the run's)."""
         self.run = RunDir(path)
         self.run.require_checkpoint()
         self.config: RunConfig = self.run.config()
         self.module = self.run.checkpoint(self.config.run_id)
         self.model = self.module.model
-        self.model.boost_new_items(new_item_boost)
+        self.model.lift_new_items(new_item_lift)
         require_catalog(self.run.catalog_file)
         self.run.check_run_id(
             self.run.catalog_file, catalog_run_id(self.run.catalog_file), self.config.run_id
@@ -110,8 +110,8 @@ class Ranker:
                 )
         h, gate = self._user_states(snap, rows)
         scores = self.model.queries(h, gate) @ snap.keys.T
-        if snap.boosts is not None:
-            scores += snap.boosts
+        if snap.new_items is not None:
+            scores.addr_(self.model.lifts(h), snap.new_items)
         scores[:, 0] = float("-inf")  # the padding row
         for b, (q, known) in enumerate(zip(queries, rows, strict=True)):
             excluded = known + [snap.index[i] for i in q.exclude if i in snap.index]

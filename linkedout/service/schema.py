@@ -94,8 +94,9 @@ class Metadata(BaseModel):
     users: int
     max_history_used: int
     """The model reads the last this-many history items."""
-    new_item_boost: float
-    """Added to the score of items without a trained ID vector (content + IDs runs)."""
+    new_item_lift: float
+    """What items without a trained ID vector gain, in units of each user's ID-score scale
+    (content + IDs runs)."""
     manifest: dict
     catalog: CatalogInfo
 

@@ -39,9 +39,9 @@ class CatalogSnapshot:
     """L of the content part (0 for ID-only runs)."""
     added: int
     """Live items that were not in the training split."""
-    boosts: torch.Tensor | None = None
-    """`[N + 1]` added to every user's scores (the model's `new_item_boost` on items without a
-    trained ID vector), None when the model adds none."""
+    new_items: torch.Tensor | None = None
+    """`[N + 1]` 1 on items without a trained ID vector (lifted by the model's `new_item_lift`
+    in every user's scores), None when the model lifts none."""
 
     @property
     def size(self) -> int:
@@ -95,5 +95,5 @@ def load_snapshot(
         id_width=0 if id_vectors is None else id_vectors.shape[1],
         num_layers=0 if experts is None else experts.shape[1],
         added=int((model_index == 0).sum()),
-        boosts=model.boosts(id_vectors),
+        new_items=model.new_items(id_vectors),
     )

@@ -28,7 +28,7 @@ def _module(ids: bool, full_softmax_max_items: int, fusion: str = "moe") -> Link
             dropout=0.0,
             id_dropout=0.0,
             max_len=8,
-            new_item_boost=0.0,  # the loss's references below use `score`, which ranks
+            new_item_lift=0.0,  # the loss's references below use `score`, which ranks
         ),
         num_items=60,
         token_shape=(3, 2, 8),
@@ -76,22 +76,32 @@ def test_full_softmax_equals_cross_entropy_over_the_candidates_scores():
         torch.testing.assert_close(loss, F.cross_entropy(logits, target_col))
 
 
-def test_the_new_item_boost_lifts_items_without_an_id_vector_when_ranking_only():
-    """Validation's catalog ranks with `new_item_boost` added to the items training never saw
-    (their ID rows stay zero); the training loss does not see it; ID-only SASRec has none."""
+def test_the_new_item_lift_lifts_items_without_an_id_vector_when_ranking_only():
+    """Validation's catalog ranks with new items (their ID rows stay zero) lifted by
+    `new_item_lift` units of each user's ID-score scale, |h_u| times the mean length of the
+    trained ID vectors; the training loss does not see it; ID-only SASRec has none."""
     module = _module(ids=True, full_softmax_max_items=100)
     model = module.model.eval()
     h, gate, codes, id_rows = _reference_states(module)
     plain = model.score(h, gate, codes, id_rows)
     loss = _full_loss(module)
-    model.config = replace(model.config, new_item_boost=3.0)
+    model.config = replace(model.config, new_item_lift=3.0)
     untrained = torch.arange(60) % 7 == 0
+    trained = id_rows[1:][~untrained[1:]]  # row 0 is padding, not an item's vector
+    scale = 3.0 * h.norm(dim=1, keepdim=True) * trained.norm(dim=1).mean()
     lift = model.score(h, gate, codes, id_rows) - plain
-    torch.testing.assert_close(lift, 3.0 * untrained.float().expand_as(lift))
+    torch.testing.assert_close(lift, scale * untrained.float())
+    assert lift[:, ~untrained].abs().max() < 1e-5 < lift[:, untrained].min()
     torch.testing.assert_close(_full_loss(module), loss)
+    # Twice as long ID vectors (a run trained longer): the lift doubles with its ID scores.
+    with torch.no_grad():
+        model.ids.weight *= 2
+    lifted = model.score(h, gate, codes, 2 * id_rows)
+    model.config = replace(model.config, new_item_lift=0.0)
+    torch.testing.assert_close(lifted - model.score(h, gate, codes, 2 * id_rows), 2 * lift)
     sasrec = _module(ids=True, full_softmax_max_items=100, fusion="none").model
-    sasrec.config = replace(sasrec.config, new_item_boost=3.0)
-    assert sasrec.boosts(torch.zeros(5, 16)) is None
+    sasrec.config = replace(sasrec.config, new_item_lift=3.0)
+    assert sasrec.new_items(torch.zeros(5, 16)) is None
 
 
 def test_sampled_softmax_equals_the_formula_over_full_logits():

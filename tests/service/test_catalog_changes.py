@@ -11,6 +11,7 @@ import lance
 import pytest
 
 from linkedout.errors import LinkedOutError
+from linkedout.recommend.config import ModelConfig
 from linkedout.recommend.evaluate import evaluate_run
 from linkedout.service.catalog_changes import add_items, remove_items
 from linkedout.service.ranker import Query, Ranker
@@ -56,25 +57,32 @@ def test_added_items_rank_by_their_content_for_the_users_who_like_it(run_copy, p
     assert_one_line_error(gone, "none of the 2 history item(s) is in the catalog")
 
 
-def test_the_new_item_boost_lifts_exactly_the_items_without_a_trained_id(
+def test_the_new_item_lift_lifts_exactly_the_items_without_a_trained_id(
     run_copy, planted, tmp_path
 ):
-    """`new_item_boost` adds to the served score of items added after training (and of any
+    """`new_item_lift` adds to the served score of items added after training (and of any
     item training never saw), not of the items the run has ID vectors for."""
     added = set(write_new_items(tmp_path / "a.lance", planted, cluster=0, n=12))
     add_items(run_copy, str(tmp_path / "a.lance"))
     scores, untrained = {}, set()
-    for boost in (0.0, 5.0):  # as `serve --new-item-boost` and `recommend` rank
-        ranker = Ranker(run_copy, new_item_boost=boost)
+    for lift in (0.0, 0.5):  # as `serve --new-item-lift` and `recommend` rank
+        ranker = Ranker(run_copy, new_item_lift=lift)
         ids = ranker.model.ids.weight
         untrained = {item for item, row in ranker.trained.items() if not ids[row].any()}
         (result,) = ranker.rank([Query(user="u0", k=ranker.snapshot.size)])
-        scores[boost] = {r.item_id: r.score for r in result.items}
-    assert Ranker(run_copy).model.config.new_item_boost == 2.75  # the run's own
-    assert scores[0.0].keys() == scores[5.0].keys() and added <= scores[0.0].keys()
+        scores[lift] = {r.item_id: r.score for r in result.items}
+        # u0's ID-score scale: |h_u0| times the trained ID vectors' mean length.
+        h, _ = ranker._user_states(
+            ranker.snapshot, [[ranker.snapshot.index[i] for i in ranker.history_of("u0")]]
+        )
+        norms = ids.detach().norm(dim=1)
+        scale = float(h.detach().norm() * norms[norms > 0].mean())
+    assert Ranker(run_copy).model.config.new_item_lift == ModelConfig().new_item_lift
+    assert scores[0.0].keys() == scores[0.5].keys() and added <= scores[0.0].keys()
+    assert scale > 0.1
     for item, score in scores[0.0].items():
-        lift = 5.0 if item in added | untrained else 0.0
-        assert scores[5.0][item] == pytest.approx(score + lift, abs=1e-4)
+        lift = 0.5 * scale if item in added | untrained else 0.0
+        assert scores[0.5][item] == pytest.approx(score + lift, abs=1e-4)
 
 
 def test_an_item_added_after_training_scores_as_it_did_when_present_at_training(
@@ -82,7 +90,7 @@ def test_an_item_added_after_training_scores_as_it_did_when_present_at_training(
 ):
     """The new-uploads protocol's second check: an item in the features at training but never
     trained on scores the same once removed and added back by `catalog add` (the same content
-    vector from the same compressor, no ID vector either way, the same boost)."""
+    vector from the same compressor, no ID vector either way, the same lift)."""
     ranker = Ranker(run_copy)
     ids = ranker.model.ids.weight
     seen = set(ranker.history_of("u0"))  # never ranked for u0

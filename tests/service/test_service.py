@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from linkedout.recommend.config import ModelConfig
 from linkedout.service.config import MAX_HISTORY, MAX_K
 from tests.cli_harness import run_linkedout
 
@@ -60,7 +61,9 @@ def test_rankings_over_http_equal_linkedout_recommend(trained_run, server):
         meta = http.get("/metadata").json()
         assert meta["catalog"] == {"version": 1, "size": 240, "added": 0}
         assert meta["layers"] == [2, 4, 6, 8] and meta["fusion"] == "moe"
-        assert meta["new_item_boost"] == 2.75  # the run's default: `serve` was given none
+        assert (
+            meta["new_item_lift"] == ModelConfig().new_item_lift
+        )  # the run's default: `serve` was given none
         assert http.get("/items/v0001").json()["trained"] is True
         assert "/recommend" in http.get("/openapi.json").json()["paths"]
 
