@@ -280,7 +280,15 @@ def _sort_key(column: pa.Array, name: str, path: Path) -> np.ndarray:
             f"{path}: time column {name!r} holds {column.type}, not numbers or times; "
             "name another with --time-col COLUMN"
         )
-    return column.to_numpy(zero_copy_only=False)
+    values = column.to_numpy(zero_copy_only=False)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        # NaN sorts last: those rows would silently become validation and test targets.
+        rows = np.flatnonzero(~np.isfinite(values))
+        raise LinkedOutError(
+            f"{path}: time column {name!r} is NaN or infinite on {len(rows)} row(s), the first "
+            f"being data row {rows[0] + 1}; give those rows a time or drop them"
+        )
+    return values
 
 
 def _parse_times(column: pa.Array, name: str, path: Path) -> pa.Array:

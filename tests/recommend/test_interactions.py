@@ -225,6 +225,20 @@ def test_unparseable_timestamps(tmp_path):
         read_interactions(path)
 
 
+@pytest.mark.parametrize("bad", ["NaN", "nan", "inf", "-inf"])
+def test_non_finite_timestamps_are_refused_not_sorted_last(tmp_path, bad):
+    """NaN would order those rows after every other (making them targets) without a word."""
+    path = write(tmp_path, "log.csv", f"user,item,ts\na,x,1.5\na,y,{bad}\nb,z,2\nb,w,{bad}\n")
+    with pytest.raises(
+        LinkedOutError, match=r"time column 'ts' is NaN or infinite on 2 row\(s\).*data row 2"
+    ):
+        read_interactions(path)
+    table = pa.table({"user": ["a", "a"], "item": ["x", "y"], "ts": [1.0, float(bad)]})
+    pq.write_table(table, tmp_path / "log.parquet")
+    with pytest.raises(LinkedOutError, match="NaN or infinite on 1 row"):
+        read_interactions(tmp_path / "log.parquet")
+
+
 def test_empty_ids(tmp_path):
     path = write(tmp_path, "log.csv", "user,item\na,x\n,y\nb,\n")
     with pytest.raises(LinkedOutError, match="column 'user' is empty on 1 row.*data row 2"):
