@@ -55,7 +55,10 @@ def count_bar(label: str, unit: str):
         MofNCompleteColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, transient=True) as progress:
+    # Off a terminal a transient bar cannot be erased: it would leave a blank line before
+    # the command's message (and in logs), so there it is not drawn at all.
+    disable = not err_console.is_terminal
+    with Progress(*columns, console=err_console, transient=True, disable=disable) as progress:
         task = progress.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:

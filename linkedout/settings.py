@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import textwrap
 import typing
 from collections.abc import Callable
@@ -99,8 +100,11 @@ def check_choices(config: object) -> None:
 
 
 def at_least(config: object, name: str, low: float, reason: str) -> None:
-    """Refuse `config.name` below `low` (None passes: it means "the default")."""
+    """Refuse `config.name` below `low`, or NaN or infinite (None passes: it means "the
+    default"). NaN compares false with everything, so without the check it passes every bound."""
     value = getattr(config, name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingError(name, value, "give a finite number")
     if value is not None and value < low:
         raise SettingError(name, value, reason)
 

@@ -102,6 +102,9 @@ def test_python_errors_name_the_setting_and_the_cli_shows_its_flag(tmp_path):
         "evaluate r --new-item-lift inf": "--new-item-lift inf: give a finite number",
         "serve r --new-item-lift nan": "--new-item-lift nan: give a finite number",
         "recommend r --user u --new-item-lift nan": "give a finite number",
+        # NaN passes every `<` bound; each bounded float setting refuses it and inf.
+        "evaluate r --catalog-memory-gb nan": "--catalog-memory-gb nan: give a finite number",
+        "train --features f --interactions i --out o --feature-memory-gb inf": "a finite number",
     }
     for command, message in cases.items():
         result = runner.invoke(app, command.split())

@@ -31,6 +31,8 @@ def test_added_items_rank_by_their_content_for_the_users_who_like_it(run_copy, p
     proc = run_linkedout(["catalog", "add", run_copy, "--features", tmp_path / "a.lance"])
     assert proc.returncode == 0, proc.stderr
     assert "12 item(s) added" in proc.stdout and "version 2" in proc.stdout
+    # Off a terminal the (transient) bar prints nothing, not even the blank line it leaves.
+    assert proc.stdout.startswith(f"{run_copy}: 12 item(s)") and proc.stderr == "", proc.stderr
     assert add_items(run_copy, str(tmp_path / "b.lance")).added == 12
     again = add_items(run_copy, str(tmp_path / "a.lance"))  # nothing new: nothing committed
     assert (again.added, again.already, again.version) == (0, 12, 3)
@@ -132,6 +134,7 @@ def test_features_made_another_way_are_refused_with_the_differences(run_copy, pl
     catalog_before = tree_digest(run_copy / "catalog.lance")
     proc = run_linkedout(["catalog", "add", run_copy, "--features", tmp_path / "other.lance"])
     assert_one_line_error(proc, "was not extracted the way", "backbone: stored 'planted'")
+    assert proc.stderr.startswith("error: ")  # the message first, no blank line before it
     assert tree_digest(run_copy / "catalog.lance") == catalog_before
     missing = run_linkedout(["catalog", "add", run_copy, "--features", tmp_path / "nope.lance"])
     assert missing.returncode == 2
