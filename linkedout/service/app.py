@@ -40,7 +40,7 @@ from linkedout.service.schema import (
 log = logging.getLogger("linkedout.serve")
 
 RANKING_PATHS = ("/recommend", "/recommend/batch")
-ERRORS = {code: {"model": Problem} for code in (400, 401, 404, 413, 415, 422, 503)}
+ERRORS = {code: {"model": Problem} for code in (400, 401, 404, 408, 413, 415, 422, 503)}
 
 
 class ServiceError(Exception):
@@ -117,7 +117,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     )
     app.state.service = service
     app.add_middleware(LoadShedding, limit=config.max_in_flight, paths=RANKING_PATHS)
-    app.add_middleware(BodyLimit, limit=config.max_body_kb * 1024)
+    app.add_middleware(BodyLimit, limit=config.max_body_kb * 1024, timeout=config.body_timeout)
 
     def authorized(request: Request) -> None:
         if token is None:
@@ -167,12 +167,13 @@ def create_app(config: ServeConfig) -> FastAPI:
             results=[_response(r, version) for r in results], catalog_version=version
         )
 
-    @app.get("/healthz", responses=ERRORS)
+    # HEAD too: load balancers and uptime probes often check health with it.
+    @app.api_route("/healthz", methods=["GET", "HEAD"], responses=ERRORS)
     async def healthz() -> dict:
         """The process is alive."""
         return {"status": "alive"}
 
-    @app.get("/readyz", responses=ERRORS)
+    @app.api_route("/readyz", methods=["GET", "HEAD"], responses=ERRORS)
     async def readyz() -> dict:
         """The run and its catalog are loaded: rankings will be answered."""
         ranker = service.ready()

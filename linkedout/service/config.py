@@ -42,6 +42,9 @@ class ServeConfig:
     """Most requests one POST /recommend/batch may hold."""
     max_body_kb: int = 1024
     """Largest request body accepted (KiB); larger ones get 413."""
+    body_timeout: float = 10.0
+    """Seconds a request body may take to arrive in full; a slower one (or one shorter than its
+    Content-Length) gets 408 and its connection is closed."""
     max_in_flight: int = 64
     """Ranking requests one process holds at once, running or queued; more get 503 with
     Retry-After, so latency stays bounded over capacity."""
@@ -58,6 +61,8 @@ class ServeConfig:
         at_least(self, "workers", 1, "run at least 1 process")
         at_least(self, "max_batch", 1, "take at least 1 request per batch")
         at_least(self, "max_body_kb", 1, "accept at least 1 KiB")
+        if not self.body_timeout > 0:
+            raise SettingError("body_timeout", self.body_timeout, "give bodies more than 0 s")
         at_least(self, "max_in_flight", 1, "hold at least 1 request")
         if self.poll_seconds <= 0:
             raise SettingError("poll_seconds", self.poll_seconds, "use a positive interval")

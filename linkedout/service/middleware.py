@@ -1,9 +1,10 @@
 """Two ASGI middlewares that answer before the app reads a request: bodies over the size limit
-(413), and rankings over the in-flight limit (503 with Retry-After; the rankings let through
-carry their server-side time in Server-Timing)."""
+(413) or slower than the body timeout (408), and rankings over the in-flight limit (503 with
+Retry-After; the rankings let through carry their server-side time in Server-Timing)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from starlette.responses import JSONResponse
@@ -16,10 +17,12 @@ def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> 
 
 class BodyLimit:
     """Reads the whole body first (it is small by construction) and refuses it past `limit`
-    bytes, whether or not the client sent Content-Length."""
+    bytes, whether or not the client sent Content-Length, or when it has not arrived in full
+    within `timeout` seconds: uvicorn has no such limit, so a body shorter than its
+    Content-Length would otherwise hold its connection (and a slot) open forever."""
 
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, timeout: float):
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -33,8 +36,20 @@ class BodyLimit:
             await too_large(scope, receive, send)
             return
         chunks, size = [], 0
+        deadline = asyncio.get_running_loop().time() + self.timeout
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                late = problem(
+                    408,
+                    f"the request body did not arrive in full within {self.timeout:g} s (is it "
+                    "shorter than its Content-Length?): send the whole body at once",
+                    {"Connection": "close"},  # what is left of it is never read
+                )
+                await late(scope, receive, send)
+                return
             if message["type"] != "http.request":  # the client went away
                 return
             chunks.append(message.get("body", b""))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import sys
 
 from linkedout.errors import LinkedOutError
@@ -12,6 +14,7 @@ from linkedout.service.config import CONFIG_ENV, ServeConfig
 
 def serve(config: ServeConfig) -> None:
     """Serve until SIGINT or SIGTERM (uvicorn finishes the requests in flight, then exits)."""
+    check_port(config.host, config.port)
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -35,9 +38,35 @@ def serve(config: ServeConfig) -> None:
         host=config.host,
         port=config.port,
         workers=config.workers,
+        http="linkedout.service.protocol:JSONErrorsProtocol",
         log_level="info",
         timeout_graceful_shutdown=10,
         # Wider than the app's own shedding: keeps a flood of idle connections from
         # exhausting the process, while the app answers the rest with a 503 body.
         limit_concurrency=config.max_in_flight * 4 + 16,
     )
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one line, an address `serve` cannot listen on, before anything is loaded
+    (uvicorn would find out only after starting, and exit 3 among its log lines). A server
+    started between this check and uvicorn's bind still makes uvicorn fail: a rare race."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise LinkedOutError(f"--host {host!r} is not an address here ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: a closed connection's TIME_WAIT does not hold the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise LinkedOutError(
+                    f"port {port} on {host} is already in use (another server?): stop it, or "
+                    "choose a free one with --port"
+                ) from None
+            raise LinkedOutError(
+                f"cannot listen on {host}:{port} ({e.strerror}): choose another --host or --port"
+            ) from None

@@ -124,4 +124,4 @@ def serve(tmp_path) -> Iterator:
 def server(trained_run, tmp_path_factory) -> Iterator[Server]:
     """One server on the trained run for a whole module of read-only requests."""
     with servers(tmp_path_factory.mktemp("server")) as start:
-        yield start(trained_run, "--max-body-kb", "256")
+        yield start(trained_run, "--max-body-kb", "256", "--body-timeout", "2")

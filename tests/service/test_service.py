@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +16,7 @@ import pytest
 
 from linkedout.recommend.config import ModelConfig
 from linkedout.service.config import MAX_HISTORY, MAX_K
-from tests.cli_harness import run_linkedout
+from tests.cli_harness import assert_one_line_error, run_linkedout
 
 
 def _recommend_cli(run, *args) -> dict:
@@ -133,6 +135,54 @@ def test_limits_unknown_paths_and_batches_are_4xx(trained_run, serve):
         assert http.get("/recommend").status_code == 405
         missing = http.get("/items/not-an-item")
         assert missing.status_code == 404 and "catalog add" in missing.json()["detail"]
+
+
+def _raw_exchange(url: str, request: bytes) -> bytes:
+    """Send `request` as is on a new connection; everything the server sends until it closes."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_http_edges_get_json_4xx_and_health_answers_head(server):
+    with server.client() as http:
+        for path in ("/healthz", "/readyz"):  # probes often use HEAD
+            assert http.head(path).status_code == 200, path
+    # A path past the HTTP parser's limits (httpx refuses to send one): the JSON error body
+    # every 4xx has, not the server's plain text.
+    answer = _raw_exchange(
+        server.url, b"GET /items/" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"application/json" in head, answer
+    assert "could not be read as HTTP" in json.loads(body)["detail"]
+    with server.client() as http:
+        assert http.get("/healthz").status_code == 200  # and the server goes on
+    # A body shorter than its Content-Length: 408 after --body-timeout (2 s), connection closed.
+    began = time.monotonic()
+    answer = _raw_exchange(
+        server.url,
+        b"POST /recommend HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n" + b'{"user": "u1"',
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert "within 2 s" in json.loads(body)["detail"]
+    assert 1.5 < time.monotonic() - began < 20
+
+
+def test_a_port_in_use_is_refused_in_one_line_before_loading(trained_run):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_linkedout(["serve", trained_run, "--port", port], timeout=60)
+    assert_one_line_error(proc, f"port {port} on 127.0.0.1 is already in use", "--port")
+    assert "uvicorn" not in proc.stderr + proc.stdout.lower()
 
 
 def test_the_bearer_token_guards_rankings_but_not_health(trained_run, serve):
