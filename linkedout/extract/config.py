@@ -133,6 +133,10 @@ class ExtractConfig:
     """Extract at most N items (after the shard)."""
     overwrite: bool = False
     """Re-extract items already stored."""
+    retry_failed: bool = False
+    """Try again the items stored as failures of the same file (or text) and title. A re-run
+    skips them by default, counts them and exits 0 (the same bytes would fail the same way),
+    so a nightly job does not break on one bad upload; a changed file is always retried."""
     commit_every: int = COMMIT_EVERY
     """Rows per commit: a kill loses at most this much work; larger makes fewer fragments."""
     decode_threads: int = 2

@@ -68,6 +68,11 @@ class ExtractSummary:
     notes: list[str] = field(default_factory=list)
     attempted: int = 0
     """Items this run tried to extract (those not already stored)."""
+    known_failures: int = 0
+    """Items stored as failures of the same content and title: skipped, or retried with
+    --retry-failed."""
+    failed_again: int = 0
+    """Known failures retried (--retry-failed) that failed again."""
     failure_reasons: Counter[str] = field(default_factory=Counter)
     """Reason -> how many of this run's items failed with it."""
     queries_added: list[str] = field(default_factory=list)
@@ -77,9 +82,11 @@ class ExtractSummary:
 
     def all_failed(self) -> str | None:
         """A one-line error when every item this run tried failed (their failures are stored),
-        naming the most common reason; None when any succeeded or none was tried."""
+        naming the most common reason; None when any succeeded or none was tried. Known
+        failures that failed again do not count: a re-run over one bad upload is not an error."""
         failed = sum(self.failure_reasons.values())
-        if not self.attempted or failed < self.attempted:
+        attempted = self.attempted - self.failed_again
+        if not attempted or failed < attempted:
             return None
         reason, count = self.failure_reasons.most_common(1)[0]
         return (
@@ -95,9 +102,17 @@ class ExtractSummary:
             else ""
         )
         rate = (done + self.given_queries) / self.seconds if self.seconds > 0 else 0.0
+        known = ""
+        if self.failed_again:
+            known = f" ({self.failed_again} of them failed before with the same bytes)"
+        elif self.known_failures:
+            known = (
+                f", {self.known_failures} known failure(s) skipped (stored failed with the same "
+                "bytes; --retry-failed tries them again)"
+            )
         return (
             f"{self.uri}: {self.new} new, {self.replaced} replaced, {self.skipped} skipped "
-            f"(already stored){added}, {self.failed} failed in {self.seconds:.1f}s "
+            f"(already stored){added}, {self.failed} failed{known} in {self.seconds:.1f}s "
             f"({rate:.2f} items/s)"
         )
 
@@ -231,20 +246,22 @@ def _hashes(config: ExtractConfig, items: list[CatalogItem]) -> dict[str, str]:
 
 def _todo(
     config: ExtractConfig, store: FeatureStore, items: list[CatalogItem], hashes: dict[str, str]
-) -> list[tuple[CatalogItem, str]]:
-    """(item, content hash) of each item the store does not hold as it is now."""
+) -> tuple[list[tuple[CatalogItem, str]], set[str]]:
+    """(item, content hash) of each item the store does not hold as it is now (known failures
+    only with --retry-failed), and the ids of the known failures."""
     if not items:
-        return []
-    todo_ids = set(
-        store.pending(
-            ((i.item_id, hashes[i.item_id], i.title) for i in items), overwrite=config.overwrite
-        )
+        return [], set()
+    pending, known = store.triage(
+        ((i.item_id, hashes[i.item_id], i.title) for i in items),
+        overwrite=config.overwrite,
+        retry_failed=config.retry_failed,
     )
+    todo_ids = set(pending)
     todo = [(i, hashes[i.item_id]) for i in items if i.item_id in todo_ids]
     if config.texts is not None:
         # Batches of similar length waste little compute on padding (2x on MicroLens titles).
         todo.sort(key=lambda pair: len(pair[0].title or ""))
-    return todo
+    return todo, set(known)
 
 
 def _check_stored_queries(config: ExtractConfig) -> Manifest | None:
@@ -458,9 +475,10 @@ def extract(
         check_fields(list(stored), columns, str(config.titles))
         engine.plan = replace(engine.plan, queries=stored)
     hashes = _hashes(config, items)
-    todo = _todo(config, store, items, hashes)
+    todo, known = _todo(config, store, items, hashes)
     adding = _adding(store, items, hashes, {i.item_id for i, _ in todo})
-    summary.skipped = len(items) - len(todo)
+    summary.known_failures = len(known)
+    summary.skipped = len(items) - len(todo) - (0 if config.retry_failed else len(known))
     summary.attempted = len(todo)
     total = len(todo) + len(adding[1])
     if on_progress:
@@ -472,7 +490,9 @@ def extract(
     with _writing(store.uri):
         try:
             for done, row in enumerate(engine.rows(todo), len(adding[1]) + 1):
-                if isinstance(row, FailedItem):
+                if isinstance(row, FailedItem) and row.item_id in known:
+                    summary.failed_again += 1  # retried (--retry-failed), failed as before
+                elif isinstance(row, FailedItem):
                     summary.failure_reasons[row.error] += 1
                 writer.add(row)
                 if on_progress:

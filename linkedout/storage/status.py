@@ -25,6 +25,10 @@ class StoredStatus:
         """A good row made from the same content and title: nothing to redo."""
         return self.ok and (self.content_sha256, self.title) == (sha, title)
 
+    def is_known_failure(self, sha: str | None, title: str | None) -> bool:
+        """A failure stored for the same content and title: trying again would repeat it."""
+        return not self.ok and (self.content_sha256, self.title) == (sha, title)
+
 
 @dataclass(frozen=True)
 class Failure:

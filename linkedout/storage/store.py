@@ -237,23 +237,42 @@ class FeatureStore:
         }
 
     def pending(
-        self, items: Iterable[tuple[str, str, str | None]], overwrite: bool = False
+        self,
+        items: Iterable[tuple[str, str, str | None]],
+        overwrite: bool = False,
+        retry_failed: bool = True,
     ) -> list[str]:
         """Ids among `(item_id, content_sha256, title)` that still need extracting.
 
         An item stored with the same content hash and title is done (the title is part of the
-        prompt, so a new title means new states); a failed, changed or new one is pending, and
-        with `overwrite` every one is.
-        """
+        prompt, so a new title means new states); a changed or new one is pending, and with
+        `overwrite` every one is. One stored as a failure of the same content and title is
+        pending only with `retry_failed` (see `known_failures`)."""
+        return self.triage(items, overwrite, retry_failed)[0]
+
+    def triage(
+        self,
+        items: Iterable[tuple[str, str, str | None]],
+        overwrite: bool = False,
+        retry_failed: bool = True,
+    ) -> tuple[list[str], list[str]]:
+        """`pending`, and the known failures: ids stored as failures of the same content hash
+        and title (extracting the same bytes again would most likely fail the same way)."""
         items = list(items)
         if overwrite:
-            return [item_id for item_id, _, _ in items]
+            return [item_id for item_id, _, _ in items], []
         stored = self.status(item_id for item_id, _, _ in items)
-        return [
-            item_id
-            for item_id, sha, title in items
-            if not (item_id in stored and stored[item_id].is_current(sha, title))
-        ]
+        pending, known = [], []
+        for item_id, sha, title in items:
+            before = stored.get(item_id)
+            if before is not None and before.is_current(sha, title):
+                continue
+            if before is not None and before.is_known_failure(sha, title):
+                known.append(item_id)
+                if not retry_failed:
+                    continue
+            pending.append(item_id)
+        return pending, known
 
     def failures(self) -> list[Failure]:
         """Items whose extraction failed and that hold no good row, one entry per item."""

@@ -193,3 +193,19 @@ def test_a_run_where_every_item_failed_stores_them_and_exits_2(qwen, tmp_path):
         f"see `linkedout info {out} --failures 3`",
     )
     assert sorted(f.item_id for f in FeatureStore.open(out).failures()) == ["a", "b", "c"]
+
+    # The same command again (a nightly job): the same bytes would fail the same way, so they
+    # are skipped and counted, and the run succeeds.
+    again = run_linkedout(["extract", "--videos", folder, "--model", qwen, "--out", out, *FAST])
+    assert again.returncode == 0, again.stderr
+    assert "3 known failure(s) skipped" in again.stdout and "--retry-failed" in again.stdout
+    # Asked to retry, it tries them: they fail as before, which is no error either.
+    retried = run_linkedout(
+        ["extract", "--videos", folder, "--model", qwen, "--out", out, *FAST, "--retry-failed"]
+    )
+    assert retried.returncode == 0, retried.stderr
+    assert "3 failed (3 of them failed before with the same bytes)" in retried.stdout
+    # A new broken file is no known failure: a run where all it tried failed is still exit 2.
+    (folder / "d.mp4").symlink_to(tmp_path / "deleted-d.mp4")
+    fresh = run_linkedout(["extract", "--videos", folder, "--model", qwen, "--out", out, *FAST])
+    assert_one_line_error(fresh, "all 1 items failed (1x: dangling symlink")

@@ -173,6 +173,9 @@ def test_pending_lists_new_changed_and_failed_items(tmp_path):
     ]
     assert store.pending(asked) == ["item00001", "item00002", "bad", "new"]
     assert store.pending(asked, overwrite=True) == [i for i, _, _ in asked]
+    # "bad" failed with these bytes: without retry_failed it waits, counted as known.
+    assert store.triage(asked, retry_failed=False) == (["item00001", "item00002", "new"], ["bad"])
+    assert store.triage([("bad", "changed bytes", None)], retry_failed=False) == (["bad"], [])
 
 
 def test_failures_are_kept_with_reason_and_retried(tmp_path):
