@@ -47,6 +47,7 @@ from linkedout.extract.steps import (
     BackboneFacts,
     ExtractPlan,
     check_frames_fit,
+    check_tokens_fit,
     parse_layers,
 )
 from linkedout.storage import FailedItem, FeatureStore, FeatureWriter, Manifest
@@ -165,7 +166,7 @@ def plan_items(config: ExtractConfig) -> tuple[list[CatalogItem], list[str], lis
 
 def make_engine(config: ExtractConfig, backbone: Backbone | None = None) -> Engine:
     """The engine of `config.engine`, holding the run's one `ExtractPlan`."""
-    info = None
+    info, settings = None, None
     want = "text" if config.texts is not None else "video-llm"
     if backbone is None:
         # Check every setting against the checkpoint's config before paying for a weights load.
@@ -194,9 +195,10 @@ def make_engine(config: ExtractConfig, backbone: Backbone | None = None) -> Engi
                 "model", backbone.model_id, f"is a {kind} backbone, which cannot read {given}"
             )
         if kind == "video-llm":
+            settings = getattr(backbone.packer, "settings", None)
             check_frames_fit(
                 config.frames,
-                getattr(backbone.packer, "settings", None),
+                settings,
                 getattr(backbone, "max_positions", None),
                 backbone.model_id,
             )
@@ -217,6 +219,7 @@ def make_engine(config: ExtractConfig, backbone: Backbone | None = None) -> Engi
         timestamps=writes_timestamps(model_type),
         video_sequence=generic and kind == "video-llm",
     )
+    check_tokens_fit(recipe, config.frames, settings, config.model)
     if config.engine == "ray":
         facts = ray_engine.cluster_facts(config, info)
         plan = ExtractPlan.make(config, facts, layers, recipe)

@@ -185,6 +185,34 @@ def check_frames_fit(
     )
 
 
+def check_tokens_fit(
+    recipe: PoolingRecipe, frames: int, settings: object | None, model: str
+) -> None:
+    """Refuse, before the first item, a `tokens_per_layer` whose video slots would mostly
+    repeat others: `frames` frames make `ceil(frames / temporal patch)` time steps of at most
+    a few merged patches each, and a pooling into more time bins (or more of the 2 x 2 spatial
+    bins than a step has tokens) only copies them, storing empty width for every item.
+    `settings`: a Qwen packer's `PackSettings` (None, the generic path: not known here)."""
+    if settings is None or recipe.video_bins is None or recipe.video_sequence:
+        return
+    bins_t, bins_h, bins_w = recipe.video_bins
+    steps = math.ceil(frames / settings.temporal_patch_size)
+    per_step = settings.most_video_tokens(frames) // steps
+    slots = bins_t * bins_h * bins_w
+    distinct = min(bins_t, steps) * min(bins_h * bins_w, per_step)
+    if 2 * distinct >= slots:
+        return
+    fits = 4 * steps + 2 + recipe.generated_slots
+    raise SettingError(
+        "tokens_per_layer",
+        recipe.tokens_per_layer,
+        f"pools the video into {bins_t} x {bins_h} x {bins_w} bins, but {frames} frames make "
+        f"{steps} time step(s) of at most {per_step} token(s) in {model}: {slots - distinct} of "
+        f"the {slots} video slots would only repeat others; use `tokens_per_layer` {fits} or "
+        "fewer, or more `frames`",
+    )
+
+
 def build_manifest(plan: ExtractPlan, engine: Mapping[str, str]) -> Manifest:
     """The manifest of this run; `engine` is the engine's own provenance (its name, versions)."""
     facts = plan.facts

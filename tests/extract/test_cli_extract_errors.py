@@ -65,6 +65,10 @@ CASES = {
         ["--frames 200", "holds 64 positions", "--frames 30 or fewer"],
     ),
     "limit 0": (["--limit", "0"], ["--limit 0", "at least 1 item"]),
+    "more token slots than the video has": (
+        ["--tokens-per-layer", "100000"],  # 4 frames: 2 time steps of at most 12 tokens
+        ["--tokens-per-layer 100000", "would only repeat others", "--tokens-per-layer 10 or"],
+    ),
     "empty prompt": (["--prompt", ""], ["--prompt ''", "is empty"]),
     "prompt empty for every untitled video": (
         ["--prompt", "{title}"],

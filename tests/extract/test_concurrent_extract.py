@@ -14,7 +14,9 @@ from linkedout.storage import FeatureStore
 from tests.cli_harness import LINKEDOUT
 
 CLIPS = Path(__file__).resolve().parents[2] / "examples" / "clips"
-FAST = ["--frames", "2", "--max-pixels", str(28 * 28 * 4), "--layers", "all", "--quiet"]
+# Two frames are one time step: 6 slots (4 video bins of one step, 2 prompt) hold no copies.
+FAST = ["--frames", "2", "--max-pixels", str(28 * 28 * 4), "--tokens-per-layer", "6"]
+FAST += ["--layers", "all", "--quiet"]
 
 
 def test_two_unsharded_runs_on_one_dataset_leave_one_row_per_item(checkpoints, tmp_path):
