@@ -1,5 +1,6 @@
 """What `linkedout train` may do with its --out (`plan_out_dir`): start afresh, resume an
-unfinished run of the same settings from checkpoints/last.ckpt, or refuse in one line before
+unfinished run of the same settings from checkpoints/last.ckpt (a killed run, or one Ctrl-C
+finished early from its best checkpoint so far), or refuse in one line before
 anything is written (a file, a folder of other files, a finished run, an unfinished run of other
 settings or data). Plain Python: the CLI checks --out before it loads Lightning.
 """
@@ -63,7 +64,7 @@ def plan_out_dir(config: TrainConfig, run: RunDir, lock: RunLock | None = None) 
             f"{path} exists and is not a linkedout run directory (it holds "
             f"{_sample(entries)} and no config.json): choose a new --out"
         )
-    if run.is_finished():
+    if run.is_finished() and not run.continues():
         raise LinkedOutError(f"{path} already holds a trained run: choose a new --out")
     try:
         previous = run.config()

@@ -5,6 +5,8 @@ Run directory:
                            (`RunConfig`)
     checkpoints/best.ckpt  the best epoch by validation NDCG@10
     checkpoints/last.ckpt  the latest epoch, for resuming a run that was stopped
+    interrupted.json       a run Ctrl-C finished early from its best checkpoint so far: the
+                           same `train` command continues it (gone once it has)
     train.lock             while `train` runs: who trains the run (`RunLock`)
     split/                 the leave-one-out split as TSV files (see split_files.py): any other
                            library can be trained and ranked on exactly this split
@@ -145,6 +147,7 @@ class RunDir:
         self.gates_file = self.path / "gates.png"
         self.lock_file = self.path / "train.lock"
         self.logs_dir = self.path / "logs"
+        self.interrupted_file = self.path / "interrupted.json"
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -155,6 +158,14 @@ class RunDir:
     def is_finished(self) -> bool:
         """`train` got to the end: metrics.json is written last (before gates.png)."""
         return self.metrics_file.exists() and self.has_checkpoint()
+
+    def continues(self) -> bool:
+        """A run finished early by Ctrl-C (from its best checkpoint so far): usable, and the
+        same `train` command continues it from last.ckpt, as it resumes a killed run."""
+        return self.interrupted_file.exists() and self.last_checkpoint.exists()
+
+    def mark_interrupted(self, epoch: int) -> None:
+        self.interrupted_file.write_text(json.dumps({"after_epoch": epoch}) + "\n")
 
     def require_checkpoint(self) -> None:
         """A finished run to read (evaluate, recommend), else one line on what to do."""

@@ -115,7 +115,17 @@ def train(config: TrainConfig) -> Path | None:
             trainer = fit(config, prepared, trainer, plan)
             if not trainer.is_global_zero:
                 return None
-        return finalize(prepared)
+        finished = finalize(prepared)
+        if not trainer.interrupted:  # a run Ctrl-C ended early has now reached its end
+            run.interrupted_file.unlink(missing_ok=True)
+        else:
+            print(
+                f"note: interrupted during epoch {trainer.current_epoch}: {run.path} was finished "
+                "from its best checkpoint so far; the same command continues training it",
+                file=sys.stderr,
+                flush=True,
+            )
+        return finished
     finally:
         lock.release()
         if created and run.path.is_dir() and not any(run.path.iterdir()):
@@ -254,9 +264,11 @@ def fit(
             )
         except SystemExit:
             # Lightning turns Ctrl-C into sys.exit after a graceful stop; the run is still
-            # worth finishing from the best checkpoint so far.
+            # worth finishing from the best checkpoint so far, and worth continuing later.
             if not trainer.interrupted:
                 raise
+            if is_first_process():
+                prepared.run.mark_interrupted(trainer.current_epoch)
             log.warning("interrupted: finishing the run from the best checkpoint so far")
         finally:
             os.environ.pop(RESUME_ENV, None)

@@ -35,7 +35,7 @@ KILLED_AFTER = 2
 # the test (a marker file) and waits to be killed, so the kill lands at a known epoch however
 # fast or slow this machine is.
 CHILD = """
-import json, sys, time
+import json, os, signal, sys, time
 from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from linkedout.recommend.config import SplitConfig, TrainConfig
@@ -43,12 +43,15 @@ from linkedout.recommend.model import ModelConfig
 from linkedout.recommend.train import train
 
 kwargs, stop_after, marker = json.loads(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+ctrl_c = sys.argv[4] == "ctrl-c"
 save = ModelCheckpoint.on_train_epoch_end
 
 def save_then_wait(self, trainer, module):
     save(self, trainer, module)
     if trainer.current_epoch == stop_after:
         marker.write_text("saved")
+        if ctrl_c:  # what Ctrl-C in a terminal sends, raised here as KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
         time.sleep(600)
 
 ModelCheckpoint.on_train_epoch_end = save_then_wait
@@ -85,17 +88,8 @@ def _config(planted, out: Path, **changes) -> TrainConfig:
 
 
 def _kill_after_checkpoint(config: TrainConfig, root: Path) -> None:
-    kwargs = asdict(config)
+    child = _child(config, root / "checkpointed", "kill")
     marker = root / "checkpointed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path.cwd()), env.get("PYTHONPATH", "")])
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, json.dumps(kwargs), str(KILLED_AFTER), str(marker)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
     deadline = time.monotonic() + 120
     while not marker.exists():
         if child.poll() is not None or time.monotonic() > deadline:
@@ -105,6 +99,19 @@ def _kill_after_checkpoint(config: TrainConfig, root: Path) -> None:
     child.send_signal(signal.SIGKILL)
     child.communicate(timeout=60)
     assert child.returncode == -signal.SIGKILL
+
+
+def _child(config: TrainConfig, marker: Path, how: str) -> subprocess.Popen:
+    kwargs = asdict(config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path.cwd()), env.get("PYTHONPATH", "")])
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(kwargs), str(KILLED_AFTER), str(marker), how],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _epochs(run: Path) -> list[dict]:
@@ -174,6 +181,29 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(runs, planted, caps
     assert TrainedRun(resumed).catalog.run_id == run_id
     with pytest.raises(LinkedOutError, match="already holds a trained run"):
         train(_config(planted, killed))
+
+
+def test_ctrl_c_finishes_a_usable_run_that_the_same_command_continues(runs, planted, tmp_path):
+    """Ctrl-C after an epoch: the run is finished from its best checkpoint so far (exit 0, a
+    usable run), and the same command then continues it to where the uninterrupted run ends."""
+    reference, _, _ = runs
+    out = tmp_path / "ctrl-c"
+    child = _child(_config(planted, out), tmp_path / "checkpointed", "ctrl-c")
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err
+    assert "the same command continues training it" in err, err
+    run = RunDir(out)
+    assert run.is_finished() and run.continues()
+    assert len(_epochs(out)) == KILLED_AFTER + 1  # epochs 0..2, then the interrupt
+    TrainedRun(out)  # usable as it is: evaluate, recommend, serve read it
+    continued = train(_config(planted, out))
+    assert _epochs(continued) == _epochs(reference)
+    assert json.loads((continued / "metrics.json").read_text()) == json.loads(
+        (reference / "metrics.json").read_text()
+    )
+    assert not run.interrupted_file.exists()
+    with pytest.raises(LinkedOutError, match="already holds a trained run"):
+        train(_config(planted, out))
 
 
 def test_a_run_moved_before_it_resumes_ends_the_same(runs, planted, tmp_path):
