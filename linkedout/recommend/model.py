@@ -261,14 +261,20 @@ class LinkedOut(nn.Module):
             return None
         return (id_vectors == 0).all(1).to(id_vectors.dtype)
 
-    def lifts(self, h: torch.Tensor) -> torch.Tensor:
+    def lifts(self, h: torch.Tensor, id_scale: torch.Tensor | None = None) -> torch.Tensor:
         """`[B]` what a new item gains in each user's scores: `new_item_lift` times the scale of
-        that user's ID scores, |h_u| times the mean length of the trained ID vectors. Scaled, not
-        constant, because ID scores grow as training goes on: a constant chosen on one run is
-        too small for a run that trains longer (README, model section)."""
+        that user's ID scores, |h_u| times the mean length of the trained ID vectors
+        (`id_scale`, computed when not given). Scaled, not constant, because ID scores grow as
+        training goes on: a constant chosen on one run is too small for a run that trains
+        longer (README, model section)."""
+        scale = self.id_scale() if id_scale is None else id_scale
+        return (self.config.new_item_lift * scale) * h.float().norm(dim=-1).to(h.dtype)
+
+    def id_scale(self) -> torch.Tensor:
+        """The mean length of the trained (nonzero) ID vectors: fixed once trained, so serving
+        computes it once per catalog version, not per request."""
         norms = self.ids.weight.detach().float().norm(dim=1)
-        id_scale = norms.sum() / (norms > 0).sum().clamp(min=1)
-        return (self.config.new_item_lift * id_scale) * h.float().norm(dim=-1).to(h.dtype)
+        return norms.sum() / (norms > 0).sum().clamp(min=1)
 
     def layer_contributions(
         self, h: torch.Tensor, gate: torch.Tensor, codes: torch.Tensor

@@ -111,7 +111,7 @@ class Ranker:
         h, gate = self._user_states(snap, rows)
         scores = self.model.queries(h, gate) @ snap.keys.T
         if snap.new_items is not None:
-            scores.addr_(self.model.lifts(h), snap.new_items)
+            scores.addr_(self.model.lifts(h, snap.id_scale), snap.new_items)
         scores[:, 0] = float("-inf")  # the padding row
         for b, (q, known) in enumerate(zip(queries, rows, strict=True)):
             excluded = known + [snap.index[i] for i in q.exclude if i in snap.index]

@@ -42,6 +42,8 @@ class CatalogSnapshot:
     new_items: torch.Tensor | None = None
     """`[N + 1]` 1 on items without a trained ID vector (lifted by the model's `new_item_lift`
     in every user's scores), None when the model lifts none."""
+    id_scale: torch.Tensor | None = None
+    """The model's `id_scale()`, the lift's unit (with `new_items`)."""
 
     @property
     def size(self) -> int:
@@ -87,6 +89,7 @@ def load_snapshot(
         # split lacks read it, which is the zero vector they should have.
         rows = torch.cat([torch.zeros(1, dtype=torch.long), model_index])
         id_vectors = model.ids.weight.detach()[rows]
+    new_items = model.new_items(id_vectors)
     return CatalogSnapshot(
         version=ds.version,
         item_ids=item_ids,
@@ -95,5 +98,6 @@ def load_snapshot(
         id_width=0 if id_vectors is None else id_vectors.shape[1],
         num_layers=0 if experts is None else experts.shape[1],
         added=int((model_index == 0).sum()),
-        new_items=model.new_items(id_vectors),
+        new_items=new_items,
+        id_scale=None if new_items is None else model.id_scale(),
     )

@@ -223,7 +223,7 @@ def test_ctrl_c_keeps_the_best_checkpoint_and_finishes_the_run(planted, tmp_path
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
-    assert "interrupted" in output
+    assert "interrupted" in output and "the same command continues training it" in output
     assert json.loads((run / "metrics.json").read_text())["test"]["model"]["users"] == 300
     assert TrainedRun(run).catalog.num_items == 241
 

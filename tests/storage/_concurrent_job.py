@@ -9,6 +9,7 @@ import traceback
 from dataclasses import dataclass
 
 from linkedout.storage import FailedItem, FeatureStore, FeatureWriter
+from linkedout.storage.maintenance import optimize
 from tests.factories import content_hash, make_manifest, make_row
 
 IDS = [f"item{i:02d}" for i in range(7)]
@@ -19,7 +20,9 @@ class Case:
     uri: str
     kind: str
     """same: both write the same good rows; failure: writer 0 records failures, writer 1 good
-    rows; overwrite: both rewrite stored rows with their own content (version 1 + writer)."""
+    rows; overwrite: both rewrite stored rows with their own content (version 1 + writer);
+    optimize: as same, then each ends as `extract` does (optimize, pruning, when it saw no
+    other writer's commit), while the other may still be writing."""
     seed: int
 
 
@@ -39,10 +42,13 @@ def write(case: Case, worker: int) -> None:
     rows, overwrite = rows_for(case, worker)
     time.sleep(jitter.uniform(0, 0.02))
     store = FeatureStore.open_or_create(case.uri, make_manifest())
+    first_version = store.version
     with FeatureWriter(store, commit_every=1, overwrite=overwrite) as writer:
         for row in rows:
             writer.add(row)
             time.sleep(jitter.uniform(0, 0.01))
+    if case.kind == "optimize" and store.only_writer_since(first_version):
+        optimize(store)  # as an unsharded `extract` ends, while the other may still write
 
 
 def work(worker: int, cases: list[Case], barrier, errors) -> None:

@@ -13,8 +13,8 @@ from tests.factories import content_hash, item_tokens, make_manifest, make_row
 from tests.storage._concurrent_job import IDS, Case, work
 from tests.storage._legacy import old_append
 
-KINDS = ("same", "same_old_layout", "failure", "overwrite")
-ROUNDS = 6  # 24 interleavings
+KINDS = ("same", "same_old_layout", "failure", "overwrite", "optimize")
+ROUNDS = 6  # 30 interleavings
 
 
 def _prepare(case: Case) -> None:
