@@ -577,7 +577,9 @@ class FeatureStore:
         for _ in range(_PRUNED_ATTEMPTS - 1):
             try:
                 return action()
-            except OSError as error:
+            # Lance raises a missing fragment as OSError from a merge, but as ArrowInvalid from
+            # a scan (to_table): both mean the same here.
+            except (OSError, pa.ArrowInvalid) as error:
                 if not _pruned_meanwhile(error):
                     raise
                 log.info("%s: another writer pruned this version; using the latest", self.uri)
@@ -637,7 +639,7 @@ def _absent(table: pa.Table, column: str, item_ids: Sequence[str]) -> list[str]:
     return [i for i, ok in zip(item_ids, valid, strict=True) if not ok]
 
 
-def _pruned_meanwhile(error: OSError) -> bool:
+def _pruned_meanwhile(error: Exception) -> bool:
     """Whether a read failed because a file of this handle's version is gone (Lance: `Not
     found: .../data/<fragment>.lance`), which only pruning by another process does."""
     return "Not found:" in str(error)

@@ -87,3 +87,25 @@ def test_a_writer_whose_version_another_writer_pruned_still_commits(tmp_path):
     store = FeatureStore.open(uri)
     assert sorted(store.ids()) == ["a0", "a1", "a2", "b0", "early"]
     assert store.info().duplicates == 0
+
+
+def test_a_writer_whose_first_status_read_meets_pruned_files_still_commits(tmp_path):
+    # The window behind issue 35's concurrent-extract failure: run B opened the dataset, run A
+    # then finished, compacted and pruned, and B's first read of what is stored (before its
+    # first commit) met a deleted fragment. Lance raises that read as ArrowInvalid, not
+    # OSError, so it was not retried and B died; B's writes are what must not be lost.
+    manifest = make_manifest()
+    uri = str(tmp_path / "pruned-read.lance")
+    with FeatureWriter(FeatureStore.create(uri, manifest), commit_every=1) as w:
+        w.add(make_row("a0", manifest))
+    late = FeatureStore.open(uri)  # B: its handle reads the version holding a0's fragment
+    first = FeatureStore.open(uri)
+    with FeatureWriter(first, commit_every=1) as w:
+        w.extend(make_row(f"a{i}", manifest) for i in range(1, 3))
+    optimize(first)  # A: compacts, then deletes the files only older versions use
+    assert sorted(late.status()) == ["a0", "a1", "a2"]  # re-read on the latest version
+    with FeatureWriter(late, commit_every=1) as w:
+        w.extend(make_row(i, manifest) for i in ("a1", "b0"))
+    store = FeatureStore.open(uri)
+    assert sorted(store.ids()) == ["a0", "a1", "a2", "b0"]
+    assert store.info().duplicates == 0
