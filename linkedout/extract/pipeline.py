@@ -53,7 +53,7 @@ from linkedout.extract.steps import (
 from linkedout.storage import FailedItem, FeatureStore, FeatureWriter, Manifest
 from linkedout.storage.columns import query_column, tokens_to_arrow
 from linkedout.storage.location import exists
-from linkedout.storage.maintenance import optimize
+from linkedout.storage.maintenance import END_OF_RUN_GRACE, optimize
 from linkedout.storage.rows import sha256_file, sha256_text
 
 
@@ -512,7 +512,7 @@ def extract(
     if config.shard is None and stats.commits and store.only_writer_since(first_version):
         # One writer, finished: merge the batch fragments and free what they superseded.
         with _writing(store.uri):
-            optimize(store)
+            optimize(store, keep_newer_than=END_OF_RUN_GRACE)
     elif config.shard is None and stats.commits:
         # Another process wrote meanwhile (the same command started twice): pruning could
         # delete files its next commit still reads.

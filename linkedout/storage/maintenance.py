@@ -8,16 +8,28 @@ from linkedout.storage.duplicates import surplus_addresses
 from linkedout.storage.status import OptimizeReport
 from linkedout.storage.store import FeatureStore
 
+END_OF_RUN_GRACE = timedelta(hours=1)
+"""What the optimize at the end of an unsharded `extract` keeps: the versions of the last hour.
+A concurrent writer's commit (the same command started twice) finds its clashes with the
+other's inserts in the transactions of the versions after its own read; pruning those made
+a stale insert commit unseen, storing an item twice (issue 35). Files they alone use are
+freed by a later run or `linkedout optimize`."""
 
-def optimize(store: FeatureStore, prune_old_versions: bool = True) -> OptimizeReport:
+
+def optimize(
+    store: FeatureStore,
+    prune_old_versions: bool = True,
+    keep_newer_than: timedelta = timedelta(0),
+) -> OptimizeReport:
     """Delete duplicate rows older versions left (keeping one per item), merge the small
     fragments batched writes leave behind into large ones, and (with `prune_old_versions`)
-    delete the files only older versions use.
+    delete the files only versions older than `keep_newer_than` use.
 
-    Run it when no other process writes or reads an older version of this dataset
-    (`linkedout extract` does at the end of an unsharded run): pruning removes files such a
-    process may still need. A writer that meets pruned files re-plans on the latest version
-    (`FeatureStore.append`); a reader does not.
+    Prune everything (the default) only when no other process writes or reads an older
+    version of this dataset: pruning removes files and transaction history such a process may
+    still need. `linkedout extract` ends an unsharded run with `END_OF_RUN_GRACE`. A writer
+    that meets pruned files re-plans on the latest version (`FeatureStore.append`); a reader
+    does not.
     """
     before = store.info()
     removed = delete_duplicates(store)
@@ -25,7 +37,7 @@ def optimize(store: FeatureStore, prune_old_versions: bool = True) -> OptimizeRe
     store.refresh()
     store.update_index()
     if prune_old_versions:
-        store.dataset.cleanup_old_versions(older_than=timedelta(0))
+        store.dataset.cleanup_old_versions(older_than=keep_newer_than)
         store.refresh()
     after = store.info()
     return OptimizeReport(

@@ -537,6 +537,10 @@ class FeatureStore:
         self.refresh()
 
     def _merge(self, table: pa.Table, replace_when: str | None) -> None:
+        # Planned on the latest version: the insert's clashes with other writers' inserts are
+        # then found in the few commits made while it runs (whose history a prune keeps, see
+        # maintenance.END_OF_RUN_GRACE), never in an old handle's long past.
+        self.refresh()
         # Without the declared key Lance would not see a concurrent insert of the same id.
         self.declare_primary_key()
         self._despite_pruning(

@@ -109,3 +109,25 @@ def test_a_writer_whose_first_status_read_meets_pruned_files_still_commits(tmp_p
     store = FeatureStore.open(uri)
     assert sorted(store.ids()) == ["a0", "a1", "a2", "b0"]
     assert store.info().duplicates == 0
+
+
+def test_a_writer_that_opened_before_the_others_run_and_prune_stores_no_second_row(tmp_path):
+    # Issue 35's duplicate: run B opened the new, empty dataset; run A stored k, finished and
+    # pruned (its end-of-run optimize); B then stored k too. B's handle had no fragment to
+    # miss, so its insert was planned on the empty version, and the commits whose history
+    # would have shown the clash were pruned: k was stored twice. B now plans every write on
+    # the latest version.
+    manifest = make_manifest()
+    for b_reads_first in (False, True):
+        uri = str(tmp_path / f"stale-{b_reads_first}.lance")
+        FeatureStore.create(uri, manifest)
+        late, first = FeatureStore.open(uri), FeatureStore.open(uri)
+        if b_reads_first:
+            assert late.status() == {}  # what B's run plans from, before A writes anything
+        with FeatureWriter(first, commit_every=1) as w:
+            w.add(make_row("k", manifest))
+        optimize(first)  # A: everything but the latest version pruned
+        with FeatureWriter(late, commit_every=1) as w:
+            w.add(make_row("k", manifest))
+        table = FeatureStore.open(uri).dataset.to_table(columns=["item_id"])
+        assert table.column("item_id").to_pylist() == ["k"], b_reads_first
