@@ -134,7 +134,7 @@ def main() -> None:
             with FeatureWriter(store, commit_every=args.batch) as writer:
                 for i, item_id in enumerate(ids):
                     writer.add(FeatureRow(item_id, tensors[i], content_sha256=item_id))
-            optimize(store)  # as `linkedout extract` ends: one fragment, old files freed
+            optimize(store)  # as `linkedout optimize` leaves it: one fragment, old files freed
 
         results["lance"]["write"] = timed(write_lance, 1)
         store = FeatureStore.open(lance_path)
