@@ -102,11 +102,17 @@ def check_choices(config: object) -> None:
 def at_least(config: object, name: str, low: float, reason: str) -> None:
     """Refuse `config.name` below `low`, or NaN or infinite (None passes: it means "the
     default"). NaN compares false with everything, so without the check it passes every bound."""
+    finite(config, name)
+    value = getattr(config, name)
+    if value is not None and value < low:
+        raise SettingError(name, value, reason)
+
+
+def finite(config: object, name: str) -> None:
+    """Refuse `config.name` when it is NaN or infinite (None passes)."""
     value = getattr(config, name)
     if isinstance(value, float) and not math.isfinite(value):
         raise SettingError(name, value, "give a finite number")
-    if value is not None and value < low:
-        raise SettingError(name, value, reason)
 
 
 def comma_list(text: str) -> tuple[str, ...]:

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from linkedout.errors import SettingError
 from linkedout.memory import MemoryBudget
-from linkedout.settings import at_least, check_choices, comma_list, setting
+from linkedout.settings import at_least, check_choices, comma_list, finite, setting
 from linkedout.storage.uri import storage_options_setting
 
 
@@ -99,7 +98,7 @@ class ModelConfig:
         at_least(self, "max_len", 1, "the model must see at least 1 item")
         if self.d_model % self.heads:
             raise SettingError("heads", self.heads, f"must divide `d_model` ({self.d_model})")
-        check_lift_override(self)
+        finite(self, "new_item_lift")
         for name in ("id_dropout", "dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise SettingError(name, getattr(self, name), "use a probability in [0, 1)")
@@ -251,13 +250,6 @@ NEW_ITEM_LIFT_HELP = (
 )
 
 
-def check_lift_override(config) -> None:
-    """A lift given (the run's, or one overriding it) must be a finite number."""
-    lift = config.new_item_lift
-    if lift is not None and not math.isfinite(lift):
-        raise SettingError("new_item_lift", lift, "give a finite number")
-
-
 @dataclass(frozen=True)
 class EvaluateConfig:
     """What `linkedout evaluate` ranks."""
@@ -271,7 +263,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         check_choices(self)
         _check_catalog_memory(self)
-        check_lift_override(self)
+        finite(self, "new_item_lift")
 
     memory_budget = _memory_budget
 
@@ -294,7 +286,7 @@ class RecommendConfig:
     new_item_lift: float | None = setting(default=None, help=NEW_ITEM_LIFT_HELP)
 
     def __post_init__(self) -> None:
-        check_lift_override(self)
+        finite(self, "new_item_lift")
         if (self.user is None) == (self.history is None):
             reason = "pass exactly one of `user` U or `history` ID,ID,..."
             raise SettingError("user", SettingError.UNSET, reason)

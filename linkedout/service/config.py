@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from linkedout.errors import SettingError
-from linkedout.recommend.config import NEW_ITEM_LIFT_HELP, check_lift_override
-from linkedout.settings import at_least, comma_list, setting
+from linkedout.recommend.config import NEW_ITEM_LIFT_HELP
+from linkedout.settings import at_least, comma_list, finite, setting
 from linkedout.storage.uri import storage_options_setting
 
 MAX_K = 1000
@@ -55,7 +55,7 @@ class ServeConfig:
     new_item_lift: float | None = setting(default=None, help=NEW_ITEM_LIFT_HELP)
 
     def __post_init__(self) -> None:
-        check_lift_override(self)
+        finite(self, "new_item_lift")
         if not 1 <= self.port <= 65535:
             raise SettingError("port", self.port, "use a TCP port in 1..65535")
         at_least(self, "workers", 1, "run at least 1 process")

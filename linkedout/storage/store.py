@@ -554,8 +554,10 @@ class FeatureStore:
                 .execute(table)
             )
         )
-        self._committed.add(self._ds.version)  # execute() moved the handle to its commit
-        self.refresh()
+        # execute() moved the handle to its commit, which holds this batch: the next merge
+        # refreshes to the latest first, so reopening here would only read the manifest twice.
+        self._committed.add(self._ds.version)
+        self._offsets = None
 
     # ---------------------------------------------------------------- maintenance
     def update_index(self) -> None:
