@@ -192,24 +192,30 @@ class LinkedOut(nn.Module):
         codes: torch.Tensor | None,
         items: torch.Tensor,
         id_vectors: torch.Tensor | None = None,
+        content: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sequence-input vectors of items: content mixed by an item-conditioned gate, + ID.
         `id_vectors` stand in for the ID table's rows (serving: items added after training
-        have none, so theirs are zero)."""
-        out = 0
-        if codes is not None:
-            experts = self.experts.to_model_space(codes)  # [n, L, d]
-            gate = self._fixed_gate(items.shape[:1], codes.device)
-            if gate is None:
-                gate = self.experts.gate(experts.mean(1), self.experts.item_gate)
-            out = torch.einsum("nl,nld->nd", gate, experts)
+        have none, so theirs are zero); `content` for `content_inputs(codes)` where the caller
+        computed it already."""
+        if content is None and codes is not None:
+            content = self.content_inputs(codes)
+        out = 0 if content is None else content
         if self.ids is not None:
             ids = self.ids(items) if id_vectors is None else id_vectors
-            if self.training and codes is not None and self.config.id_dropout > 0:
+            if self.training and self.content and self.config.id_dropout > 0:
                 keep = torch.rand(len(items), 1, device=ids.device) >= self.config.id_dropout
                 ids = ids * keep
             out = out + ids
         return out
+
+    def content_inputs(self, codes: torch.Tensor) -> torch.Tensor:
+        """`e [n, L, r]` -> `[n, d]`: the depths' model-space vectors mixed by the item's gate."""
+        experts = self.experts.to_model_space(codes)  # [n, L, d]
+        gate = self._fixed_gate(codes.shape[:1], codes.device)
+        if gate is None:
+            gate = self.experts.gate(experts.mean(1), self.experts.item_gate)
+        return torch.einsum("nl,nld->nd", gate, experts)
 
     # -- users ------------------------------------------------------------------------------
     def user_states(self, history_vectors: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
@@ -305,13 +311,22 @@ class LinkedOut(nn.Module):
         full one; a negative equal to the target is masked."""
         if (candidates is None) == (negatives is None):
             raise ValueError("give either candidates (full softmax) or negatives (sampled)")
-        codes = self.item_codes(reduced) if reduced is not None else None
+        codes = None
+        if reduced is not None:
+            with torch.autocast(reduced.device.type, product_dtype, enabled=product_dtype != torch.float32):
+                codes = self.item_codes(reduced)
+            codes = codes.float()
         # A full softmax needs every item: rows are read in place (`_rows`), not gathered.
         ids = _rows(self.ids.weight, needed) if self.ids is not None else None
-        where = torch.searchsorted(needed, inputs.flatten())
-        vectors = self.item_inputs(
-            None if codes is None else codes.index_select(0, where), inputs.flatten()
-        ).reshape(*inputs.shape, -1)
+        flat = inputs.flatten()
+        content = None
+        if codes is not None:
+            # A batch's B x S positions (padding included) hold far fewer distinct items: each
+            # one's content vector is computed once, then copied to its positions.
+            distinct, at = torch.unique(flat, return_inverse=True)
+            where = torch.searchsorted(needed, distinct)
+            content = self.content_inputs(codes.index_select(0, where)).index_select(0, at)
+        vectors = self.item_inputs(None, flat, content=content).reshape(*inputs.shape, -1)
         valid = targets != 0
         h = self.user_states(vectors, inputs == 0)[valid]  # [P, d] positions with a target
         gate = self.user_gate(h)
