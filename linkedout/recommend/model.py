@@ -313,7 +313,11 @@ class LinkedOut(nn.Module):
             raise ValueError("give either candidates (full softmax) or negatives (sampled)")
         codes = None
         if reduced is not None:
-            with torch.autocast(reduced.device.type, product_dtype, enabled=product_dtype != torch.float32):
+            # The whole catalog's codes, forward and backward, every step: in the products' dtype
+            # this halves (bfloat16 on CPUs with AVX512-BF16); the softmax rounds the keys to it
+            # anyway. Evaluation and serving compute codes in float32.
+            low = product_dtype != torch.float32
+            with torch.autocast(reduced.device.type, product_dtype, enabled=low):
                 codes = self.item_codes(reduced)
             codes = codes.float()
         # A full softmax needs every item: rows are read in place (`_rows`), not gathered.
