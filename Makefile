@@ -66,15 +66,28 @@ benchmark-ablations: install
 	$(PY) benchmarks/microlens.py --out $(BENCH) --ablations
 	$(PY) benchmarks/report.py $(BENCH)
 
-# RecBole's SASRec in its own venv on the split `make benchmark` wrote, trained to convergence
-# (RecBole's own early stopping: 10 epochs without a better validation NDCG@10), then the
-# report again. About 2 h on one thread (200-300 s an epoch); PEER_MINUTES caps it.
+# The peers, each in its own venv on the split `make benchmark` wrote, then the report again:
+# RecBole's SASRec trained to convergence (RecBole's own early stopping: 10 epochs without a
+# better validation NDCG@10; about 2 h on one thread, PEER_MINUTES caps it; a finished run on
+# the same split is kept), and the
+# content-aware peers UniSRec (transductive: text + IDs; inductive: text only) and FDSA, fed the
+# MiniLM title vectors of the same feature dataset, each under a budget of CONTENT_PEER_MINUTES
+# of training (an epoch of UniSRec takes about 11 minutes on 2 cores). A row the budget stopped
+# is marked not converged; running the target again continues each row from its last epoch
+# (with a larger CONTENT_PEER_MINUTES, further).
 PEER_MINUTES ?= 300
 PEER_STOPPING_STEP ?= 10
+CONTENT_PEER_MINUTES ?= 60
+CONTENT_PEERS ?= transductive inductive fdsa
 benchmark-peers: install
 	@test -f $(BENCH)/split/split.json || { echo "no split in $(BENCH): run make benchmark first"; exit 2; }
 	bash benchmarks/peers/setup.sh
-	.venv-peers/bin/python benchmarks/peers/recbole_sasrec.py --split $(BENCH)/split --out $(BENCH)/peers/recbole_sasrec.json --max-minutes $(PEER_MINUTES) --stopping-step $(PEER_STOPPING_STEP)
+	.venv-peers/bin/python benchmarks/peers/recbole_sasrec.py --split $(BENCH)/split --out $(BENCH)/peers/recbole_sasrec.json --max-minutes $(PEER_MINUTES) --stopping-step $(PEER_STOPPING_STEP) --reuse
+	$(PY) benchmarks/peers/item_vectors.py --features $(BENCH)/titles.lance --split $(BENCH)/split --out $(BENCH)/peers/item_vectors
+	for row in $(CONTENT_PEERS); do \
+	  .venv-peers/bin/python benchmarks/peers/unisrec.py --split $(BENCH)/split --vectors $(BENCH)/peers/item_vectors --row $$row --out $(BENCH)/peers/unisrec-$$row.json --max-minutes $(CONTENT_PEER_MINUTES) || exit $$?; \
+	  $(PY) benchmarks/report.py $(BENCH); \
+	done
 	$(PY) benchmarks/report.py $(BENCH)
 
 clean:

@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         "--verify-only", action="store_true", help="build and verify RecBole's split, no training"
     )
     p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="do nothing when --out already holds a full run on this split (make benchmark-peers)",
+    )
+    p.add_argument(
         "--keep-anomaly-detection",
         action="store_true",
         help="leave on the autograd anomaly detection RecBole's sine.py enables (stock speed)",
@@ -98,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p.error("--epochs, --max-minutes, --stopping-step and --users must be positive")
 
+    if args.reuse and args.out.exists() and args.users is None:
+        done = json.loads(args.out.read_text())
+        recorded = json.loads((args.split / "split.json").read_text()).get("sha256")
+        if done["split"]["sha256"] == recorded and not done["split"]["subset"]:
+            log(f"{args.out} holds a run on this split already (--reuse): nothing to do")
+            return 0
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="[recbole] %(message)s")
