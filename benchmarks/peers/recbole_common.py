@@ -7,12 +7,15 @@ not masked, as RecBole does). Runs in `.venv-peers` (see README.md), never the p
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
 import math
+import os
 import shutil
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -455,3 +458,148 @@ def prepare_workdir(out: Path, keep: bool = False) -> Path:
     # The work dir holds a copy of the interactions (e.g. MicroLens): never let git pick it up.
     (work / ".gitignore").write_text("*\n")
     return work
+
+
+# ----------------------------------------------------------------------------------------------
+# What every runner sets the same way, and how it times RecBole's epochs.
+# ----------------------------------------------------------------------------------------------
+
+
+def base_config(work: Path, stopping_step: int, epochs: int, seed: int) -> dict:
+    """RecBole settings every runner shares: our split read as RecBole's leave-one-out of one
+    time-ordered file, nothing filtered, full ranking, validation on NDCG@10 every epoch, CPU,
+    no logging to files."""
+    return {
+        "data_path": str(work),
+        "checkpoint_dir": str(work / "saved"),
+        "USER_ID_FIELD": "user_id",
+        "ITEM_ID_FIELD": "item_id",
+        "TIME_FIELD": "timestamp",
+        "encoding": "utf-8",  # RecBole opens atomic files with config["encoding"] (else locale)
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id"]},
+        # Keep every user, item and interaction we hand over.
+        "rm_dup_inter": None,
+        "val_interval": None,
+        "filter_inter_by_user_or_item": False,
+        "user_inter_num_interval": None,
+        "item_inter_num_interval": None,
+        "train_neg_sample_args": None,  # CE loss over all items: RecBole requires no sampling
+        "eval_args": {
+            "split": {"LS": "valid_and_test"},
+            "order": "TO",
+            "mode": "full",
+            "group_by": "user",
+        },
+        "metrics": ["Hit", "NDCG"],
+        "topk": list(KS),
+        "valid_metric": "NDCG@10",
+        "valid_metric_bigger": True,
+        "stopping_step": stopping_step,
+        "eval_step": 1,
+        "epochs": epochs,
+        "seed": seed,
+        "reproducibility": True,
+        "use_gpu": False,
+        "gpu_id": "",
+        "show_progress": False,
+        "save_dataset": False,
+        "save_dataloaders": False,
+        "log_wandb": False,
+        "worker": 0,
+    }
+
+
+class EpochTimer:
+    """Wraps a RecBole trainer's `_train_epoch` and `_valid_epoch`: seconds of each, and each
+    validation's metrics, for the runner's epoch callback."""
+
+    def __init__(self, trainer):
+        self.train_times: list[float] = []
+        self.valid_times: list[float] = []
+        self.valid_results: list[dict] = []
+        train, valid = trainer._train_epoch, trainer._valid_epoch
+
+        def timed_train(*a, **k):
+            t0 = time.perf_counter()
+            loss = train(*a, **k)
+            self.train_times.append(time.perf_counter() - t0)
+            return loss
+
+        def timed_valid(*a, **k):
+            t0 = time.perf_counter()
+            score, result = valid(*a, **k)
+            self.valid_times.append(time.perf_counter() - t0)
+            self.valid_results.append(recbole_result(result))
+            return score, result
+
+        trainer._train_epoch, trainer._valid_epoch = timed_train, timed_valid
+
+
+def make_config(config_class, cwd: Path | None = None, **kwargs):
+    """RecBole's `Config(**kwargs)`, which also parses sys.argv (`--key=value` overrides any
+    setting): our own arguments are hidden from it. `cwd`: where relative config files are."""
+    saved_argv, saved_cwd = sys.argv, Path.cwd()
+    sys.argv = sys.argv[:1]
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        config = config_class(**kwargs)
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+    if str(config["device"]) != "cpu":
+        raise SystemExit(f"RecBole picked device {config['device']}, want cpu")
+    return config
+
+
+def prepare_verified(config, dataset, split: Split, t_start: float) -> tuple:
+    """RecBole's train, valid and test loaders of `dataset`, after checking that their rows are
+    exactly our split's (`verify_split`); also that check's report."""
+    from recbole.data import data_preparation
+
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    log(
+        f"RecBole dataset built in {time.perf_counter() - t_start:.1f}s: {dataset.user_num - 1} "
+        f"users, {dataset.item_num - 1} items, {dataset.inter_num} rows"
+    )
+    verified = verify_split(
+        split,
+        dataset,
+        {"train": train_data._dataset, "valid": valid_data._dataset, "test": test_data._dataset},
+    )
+    log(f"split verified: RecBole's train/valid/test rows {verified['rows']} equal ours")
+    return train_data, valid_data, test_data, verified
+
+
+def peer_arguments(description: str, budget_minutes: float) -> argparse.ArgumentParser:
+    """The arguments every runner takes; each adds its own."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--split", type=Path, required=True, help="linkedout-split/1 directory")
+    p.add_argument("--out", type=Path, required=True, help="result JSON (work dir goes beside it)")
+    p.add_argument("--epochs", type=int, default=300, help="max epochs (RecBole's default 300)")
+    p.add_argument(
+        "--max-minutes", type=float, default=budget_minutes, help="training budget (train + valid)"
+    )
+    p.add_argument("--seed", type=int, default=2020, help="RecBole seed (its default 2020)")
+    p.add_argument(
+        "--stopping-step",
+        type=int,
+        default=10,
+        help="epochs without a better validation NDCG@10 before stopping (RecBole's default 10)",
+    )
+    p.add_argument("--users", type=int, default=None, help="only the first N users (smoke test)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument(
+        "--verify-only", action="store_true", help="build and verify RecBole's split, no training"
+    )
+    return p
+
+
+def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (
+        args.epochs < 1
+        or args.max_minutes <= 0
+        or args.stopping_step < 1
+        or (args.users is not None and args.users < 1)
+    ):
+        p.error("--epochs, --max-minutes, --stopping-step and --users must be positive")

@@ -14,7 +14,6 @@ under RecBole's rule (history not masked) and under ours (earlier items masked).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -30,21 +29,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from recbole_common import (  # noqa: E402
     DATASET,
-    KS,
     LOG_PREFIX,
     MAX_LEN,
     SHIMS,
+    EpochTimer,
     TimeBudgetReached,
     agreement,
     apply_shims,
+    base_config,
+    check_arguments,
     history_ids,
     log,
+    make_config,
+    peer_arguments,
+    prepare_verified,
     prepare_workdir,
     read_split,
     recbole_result,
     score_ranks,
     split_digest,
-    verify_split,
     write_atomic,
 )
 
@@ -67,23 +70,7 @@ MODEL_CONFIG = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--split", type=Path, required=True, help="linkedout-split/1 directory")
-    p.add_argument("--out", type=Path, required=True, help="result JSON (work dir goes beside it)")
-    p.add_argument("--epochs", type=int, default=300, help="max epochs (RecBole's default 300)")
-    p.add_argument("--max-minutes", type=float, default=40.0, help="wall-clock training budget")
-    p.add_argument("--seed", type=int, default=2020, help="RecBole seed (its default 2020)")
-    p.add_argument(
-        "--stopping-step",
-        type=int,
-        default=10,
-        help="epochs without a better validation NDCG@10 before stopping (RecBole's default 10)",
-    )
-    p.add_argument("--users", type=int, default=None, help="only the first N users (smoke test)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument(
-        "--verify-only", action="store_true", help="build and verify RecBole's split, no training"
-    )
+    p = peer_arguments(__doc__.split("\n\n")[0], budget_minutes=40.0)
     p.add_argument(
         "--reuse",
         action="store_true",
@@ -95,13 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         help="leave on the autograd anomaly detection RecBole's sine.py enables (stock speed)",
     )
     args = p.parse_args(argv)
-    if (
-        args.epochs < 1
-        or args.max_minutes <= 0
-        or args.stopping_step < 1
-        or (args.users is not None and args.users < 1)
-    ):
-        p.error("--epochs, --max-minutes, --stopping-step and --users must be positive")
+    check_arguments(p, args)
 
     if args.reuse and args.out.exists() and args.users is None:
         done = json.loads(args.out.read_text())
@@ -117,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas
     import recbole
     from recbole.config import Config
-    from recbole.data import create_dataset, data_preparation
+    from recbole.data import create_dataset
     from recbole.utils import get_model, get_trainer, init_seed
 
     t_start = time.perf_counter()
@@ -133,65 +114,12 @@ def main(argv: list[str] | None = None) -> int:
 
     config_dict = {
         **MODEL_CONFIG,
-        "data_path": str(work),
-        "checkpoint_dir": str(work / "saved"),
-        "USER_ID_FIELD": "user_id",
-        "ITEM_ID_FIELD": "item_id",
-        "TIME_FIELD": "timestamp",
-        "encoding": "utf-8",  # RecBole opens atomic files with config["encoding"] (else locale)
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id"]},
-        # Keep every user, item and interaction we hand over.
-        "rm_dup_inter": None,
-        "val_interval": None,
-        "filter_inter_by_user_or_item": False,
-        "user_inter_num_interval": None,
-        "item_inter_num_interval": None,
-        "train_neg_sample_args": None,  # CE loss over all items: RecBole requires no sampling
-        "eval_args": {
-            "split": {"LS": "valid_and_test"},
-            "order": "TO",
-            "mode": "full",
-            "group_by": "user",
-        },
-        "metrics": ["Hit", "NDCG"],
-        "topk": list(KS),
-        "valid_metric": "NDCG@10",
-        "valid_metric_bigger": True,
-        "stopping_step": args.stopping_step,
-        "eval_step": 1,
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "reproducibility": True,
-        "use_gpu": False,
-        "gpu_id": "",
-        "show_progress": False,
-        "save_dataset": False,
-        "save_dataloaders": False,
-        "log_wandb": False,
-        "worker": 0,
+        **base_config(work, args.stopping_step, args.epochs, args.seed),
     }
-    # RecBole's Config also parses sys.argv ("--key=value" overrides any setting): hide ours.
-    saved_argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        config = Config(model="SASRec", dataset=DATASET, config_dict=config_dict)
-    finally:
-        sys.argv = saved_argv
-    if str(config["device"]) != "cpu":
-        raise SystemExit(f"RecBole picked device {config['device']}, want cpu")
-
+    config = make_config(Config, model="SASRec", dataset=DATASET, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    log(
-        f"RecBole dataset built in {time.perf_counter() - t_start:.1f}s: {dataset.user_num - 1} "
-        f"users, {dataset.item_num - 1} items, {dataset.inter_num} augmented rows"
-    )
-    verified = verify_split(
-        split,
-        dataset,
-        {"train": train_data._dataset, "valid": valid_data._dataset, "test": test_data._dataset},
-    )
-    log(f"split verified: RecBole's train/valid/test rows {verified['rows']} equal ours")
+    train_data, valid_data, test_data, verified = prepare_verified(config, dataset, split, t_start)
     if args.verify_only:
         return 0
 
@@ -213,25 +141,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # Time RecBole's own epoch functions; stop via fit's callback once the budget is spent.
     epochs: list[dict] = []
-    train_times: list[float] = []
-    valid_times: list[float] = []
-    valid_results: list[dict] = []
-    orig_train, orig_valid = trainer._train_epoch, trainer._valid_epoch
-
-    def timed_train(*a, **k):
-        t0 = time.perf_counter()
-        loss = orig_train(*a, **k)
-        train_times.append(time.perf_counter() - t0)
-        return loss
-
-    def timed_valid(*a, **k):
-        t0 = time.perf_counter()
-        score, result = orig_valid(*a, **k)
-        valid_times.append(time.perf_counter() - t0)
-        valid_results.append(recbole_result(result))
-        return score, result
-
-    trainer._train_epoch, trainer._valid_epoch = timed_train, timed_valid
+    timer = EpochTimer(trainer)
+    train_times, valid_times, valid_results = (
+        timer.train_times,
+        timer.valid_times,
+        timer.valid_results,
+    )
     budget_s = args.max_minutes * 60.0
     best_epoch = 0
     t_fit = time.perf_counter()

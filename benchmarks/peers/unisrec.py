@@ -18,7 +18,6 @@ the same arguments (a larger `--max-minutes` trains it further). See README.md.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -40,18 +39,23 @@ from recbole_common import (  # noqa: E402
     KS,
     LOG_PREFIX,
     SHIMS,
+    EpochTimer,
     Split,
     TimeBudgetReached,
     agreement,
     apply_shims,
+    base_config,
+    check_arguments,
     history_ids,
     log,
+    make_config,
+    peer_arguments,
+    prepare_verified,
     prepare_workdir,
     read_split,
     recbole_result,
     score_ranks,
     split_digest,
-    verify_split,
     write_atomic,
 )
 
@@ -131,46 +135,23 @@ def cold_targets(split: Split, dataset, phase: str) -> set[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--split", type=Path, required=True, help="linkedout-split/1 directory")
+    p = peer_arguments(__doc__.split("\n\n")[0], budget_minutes=60.0)
     p.add_argument(
         "--vectors", type=Path, required=True, help="item_vectors (.npy + .json) of this split"
     )
     p.add_argument("--row", choices=sorted(ROWS), required=True, help="which peer row to train")
-    p.add_argument("--out", type=Path, required=True, help="result JSON (work dir goes beside it)")
     p.add_argument("--code", type=Path, default=PEER_CODE, help="the published UniSRec code")
-    p.add_argument("--epochs", type=int, default=300, help="max epochs (RecBole's default 300)")
-    p.add_argument(
-        "--max-minutes", type=float, default=60.0, help="training budget over all invocations"
-    )
-    p.add_argument("--seed", type=int, default=2020, help="RecBole seed (its default 2020)")
-    p.add_argument(
-        "--stopping-step",
-        type=int,
-        default=10,
-        help="epochs without a better validation NDCG@10 before stopping (the authors' 10)",
-    )
     p.add_argument(
         "--width",
         type=int,
         default=64,
         help="Transformer width (64, LinkedOut's and the SASRec peer's; the authors' is 300)",
     )
-    p.add_argument("--users", type=int, default=None, help="only the first N users (smoke test)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--fresh", action="store_true", help="discard a run to continue, start over")
-    p.add_argument(
-        "--verify-only", action="store_true", help="build and verify RecBole's split, no training"
-    )
     args = p.parse_args(argv)
-    if (
-        args.epochs < 1
-        or args.max_minutes <= 0
-        or args.stopping_step < 1
-        or args.width < 2
-        or (args.users is not None and args.users < 1)
-    ):
-        p.error("--epochs, --max-minutes, --stopping-step and --users must be positive")
+    check_arguments(p, args)
+    if args.width < 2:
+        p.error("--width: give 2 or more")
     if not (args.code / "unisrec.py").exists():
         p.error(f"--code {args.code}: no UniSRec code there (see benchmarks/peers/README.md)")
     for suffix in (".npy", ".json"):
@@ -210,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     import recbole
     from data.dataset import UniSRecDataset
     from recbole.config import Config
-    from recbole.data import data_preparation
     from recbole.utils import get_trainer, init_seed
 
     model_name, stage, title = ROWS[args.row]
@@ -250,61 +230,21 @@ def main(argv: list[str] | None = None) -> int:
         changed["train_stage"] = stage
     if model_name == "FDSA":
         changed["selected_features"] = []  # the authors' "class" field: MicroLens has none
-    config_dict = {
-        **changed,
-        "data_path": str(work),
-        "checkpoint_dir": str(work / "saved"),
-        "USER_ID_FIELD": "user_id",
-        "ITEM_ID_FIELD": "item_id",
-        "TIME_FIELD": "timestamp",
-        "encoding": "utf-8",
-        "rm_dup_inter": None,
-        "val_interval": None,
-        "filter_inter_by_user_or_item": False,
-        "user_inter_num_interval": None,
-        "item_inter_num_interval": None,
-        "train_neg_sample_args": None,
-        "valid_metric": "NDCG@10",
-        "valid_metric_bigger": True,
-        "stopping_step": args.stopping_step,
-        "eval_step": 1,
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "reproducibility": True,
-        "use_gpu": False,
-        "gpu_id": "",
-        "show_progress": False,
-        "save_dataset": False,
-        "save_dataloaders": False,
-        "log_wandb": False,
-        "worker": 0,
-    }
-    saved_argv, saved_cwd = sys.argv, Path.cwd()
-    sys.argv = sys.argv[:1]  # RecBole's Config parses sys.argv too
-    os.chdir(work / "code")  # the props paths are relative to the code, as in finetune.py
-    try:
-        config = Config(
-            model=model_class, dataset=DATASET, config_file_list=props, config_dict=config_dict
-        )
-    finally:
-        sys.argv = saved_argv
-        os.chdir(saved_cwd)
-    if str(config["device"]) != "cpu":
-        raise SystemExit(f"RecBole picked device {config['device']}, want cpu")
-
+    config_dict = {**base_config(work, args.stopping_step, args.epochs, args.seed), **changed}
+    # The props paths are relative to the code, as finetune.py reads them.
+    config = make_config(
+        Config,
+        cwd=work / "code",
+        model=model_class,
+        dataset=DATASET,
+        config_file_list=props,
+        config_dict=config_dict,
+    )
     init_seed(config["seed"], config["reproducibility"])
     dataset = UniSRecDataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    log(
-        f"RecBole dataset built in {time.perf_counter() - t_start:.1f}s: {dataset.user_num - 1} "
-        f"users, {dataset.item_num - 1} items, {dataset.inter_num} rows"
+    train_data, valid_data, test_data, verified = prepare_verified(
+        config, dataset, renamed, t_start
     )
-    verified = verify_split(
-        renamed,
-        dataset,
-        {"train": train_data._dataset, "valid": valid_data._dataset, "test": test_data._dataset},
-    )
-    log(f"split verified: RecBole's train/valid/test rows {verified['rows']} equal ours")
     if args.verify_only:
         return 0
 
@@ -353,25 +293,12 @@ def main(argv: list[str] | None = None) -> int:
             "optimizer": trainer.optimizer.state_dict(),
         }
 
-    train_times: list[float] = []
-    valid_times: list[float] = []
-    valid_results: list[dict] = []
-    orig_train, orig_valid = trainer._train_epoch, trainer._valid_epoch
-
-    def timed_train(*a, **k):
-        t0 = time.perf_counter()
-        loss = orig_train(*a, **k)
-        train_times.append(time.perf_counter() - t0)
-        return loss
-
-    def timed_valid(*a, **k):
-        t0 = time.perf_counter()
-        score, result = orig_valid(*a, **k)
-        valid_times.append(time.perf_counter() - t0)
-        valid_results.append(recbole_result(result))
-        return score, result
-
-    trainer._train_epoch, trainer._valid_epoch = timed_train, timed_valid
+    timer = EpochTimer(trainer)
+    train_times, valid_times, valid_results = (
+        timer.train_times,
+        timer.valid_times,
+        timer.valid_results,
+    )
     budget_s = args.max_minutes * 60.0
     t_fit = time.perf_counter()
     spent_before = progress["fit_seconds"]
