@@ -40,7 +40,7 @@ from linkedout.extract.config import ExtractConfig  # noqa: E402
 from linkedout.extract.decode import decode_video  # noqa: E402
 from linkedout.extract.discover import VIDEO_EXTENSIONS  # noqa: E402
 from linkedout.extract.pipeline import extract  # noqa: E402
-from tests.extract.tiny_qwen import build_tiny_qwen  # noqa: E402
+from linkedout.testing.tiny_qwen import build_tiny_qwen  # noqa: E402
 
 # Qwen2.5-VL-3B-Instruct's config.json, less the weights.
 QWEN25_VL_3B_TEXT = dict(

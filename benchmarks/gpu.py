@@ -42,7 +42,7 @@ from linkedout.extract.decode import decode_video  # noqa: E402
 from linkedout.extract.defaults import DEFAULT_PROMPT  # noqa: E402
 from linkedout.extract.discover import VIDEO_EXTENSIONS  # noqa: E402
 from linkedout.extract.pipeline import extract  # noqa: E402
-from tests.extract.tiny_qwen import build_tiny_qwen  # noqa: E402
+from linkedout.testing.tiny_qwen import build_tiny_qwen  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), by a substring of the device name.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}

@@ -33,7 +33,7 @@ from benchmarks.microlens import inputs, recommend_latency  # noqa: E402
 from linkedout.datasets import microlens_50k  # noqa: E402
 from linkedout.extract.config import ExtractConfig, RayOptions  # noqa: E402
 from linkedout.extract.pipeline import extract  # noqa: E402
-from tests.extract.tiny_qwen import build_tiny_qwen  # noqa: E402
+from linkedout.testing.tiny_qwen import build_tiny_qwen  # noqa: E402
 
 LINKEDOUT = [sys.executable, "-m", "linkedout.cli"]
 

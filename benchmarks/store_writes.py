@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from linkedout.storage import FeatureStore, FeatureWriter  # noqa: E402
 from linkedout.storage.columns import rows_to_table  # noqa: E402
-from tests.factories import make_manifest, make_rows  # noqa: E402
+from linkedout.testing.factories import make_manifest, make_rows  # noqa: E402
 
 
 def plain_append(store: FeatureStore, table: pa.Table) -> None:

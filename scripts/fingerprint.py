@@ -65,7 +65,7 @@ def without_seconds(value):
 
 
 def extraction(work: Path, videos: Path) -> dict:
-    from tests.extract.tiny_qwen import build_tiny_qwen
+    from linkedout.testing.tiny_qwen import build_tiny_qwen
 
     model = build_tiny_qwen("qwen2_5_vl", work / "qwen2_5_vl")
     settings = {

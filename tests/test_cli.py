@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from linkedout.cli import app
 from linkedout.storage import FailedItem, FeatureStore, FeatureWriter
-from tests.factories import make_manifest, make_rows
+from linkedout.testing.factories import make_manifest, make_rows
 
 runner = CliRunner()
 LINKEDOUT = str(Path(sys.executable).with_name("linkedout"))

@@ -70,9 +70,6 @@ class Catalog:
         """`e[items]`: `[*items.shape, L, r]` (None for ID-only models)."""
         raise NotImplementedError
 
-    def ids_of(self, items: torch.Tensor) -> torch.Tensor | None:
-        return None if self.ids is None else self.ids[items]
-
     def chunks(self, width: int = CHUNK_ITEMS) -> Iterator[CatalogChunk]:
         """The whole catalog, `width` items at a time, in item order."""
         for start in range(0, self.num_items, width):

@@ -12,7 +12,7 @@ import pytest
 from benchmarks.peers import item_vectors
 from linkedout.errors import LinkedOutError
 from linkedout.storage import FeatureStore, FeatureWriter
-from tests.factories import item_tokens, make_manifest, make_rows
+from linkedout.testing.factories import item_tokens, make_manifest, make_rows
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.extract.tiny_qwen import FAMILIES, build_tiny_qwen
+from linkedout.testing.tiny_qwen import FAMILIES, build_tiny_qwen
 
 
 @pytest.fixture(scope="session")

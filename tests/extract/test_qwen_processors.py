@@ -14,7 +14,7 @@ import torch
 
 from linkedout.extract.backbones.base import ItemInput
 from linkedout.extract.backbones.qwen_vl import QwenVLPacker
-from tests.extract.tiny_qwen import FAMILIES, QWEN3
+from linkedout.testing.tiny_qwen import FAMILIES, QWEN3
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("torchvision") is None,

@@ -17,8 +17,8 @@ from linkedout.errors import LinkedOutError
 from linkedout.extract.backbones.base import ItemInput, Prepared
 from linkedout.extract.backbones.qwen_pixels import PackSettings, pack_video
 from linkedout.extract.backbones.qwen_vl import VIDEO_TOKEN, QwenVLBackbone, QwenVLPacker
+from linkedout.testing.tiny_qwen import FAMILIES, QWEN3
 from tests.conftest import shared_data
-from tests.extract.tiny_qwen import FAMILIES, QWEN3
 
 CPU = torch.device("cpu")
 # 12 merged tokens per temporal patch at most (Qwen2) or about that (Qwen3's 32-pixel tokens):

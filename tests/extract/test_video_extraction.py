@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from linkedout.cli import app
 from linkedout.storage import FeatureStore
+from linkedout.testing.tiny_qwen import FAMILIES, LAYOUTS, QWEN3
 from tests.conftest import shared_data
-from tests.extract.tiny_qwen import FAMILIES, LAYOUTS, QWEN3
 from tests.factories import clips_folder
 
 REPO = Path(__file__).resolve().parents[2]

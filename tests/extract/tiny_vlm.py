@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from tests.extract.tiny_qwen import _tokenizer
+from linkedout.testing.tiny_qwen import _tokenizer
 
 GENERIC_FAMILIES = ("llava_onevision", "internvl")
 

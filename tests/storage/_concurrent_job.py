@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from linkedout.storage import FailedItem, FeatureStore, FeatureWriter
 from linkedout.storage.maintenance import optimize
-from tests.factories import content_hash, make_manifest, make_row
+from linkedout.testing.factories import content_hash, make_manifest, make_row
 
 IDS = [f"item{i:02d}" for i in range(7)]
 

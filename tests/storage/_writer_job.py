@@ -4,7 +4,7 @@ import sys
 import time
 
 from linkedout.storage import FeatureStore, FeatureWriter
-from tests.factories import make_manifest, make_row
+from linkedout.testing.factories import make_manifest, make_row
 
 uri, n, batch, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 store = FeatureStore.open_or_create(uri, make_manifest())

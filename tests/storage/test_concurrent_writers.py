@@ -9,7 +9,7 @@ import torch
 
 from linkedout.storage import FeatureStore, FeatureWriter
 from linkedout.storage.maintenance import optimize
-from tests.factories import content_hash, item_tokens, make_manifest, make_row
+from linkedout.testing.factories import content_hash, item_tokens, make_manifest, make_row
 from tests.storage._concurrent_job import IDS, Case, work
 from tests.storage._legacy import old_append
 

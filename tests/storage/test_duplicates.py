@@ -15,7 +15,13 @@ from linkedout.cli import app
 from linkedout.storage import FailedItem, FeatureStore, FeatureWriter
 from linkedout.storage.columns import declares_primary_key
 from linkedout.storage.maintenance import optimize
-from tests.factories import content_hash, item_tokens, make_manifest, make_row, make_rows
+from linkedout.testing.factories import (
+    content_hash,
+    item_tokens,
+    make_manifest,
+    make_row,
+    make_rows,
+)
 from tests.storage._legacy import old_append
 
 runner = CliRunner()

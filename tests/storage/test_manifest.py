@@ -4,7 +4,7 @@ import pytest
 
 from linkedout.errors import LinkedOutError
 from linkedout.storage import FORMAT_VERSION, Manifest
-from tests.factories import make_manifest
+from linkedout.testing.factories import make_manifest
 
 
 def test_json_round_trip_is_exact():

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from linkedout.storage import FeatureStore
-from tests.factories import item_tokens
+from linkedout.testing.factories import item_tokens
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import torch
 
 from linkedout.errors import LinkedOutError
 from linkedout.storage import FailedItem, FeatureStore, FeatureWriter, export
-from tests.factories import item_tokens, make_manifest, make_rows
+from linkedout.testing.factories import item_tokens, make_manifest, make_rows
 
 
 @pytest.fixture

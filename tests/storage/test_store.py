@@ -21,7 +21,13 @@ from linkedout.storage import (
 from linkedout.storage.columns import arrow_schema, rows_to_table
 from linkedout.storage.location import exists
 from linkedout.storage.maintenance import optimize
-from tests.factories import content_hash, item_tokens, make_manifest, make_row, make_rows
+from linkedout.testing.factories import (
+    content_hash,
+    item_tokens,
+    make_manifest,
+    make_row,
+    make_rows,
+)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
