@@ -534,6 +534,27 @@ class EpochTimer:
 
         trainer._train_epoch, trainer._valid_epoch = timed_train, timed_valid
 
+    def record(self, epoch_idx: int, loss: float) -> dict:
+        """The epoch just validated, as the runners' JSON lists it."""
+        return {
+            "epoch": epoch_idx + 1,
+            "train_loss": round(float(loss), 4),
+            "train_seconds": round(self.train_times[-1], 2),
+            "valid_seconds": round(self.valid_times[-1], 2),
+            "valid": self.valid_results[-1],
+        }
+
+
+def epoch_line(record: dict, epochs: int, best: int, elapsed: float, budget_minutes: float) -> str:
+    """One progress line for an epoch `record` (EpochTimer.record)."""
+    v = record["valid"]
+    return (
+        f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f}, train "
+        f"{record['train_seconds']:.1f}s, valid {record['valid_seconds']:.1f}s, valid NDCG@10 "
+        f"{v['NDCG@10']:.4f} HR@10 {v['HR@10']:.4f} (best epoch {best}, elapsed "
+        f"{elapsed / 60:.1f}/{budget_minutes:g} min)"
+    )
+
 
 def make_config(config_class, cwd: Path | None = None, **kwargs):
     """RecBole's `Config(**kwargs)`, which also parses sys.argv (`--key=value` overrides any
@@ -603,3 +624,17 @@ def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         or (args.users is not None and args.users < 1)
     ):
         p.error("--epochs, --max-minutes, --stopping-step and --users must be positive")
+
+
+def split_summary(split: Split, split_dir: Path, subset: bool) -> dict:
+    """The result JSON's `split`: which split, verified against its digest, how much of it."""
+    return {
+        "dir": str(split_dir.resolve()),
+        "sha256": split.meta.get("sha256"),
+        "sha256_matches_files": True,
+        "users": len(split.users),
+        "users_in_split": split.meta.get("users"),
+        "subset": subset and len(split.users) < int(split.meta.get("users", 0)),
+        "items": len(split.items),
+        "interactions": sum(len(s) for s in split.seqs),
+    }

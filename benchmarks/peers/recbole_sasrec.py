@@ -38,6 +38,7 @@ from recbole_common import (  # noqa: E402
     apply_shims,
     base_config,
     check_arguments,
+    epoch_line,
     history_ids,
     log,
     make_config,
@@ -48,6 +49,7 @@ from recbole_common import (  # noqa: E402
     recbole_result,
     score_ranks,
     split_digest,
+    split_summary,
     write_atomic,
 )
 
@@ -142,11 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     # Time RecBole's own epoch functions; stop via fit's callback once the budget is spent.
     epochs: list[dict] = []
     timer = EpochTimer(trainer)
-    train_times, valid_times, valid_results = (
-        timer.train_times,
-        timer.valid_times,
-        timer.valid_results,
-    )
     budget_s = args.max_minutes * 60.0
     best_epoch = 0
     t_fit = time.perf_counter()
@@ -156,22 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         if trainer.cur_step == 0:  # RecBole's early_stopping just took this epoch as the best
             best_epoch = epoch_idx + 1
         elapsed = time.perf_counter() - t_fit
-        loss = trainer.train_loss_dict[epoch_idx]
-        epochs.append(
-            {
-                "epoch": epoch_idx + 1,
-                "train_loss": round(float(loss), 4),
-                "train_seconds": round(train_times[-1], 2),
-                "valid_seconds": round(valid_times[-1], 2),
-                "valid": valid_results[-1],
-            }
-        )
-        v = valid_results[-1]
-        log(
-            f"epoch {epoch_idx + 1}/{args.epochs}: loss {loss:.4f}, train {train_times[-1]:.1f}s, "
-            f"valid {valid_times[-1]:.1f}s, valid NDCG@10 {v['NDCG@10']:.4f} HR@10 {v['HR@10']:.4f}"
-            f" (best epoch {best_epoch}, elapsed {elapsed / 60:.1f}/{args.max_minutes:g} min)"
-        )
+        epochs.append(timer.record(epoch_idx, trainer.train_loss_dict[epoch_idx]))
+        log(epoch_line(epochs[-1], args.epochs, best_epoch, elapsed, args.max_minutes))
         if elapsed >= budget_s:
             raise TimeBudgetReached
 
@@ -199,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     test = score_ranks(model, test_data, history_ids(split, dataset, "test"), n_items)
     valid = score_ranks(model, valid_data, history_ids(split, dataset, "valid"), n_items)
     log(f"test evaluated in {time.perf_counter() - t0:.1f}s")
-    rb_valid = valid_results[best_epoch - 1]
+    rb_valid = timer.valid_results[best_epoch - 1]
 
     result = {
         "peer": "RecBole SASRec",
@@ -232,22 +215,13 @@ def main(argv: list[str] | None = None) -> int:
             "item_inter_num_interval": config["item_inter_num_interval"],
             "rm_dup_inter": config["rm_dup_inter"],
         },
-        "split": {
-            "dir": str(args.split.resolve()),
-            "sha256": split.meta.get("sha256"),
-            "sha256_matches_files": True,
-            "users": len(split.users),
-            "users_in_split": split.meta.get("users"),
-            "subset": args.users is not None and len(split.users) < int(split.meta.get("users", 0)),
-            "items": len(split.items),
-            "interactions": n_inter,
-        },
+        "split": split_summary(split, args.split, args.users is not None),
         "split_verified": True,
         "split_check": verified,
         "epochs_trained": len(epochs),
         "best_epoch": best_epoch,
-        "seconds_per_epoch": round(float(np.mean(train_times)), 2),
-        "valid_seconds_per_epoch": round(float(np.mean(valid_times)), 2),
+        "seconds_per_epoch": round(float(np.mean(timer.train_times)), 2),
+        "valid_seconds_per_epoch": round(float(np.mean(timer.valid_times)), 2),
         "train_seconds": round(train_seconds, 1),
         "stopped_by": stopped_by,
         "valid": {

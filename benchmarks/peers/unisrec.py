@@ -46,6 +46,7 @@ from recbole_common import (  # noqa: E402
     apply_shims,
     base_config,
     check_arguments,
+    epoch_line,
     history_ids,
     log,
     make_config,
@@ -56,6 +57,7 @@ from recbole_common import (  # noqa: E402
     recbole_result,
     score_ranks,
     split_digest,
+    split_summary,
     write_atomic,
 )
 
@@ -72,19 +74,18 @@ ROWS = {
 }
 
 
-def rename_items(split: Split) -> tuple[Split, list[str]]:
+def rename_items(split: Split) -> Split:
     """The split with item k of `items.tsv` renamed to the token "k" (1-based): UniSRec's dataset
     reads an item's vector from row `int(token)` of the vector file, so tokens must be the rows.
-    Returns the renamed split and the original ids (for reading results back)."""
+    Every figure is ranked over the same items, so results need no renaming back."""
     index = {item: str(k + 1) for k, item in enumerate(split.items)}
     seqs = [[index[i] for i in seq] for seq in split.seqs]
-    return Split(split.users, seqs, [index[i] for i in split.items], split.meta), split.items
+    return Split(split.users, seqs, [index[i] for i in split.items], split.meta)
 
 
-def write_vectors(vectors: Path, items_tsv: Path, data_dir: Path, n_items: int) -> dict:
+def write_vectors(vectors: Path, meta: dict, items_tsv: Path, data_dir: Path, n_items: int) -> None:
     """`DATASET.feat1CLS` (raw float32 `[1 + items, D]`, row 0 unused) from item_vectors.npy,
     after checking that the vectors follow this split's items.tsv."""
-    meta = json.loads(vectors.with_suffix(".json").read_text())
     sha = hashlib.sha256(items_tsv.read_bytes()).hexdigest()
     if meta.get("items_sha256") != sha:
         raise SystemExit(
@@ -96,7 +97,6 @@ def write_vectors(vectors: Path, items_tsv: Path, data_dir: Path, n_items: int) 
         raise SystemExit(f"{vectors}: {table.shape[0]} rows for {n_items} items")
     rows = np.concatenate([np.zeros((1, table.shape[1]), np.float32), table])
     rows.tofile(data_dir / f"{DATASET}.feat1CLS")
-    return meta
 
 
 def run_key(args, split: Split, vectors_meta: dict) -> dict:
@@ -172,20 +172,24 @@ def main(argv: list[str] | None = None) -> int:
     key = run_key(args, split, vectors_meta)
     out = args.out.resolve()
     work = out.parent / f"{out.stem}.recbole-work"
-    previous = None
-    if not args.fresh and (work / PROGRESS).exists() and (work / "saved" / "last.pth").exists():
-        previous = json.loads((work / PROGRESS).read_text())
+    # The copied code is imported from here; a checkpoint's pickled Config needs it too.
+    sys.path.insert(0, str(work / "code"))
+    previous, state = None, None
+    if not args.fresh and (work / "saved" / "last.pth").exists():
+        state = torch.load(work / "saved" / "last.pth", map_location="cpu", weights_only=False)
+        # Checkpoints of 2026-12-07's first runs kept their progress in progress.json alone.
+        previous = state.get("progress") or json.loads((work / PROGRESS).read_text())
         if previous.get("key") != key:
             log("the run in the work dir was made with other arguments: starting over")
-            previous = None
+            previous, state = None, None
     work = prepare_workdir(out, keep=previous is not None)
-    renamed, original_items = rename_items(split)
+    renamed = rename_items(split)
     data_dir = work / DATASET
     if previous is None:
         write_atomic(renamed, data_dir)
-        write_vectors(args.vectors, args.split / "items.tsv", data_dir, len(split.items))
+        items_tsv = args.split / "items.tsv"
+        write_vectors(args.vectors, vectors_meta, items_tsv, data_dir, len(split.items))
         shutil.copytree(args.code, work / "code", ignore=shutil.ignore_patterns("__pycache__"))
-    sys.path.insert(0, str(work / "code"))
 
     import pandas
     import recbole
@@ -269,21 +273,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     if previous is not None:
         # RecBole's own resume_checkpoint loads with torch.load's weights_only default, which
-        # refuses its pickled Config: the same steps, with our own file read in full.
-        state = torch.load(last_file, map_location="cpu", weights_only=False)
+        # refuses its pickled Config: the same steps, on our own file, read in full above.
         model.load_state_dict(state["state_dict"])
         model.load_other_parameter(state.get("other_parameter"))
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.start_epoch = state["epoch"] + 1
         trainer.cur_step = state["cur_step"]
         trainer.best_valid_score = state["best_valid_score"]
-        if trainer.start_epoch != len(progress["epochs"]):
-            raise SystemExit(f"{last_file} is not the epoch {PROGRESS} ends at: run with --fresh")
         log(f"continuing from epoch {trainer.start_epoch} ({progress['fit_seconds'] / 60:.1f} min)")
     progress["invocations"].append({"from_epoch": trainer.start_epoch + 1})
 
     def checkpoint(epoch_idx: int) -> dict:
+        # RecBole's _save_checkpoint state, plus this runner's progress (one file to resume
+        # from, so a kill between two writes cannot leave them disagreeing).
         return {
+            "progress": progress,
             "config": config,
             "epoch": epoch_idx,
             "cur_step": trainer.cur_step,
@@ -294,11 +298,6 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     timer = EpochTimer(trainer)
-    train_times, valid_times, valid_results = (
-        timer.train_times,
-        timer.valid_times,
-        timer.valid_results,
-    )
     budget_s = args.max_minutes * 60.0
     t_fit = time.perf_counter()
     spent_before = progress["fit_seconds"]
@@ -308,26 +307,14 @@ def main(argv: list[str] | None = None) -> int:
         if trainer.cur_step == 0:  # RecBole's early_stopping just took this epoch as the best
             progress["best_epoch"] = epoch_idx + 1
             atomic_save(checkpoint(epoch_idx), best_file)
-        loss = trainer.train_loss_dict[epoch_idx]
-        progress["epochs"].append(
-            {
-                "epoch": epoch_idx + 1,
-                "train_loss": round(float(loss), 4),
-                "train_seconds": round(train_times[-1], 2),
-                "valid_seconds": round(valid_times[-1], 2),
-                "valid": valid_results[-1],
-            }
-        )
+        progress["epochs"].append(timer.record(epoch_idx, trainer.train_loss_dict[epoch_idx]))
         progress["fit_seconds"] = round(elapsed, 1)
-        # One file holds the weights and the bookkeeping a continuation needs, written whole.
+        # One file holds the weights and the bookkeeping a continuation reads, written whole;
+        # progress.json is a readable copy.
         atomic_save(checkpoint(epoch_idx), last_file)
         atomic_json(progress, work / PROGRESS)
-        v = valid_results[-1]
-        log(
-            f"epoch {epoch_idx + 1}/{args.epochs}: loss {loss:.4f}, train {train_times[-1]:.1f}s, "
-            f"valid {valid_times[-1]:.1f}s, valid NDCG@10 {v['NDCG@10']:.4f} HR@10 {v['HR@10']:.4f}"
-            f" (best epoch {progress['best_epoch']}, {elapsed / 60:.1f}/{args.max_minutes:g} min)"
-        )
+        best = progress["best_epoch"]
+        log(epoch_line(progress["epochs"][-1], args.epochs, best, elapsed, args.max_minutes))
         if elapsed >= budget_s:
             raise TimeBudgetReached
 
@@ -410,16 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         }
         | {"threads": threads, "max_minutes": args.max_minutes},
-        "split": {
-            "dir": str(args.split.resolve()),
-            "sha256": split.meta.get("sha256"),
-            "sha256_matches_files": True,
-            "users": len(split.users),
-            "users_in_split": split.meta.get("users"),
-            "subset": args.users is not None and len(split.users) < int(split.meta.get("users", 0)),
-            "items": len(original_items),
-            "interactions": sum(len(s) for s in split.seqs),
-        },
+        "split": split_summary(split, args.split, args.users is not None),
         "split_verified": True,
         "split_check": verified,
         "epochs_trained": len(epochs),

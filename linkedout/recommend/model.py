@@ -192,22 +192,23 @@ class LinkedOut(nn.Module):
         codes: torch.Tensor | None,
         items: torch.Tensor,
         id_vectors: torch.Tensor | None = None,
-        content: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sequence-input vectors of items: content mixed by an item-conditioned gate, + ID.
         `id_vectors` stand in for the ID table's rows (serving: items added after training
-        have none, so theirs are zero); `content` for `content_inputs(codes)` where the caller
-        computed it already."""
-        if content is None and codes is not None:
-            content = self.content_inputs(codes)
-        out = 0 if content is None else content
-        if self.ids is not None:
-            ids = self.ids(items) if id_vectors is None else id_vectors
-            if self.training and self.content and self.config.id_dropout > 0:
-                keep = torch.rand(len(items), 1, device=ids.device) >= self.config.id_dropout
-                ids = ids * keep
-            out = out + ids
-        return out
+        have none, so theirs are zero)."""
+        out = 0 if codes is None else self.content_inputs(codes)
+        return out if self.ids is None else out + self.id_inputs(items, id_vectors)
+
+    def id_inputs(
+        self, items: torch.Tensor, id_vectors: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`[n, d]` the items' ID vectors, dropped with `id_dropout` in training (content +
+        IDs models), so the model learns to read items by their content too."""
+        ids = self.ids(items) if id_vectors is None else id_vectors
+        if self.training and self.content and self.config.id_dropout > 0:
+            keep = torch.rand(len(items), 1, device=ids.device) >= self.config.id_dropout
+            ids = ids * keep
+        return ids
 
     def content_inputs(self, codes: torch.Tensor) -> torch.Tensor:
         """`e [n, L, r]` -> `[n, d]`: the depths' model-space vectors mixed by the item's gate."""
@@ -323,14 +324,16 @@ class LinkedOut(nn.Module):
         # A full softmax needs every item: rows are read in place (`_rows`), not gathered.
         ids = _rows(self.ids.weight, needed) if self.ids is not None else None
         flat = inputs.flatten()
-        content = None
+        vectors = 0
         if codes is not None:
             # A batch's B x S positions (padding included) hold far fewer distinct items: each
             # one's content vector is computed once, then copied to its positions.
             distinct, at = torch.unique(flat, return_inverse=True)
             where = torch.searchsorted(needed, distinct)
-            content = self.content_inputs(codes.index_select(0, where)).index_select(0, at)
-        vectors = self.item_inputs(None, flat, content=content).reshape(*inputs.shape, -1)
+            vectors = self.content_inputs(codes.index_select(0, where)).index_select(0, at)
+        if self.ids is not None:
+            vectors = vectors + self.id_inputs(flat)
+        vectors = vectors.reshape(*inputs.shape, -1)
         valid = targets != 0
         h = self.user_states(vectors, inputs == 0)[valid]  # [P, d] positions with a target
         gate = self.user_gate(h)
