@@ -40,11 +40,25 @@ def serve(config: ServeConfig) -> None:
         workers=config.workers,
         http="linkedout.service.protocol:JSONErrorsProtocol",
         log_level="info",
+        log_config=log_config(),
         timeout_graceful_shutdown=10,
         # Wider than the app's own shedding: keeps a flood of idle connections from
         # exhausting the process, while the app answers the rest with a 503 body.
         limit_concurrency=config.max_in_flight * 4 + 16,
     )
+
+
+def log_config() -> dict:
+    """uvicorn's logging, with the app's own lines ("ready: ...", catalog swaps, load errors)
+    on the same stream and format: by default they are INFO records nobody prints. Each
+    worker process applies it too."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["linkedout"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 def check_port(host: str, port: int) -> None:

@@ -82,12 +82,18 @@ def start_server(run: Path, log: Path, *args: str, env: dict | None = None) -> S
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )
     server = Server(f"http://127.0.0.1:{port}", process, log)
+    # Worker processes share the socket and each loads the run on its own, so one worker's
+    # 200 on /readyz says nothing of the others: wait for every worker's "ready:" log line.
+    workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"linkedout serve exited {process.returncode}:\n{log.read_text()}")
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+            if (
+                httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200
+                and log.read_text().count("ready: ") >= workers
+            ):
                 return server
         except httpx.TransportError:
             pass
