@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("pairs")
     parser.add_argument("--fusion", default="moe")
     parser.add_argument("--ids", action="store_true")
+    parser.add_argument(
+        "--expert-dim", type=int, default=ModelConfig.expert_dim, help="each depth's expert width"
+    )
     parser.add_argument("--steps", type=int, default=40, help="batches timed (of an epoch's)")
     parser.add_argument("--table", type=int, default=25, help="rows of the operator table")
     parser.add_argument("--json", type=Path, help="write the phase figures here")
@@ -49,7 +52,7 @@ def main() -> None:
             features=args.features,
             interactions=args.pairs,
             out=str(Path(tmp) / "run"),
-            model=ModelConfig(fusion=args.fusion, ids=args.ids),
+            model=ModelConfig(fusion=args.fusion, ids=args.ids, expert_dim=args.expert_dim),
             quiet=True,
         )
         start = time.perf_counter()
