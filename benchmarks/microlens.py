@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import timed, write_json  # noqa: E402
+from benchmarks.run_reuse import stale_defaults  # noqa: E402
 from linkedout.datasets import MICROLENS_FILES, microlens_50k  # noqa: E402
 from linkedout.errors import LinkedOutError  # noqa: E402
 
@@ -472,7 +473,10 @@ def train_row(
     stamp = run / "benchmark-command.json"
     done = (run / "metrics.json").exists() and stamp.exists()
     if done and json.loads(stamp.read_text())["command"] == command[3:]:
-        return collect(run, row, seed, json.loads(stamp.read_text())["wall_seconds"])
+        changed = stale_defaults(run, command[3:])
+        if not changed:
+            return collect(run, row, seed, json.loads(stamp.read_text())["wall_seconds"])
+        print(f"retraining {run}: defaults changed since ({'; '.join(changed)})", flush=True)
     shutil.rmtree(run, ignore_errors=True)
     run.parent.mkdir(parents=True, exist_ok=True)
     print("$ linkedout " + " ".join(command[3:]), flush=True)

@@ -2,10 +2,13 @@
 
     python benchmarks/report.py out/benchmark            # -> benchmarks/results/, BENCHMARKS.md
     python benchmarks/report.py out/benchmark-quick --into out/benchmark-quick
+    python benchmarks/report.py --results benchmarks/results/DATE-MACHINE.json  # re-render only
 
 Reads OUT/{storage,extract,microlens,serve}.json and, when `make benchmark-peers` ran on the same
 split, OUT/peers/recbole_sasrec.json and OUT/peers/unisrec-{transductive,inductive,fdsa}.json.
-Every number in the markdown comes from those files.
+Every number in the markdown comes from those files. `--results` renders BENCHMARKS.md and the
+plots again from a results JSON written earlier (after a change to this report; no out/ needed),
+and leaves that JSON as it is.
 """
 
 from __future__ import annotations
@@ -39,9 +42,19 @@ FIGURES = ("gates.png", "fusion_hr10.png", "training_curves.png")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="the benchmark's output folder")
+    parser.add_argument("out", type=Path, nargs="?", help="the benchmark's output folder")
     parser.add_argument("--into", type=Path, help="write everything here instead of the repository")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="render again from this results JSON (written by an earlier report) instead of OUT",
+    )
     args = parser.parse_args()
+    if (args.out is None) == (args.results is None):
+        parser.error("give the benchmark's output folder or --results FILE, not both")
+    if args.results:
+        rerender(args.results, args.into)
+        return
     figures = {
         name: json.loads((args.out / f"{name}.json").read_text())
         for name in ("storage", "extract", "microlens", "serve", "new-uploads")
@@ -92,6 +105,30 @@ def main() -> None:
     plot_all(figures["microlens"], plots)
     markdown.write_text(render(figures, results, plots, markdown.parent))
     print(f"wrote {results}, {markdown} and {', '.join(str(plots / f) for f in FIGURES)}")
+
+
+def _refuse(line: str) -> None:
+    print(line, file=sys.stderr)
+    sys.exit(2)
+
+
+def rerender(results: Path, into: Path | None) -> None:
+    """BENCHMARKS.md and the plots again from a results JSON; its figures and its date stay."""
+    try:
+        figures = json.loads(results.read_text())
+    except (OSError, ValueError) as e:
+        _refuse(f"--results {results}: not a readable results JSON ({e})")
+    if "microlens" not in figures or "generated" not in figures:
+        _refuse(f"--results {results}: not written by benchmarks/report.py (no microlens figures)")
+    markdown, plots = (
+        (into / "BENCHMARKS.md", into)
+        if into
+        else (REPO / "BENCHMARKS.md", REPO / "benchmarks" / "figures")
+    )
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_all(figures["microlens"], plots)
+    markdown.write_text(render(figures, results.resolve(), plots, markdown.parent))
+    print(f"wrote {markdown} and {', '.join(str(plots / f) for f in FIGURES)} from {results}")
 
 
 # -- markdown -------------------------------------------------------------------------------
@@ -177,6 +214,7 @@ def render(figures: dict, results: Path, plots: Path, base: Path) -> str:
             "running; `make benchmark` continues from the finished runs): "
             f"{'; '.join(ml['runs_missing'])}.",
         ]
+    out += _wall_times(ml["rows"])
     out += _goals(rows, layer_rows, figures.get("peer_recbole_sasrec"))
     cold = pop["test_cold_start"]
     out += [
@@ -293,6 +331,35 @@ def serving_section(serve: dict) -> list[str]:
 
 GOAL = 1.10  # LinkedOut (content + IDs) over the better converged ID-only SASRec
 COLD_FLOOR = 0.012  # content rows' cold HR@10 in the 2026-11-24 benchmark
+
+
+def _wall_times(rows: list[dict]) -> list[str]:
+    """What the table cost: every run's wall time (setup and final evaluation included), the
+    main rows' and the other rows' sums."""
+    main = [r for r in rows if len(r["runs"]) > 1 or r["key"] in ("ids", "moe", "moe+ids")]
+    other = [r for r in rows if r not in main]
+
+    def minutes(group: list[dict]) -> float:
+        return sum(run["wall_seconds"] for r in group for run in r["runs"]) / 60
+
+    def each(group: list[dict]) -> str:
+        return "; ".join(
+            f"{r['key']} " + ", ".join(f"{run['wall_seconds'] / 60:.1f}" for run in r["runs"])
+            for r in group
+        )
+
+    if not rows:
+        return []
+    line = (
+        f"Wall time of the training runs (one after another on this machine, setup and final "
+        f"evaluation included): main rows **{minutes(main):.0f} min** ({each(main)} min)"
+    )
+    if other:
+        line += (
+            f", the other rows {minutes(other):.0f} min ({each(other)} min), "
+            f"**{minutes(main) + minutes(other):.0f} min** in all"
+        )
+    return ["", line + "."]
 
 
 def _goals(rows: dict, layer_rows: list[dict], peer: dict | None) -> list[str]:
