@@ -544,7 +544,7 @@ def summarise(row: Row, records: list[dict]) -> dict:
 def recommend_latency(trained, users: int, warm: int) -> dict[str, float]:
     """p50/p99 milliseconds of a top-10 ranking (the service's Ranker, in process) for the
     first `users` users' test histories, after `warm` untimed requests."""
-    from linkedout.service.ranker import Query, Ranker
+    from linkedout.service.ranker import Ranker, RankRequest
 
     ranker = Ranker(trained.path)
 
@@ -552,11 +552,11 @@ def recommend_latency(trained, users: int, warm: int) -> dict[str, float]:
         [trained.item_ids[i - 1] for i in trained.split.history(u, "test")] for u in range(users)
     ]
     for history in histories[:warm]:
-        ranker.rank([Query(history, k=10)])
+        ranker.rank([RankRequest(history, k=10)])
     latencies = []
     for history in histories:
         start = time.perf_counter()
-        ranker.rank([Query(history, k=10)])
+        ranker.rank([RankRequest(history, k=10)])
         latencies.append((time.perf_counter() - start) * 1000)
     q = statistics.quantiles(latencies, n=100)
     return {"p50_ms": q[49], "p99_ms": q[98]}

@@ -179,7 +179,7 @@ def ann_probe(
     users = ranker.split.users[:queries]
     rows = [[ranker.snapshot.index[i] for i in ranker.history_of(u)] for u in users]
     h, gate = ranker._user_states(ranker.snapshot, rows)
-    q = ranker.model.queries(h, gate).detach()
+    q = ranker.model.user_vectors(h, gate).detach()
     exact_top = (q @ keys.T).topk(10).indices
     t = time.perf_counter()
     for i in range(len(q)):

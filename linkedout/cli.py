@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -157,13 +156,14 @@ def recommend(
     with `linkedout catalog add` included), as `linkedout serve` ranks them."""
     _verify_run(config.run)
 
-    from linkedout.service.ranker import Query, Ranker
+    from linkedout.service.ranker import Ranker, RankRequest
+    from linkedout.service.results import recommendations_json
 
     ranker = Ranker(config.run, config.new_item_lift)
     items = ranker.history_of(config.user) if config.history is None else list(config.history)
-    (result,) = ranker.rank([Query(history=items, k=config.k, explain=config.explain)])
+    (result,) = ranker.rank([RankRequest(history=items, k=config.k, explain=config.explain)])
     if as_json:
-        typer.echo(json.dumps(asdict(result), indent=2))
+        typer.echo(json.dumps(recommendations_json(result), indent=2))
         return
     render.recommendations(result, len(items), config.explain)
 

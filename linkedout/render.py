@@ -135,7 +135,7 @@ def recommendations(result, watched: int, explain: bool) -> None:
     )
     for rank, r in enumerate(result.items, 1):
         table.add_row(
-            str(rank), Text(r.item_id), f"{r.score:.3f}", *([str(r.top_layer)] if explain else [])
+            str(rank), Text(r.item_id), f"{r.score:.3f}", *([str(r.top_expert)] if explain else [])
         )
     console.print(table, highlight=False)
     if explain:

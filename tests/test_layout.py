@@ -85,3 +85,48 @@ def test_extract_and_recommend_meet_only_at_storage():
                 if t.startswith(("linkedout.extract", "linkedout.recommend", "linkedout.cli"))
             }
             assert not upward, f"{name} imports {upward}"
+
+
+def service_violations(graph: dict[str, set[str]]) -> list[str]:
+    """The service sits on the recommender: it may import recommend/ and storage/, never
+    extract/, and only the CLI imports it."""
+    found = []
+    for name, targets in graph.items():
+        if name.startswith("linkedout.service"):
+            found += [f"{name} imports {t}" for t in targets if t.startswith("linkedout.extract")]
+        elif name != "linkedout.cli":
+            found += [f"{name} imports {t}" for t in targets if t.startswith("linkedout.service")]
+    return sorted(found)
+
+
+def test_the_service_sits_on_the_recommender_and_only_the_cli_imports_it():
+    assert service_violations(import_graph()) == []
+
+
+def test_the_service_rule_sees_a_crossing():
+    graph = {
+        "linkedout.service.app": {"linkedout.extract.pipeline", "linkedout.recommend.model"},
+        "linkedout.recommend.train": {"linkedout.service.ranker"},
+        "linkedout.cli": {"linkedout.service.server"},
+    }
+    assert service_violations(graph) == [
+        "linkedout.recommend.train imports linkedout.service.ranker",
+        "linkedout.service.app imports linkedout.extract.pipeline",
+    ]
+
+
+def test_only_storage_and_the_catalog_dataset_open_lance():
+    """Each Lance dataset has one owner: feature datasets storage/, catalog.lance
+    recommend/catalog_dataset.py."""
+    owners = []
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            if any(n == "lance" or n.startswith("lance.") for n in names):
+                owners.append(module_name(path))
+    outside = {o for o in owners if not o.startswith("linkedout.storage")}
+    assert outside == {"linkedout.recommend.catalog_dataset"}

@@ -11,27 +11,20 @@ This module plans, resumes and writes, once per run; an engine (`engines/local.p
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
-import threading
 import time
 import zlib
-from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-
-import pyarrow as pa
 
 from linkedout.errors import LinkedOutError, SettingError, first_line
+from linkedout.extract.adding_queries import add_queries, stored_items_to_add, stored_queries
 from linkedout.extract.backbones import Backbone, inspect_model, load_backbone, writes_timestamps
 from linkedout.extract.backbones.generic_vlm import GenericVLMPacker
 from linkedout.extract.config import ExtractConfig
 from linkedout.extract.decode import unreadable_reason
-from linkedout.extract.defaults import DEFAULT_PROMPT
 from linkedout.extract.discover import (
     CatalogItem,
     discover_videos,
@@ -50,72 +43,10 @@ from linkedout.extract.steps import (
     check_tokens_fit,
     parse_layers,
 )
-from linkedout.storage import FailedItem, FeatureStore, FeatureWriter, Manifest
-from linkedout.storage.columns import query_column, tokens_to_arrow
-from linkedout.storage.location import exists
+from linkedout.extract.summary import ExtractSummary
+from linkedout.storage import FailedItem, FeatureStore, FeatureWriter
 from linkedout.storage.maintenance import END_OF_RUN_GRACE, optimize
 from linkedout.storage.rows import sha256_file, sha256_text
-
-
-@dataclass
-class ExtractSummary:
-    uri: str
-    items: int = 0
-    new: int = 0
-    replaced: int = 0
-    skipped: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    attempted: int = 0
-    """Items this run tried to extract (those not already stored)."""
-    known_failures: int = 0
-    """Items stored as failures of the same content and title: skipped, or retried with
-    --retry-failed."""
-    failed_again: int = 0
-    """Known failures retried (--retry-failed) that failed again."""
-    failure_reasons: Counter[str] = field(default_factory=Counter)
-    """Reason -> how many of this run's items failed with it."""
-    queries_added: list[str] = field(default_factory=list)
-    """Queries this run added to the items stored before it."""
-    given_queries: int = 0
-    """Stored items that got the added queries."""
-
-    def all_failed(self) -> str | None:
-        """A one-line error when every item this run tried failed (their failures are stored),
-        naming the most common reason; None when any succeeded or none was tried. Known
-        failures that failed again do not count: a re-run over one bad upload is not an error."""
-        failed = sum(self.failure_reasons.values())
-        attempted = self.attempted - self.failed_again
-        if not attempted or failed < attempted:
-            return None
-        reason, count = self.failure_reasons.most_common(1)[0]
-        return (
-            f"all {failed} items failed ({count}x: {reason}); see "
-            f"`linkedout info {self.uri} --failures {failed}`"
-        )
-
-    def line(self) -> str:
-        done = self.new + self.replaced
-        added = (
-            f", {', '.join(self.queries_added)} added to {self.given_queries} stored"
-            if self.queries_added
-            else ""
-        )
-        rate = (done + self.given_queries) / self.seconds if self.seconds > 0 else 0.0
-        known = ""
-        if self.failed_again:
-            known = f" ({self.failed_again} of them failed before with the same bytes)"
-        elif self.known_failures:
-            known = (
-                f", {self.known_failures} known failure(s) skipped (stored failed with the same "
-                "bytes; --retry-failed tries them again)"
-            )
-        return (
-            f"{self.uri}: {self.new} new, {self.replaced} replaced, {self.skipped} skipped "
-            f"(already stored){added}, {self.failed} failed{known} in {self.seconds:.1f}s "
-            f"({rate:.2f} items/s)"
-        )
 
 
 # ------------------------------------------------------------------ planning
@@ -164,8 +95,13 @@ def plan_items(config: ExtractConfig) -> tuple[list[CatalogItem], list[str], lis
     return items, notes, others
 
 
-def make_engine(config: ExtractConfig, backbone: Backbone | None = None) -> Engine:
-    """The engine of `config.engine`, holding the run's one `ExtractPlan`."""
+def make_engine(
+    config: ExtractConfig,
+    backbone: Backbone | None = None,
+    queries: tuple[Query, ...] | None = None,
+) -> Engine:
+    """The engine of `config.engine`, holding the run's one `ExtractPlan`; `queries`: what
+    every video is asked (default: the run's own, `config.named_queries()`)."""
     info, settings = None, None
     want = "text" if config.texts is not None else "video-llm"
     if backbone is None:
@@ -195,15 +131,10 @@ def make_engine(config: ExtractConfig, backbone: Backbone | None = None) -> Engi
                 "model", backbone.model_id, f"is a {kind} backbone, which cannot read {given}"
             )
         if kind == "video-llm":
-            settings = getattr(backbone.packer, "settings", None)
-            check_frames_fit(
-                config.frames,
-                settings,
-                getattr(backbone, "max_positions", None),
-                backbone.model_id,
-            )
+            settings = backbone.packer.settings
+            check_frames_fit(config.frames, settings, backbone.max_positions, backbone.model_id)
     layers = parse_layers(config.layers, num_layers)
-    model_type = info.model_type if info is not None else getattr(backbone, "family", None)
+    model_type = info.model_type if info is not None else backbone.family
     generic = info.generic if info is not None else isinstance(backbone.packer, GenericVLMPacker)
     if generic and kind == "video-llm" and config.query_position == "before":
         raise SettingError(
@@ -222,13 +153,13 @@ def make_engine(config: ExtractConfig, backbone: Backbone | None = None) -> Engi
     check_tokens_fit(recipe, config.frames, settings, config.model)
     if config.engine == "ray":
         facts = ray_engine.cluster_facts(config, info)
-        plan = ExtractPlan.make(config, facts, layers, recipe)
+        plan = ExtractPlan.make(config, facts, layers, recipe, queries)
         return ray_engine.RayEngine(plan, info, config.dtype, config.ray)
     if backbone is None:
         backbone = load_backbone(
             info, config.device, config.dtype, max_pixels=config.max_pixels, backend=config.backend
         )
-    plan = ExtractPlan.make(config, BackboneFacts.of(backbone), layers, recipe)
+    plan = ExtractPlan.make(config, BackboneFacts.of(backbone), layers, recipe, queries)
     return LocalEngine(plan, backbone, config.decode_threads)
 
 
@@ -265,157 +196,6 @@ def _todo(
         # Batches of similar length waste little compute on padding (2x on MicroLens titles).
         todo.sort(key=lambda pair: len(pair[0].title or ""))
     return todo, set(known)
-
-
-def _check_stored_queries(config: ExtractConfig) -> Manifest | None:
-    """Before any weights load: refuse a query the dataset at `--out` stores with another text
-    or position, and a sharded run that would add queries to its stored videos (they commit
-    as one set of new columns, by one process; shards would each try). Returns the stored
-    manifest when the run asks no query of its own of a dataset of named queries: it then
-    asks the stored ones (rather than adding the default prompt as a query)."""
-    if config.videos is None or not exists(config.out, config.storage_options):
-        return None
-    stored = FeatureStore.open(config.out, config.storage_options)
-    manifest = stored.manifest
-    if manifest.backbone_kind != "video-llm":
-        return None  # `open_or_create` names the differences
-    asks_nothing = not config.query and config.queries is None and config.prompt == DEFAULT_PROMPT
-    if asks_nothing and manifest.queries:
-        return manifest
-    queries = config.named_queries()
-    conflicts = manifest.query_conflicts([(q.name, q.text) for q in queries])
-    if conflicts:
-        name, text, new = conflicts[0]
-        raise LinkedOutError(
-            f"{stored.uri} stores query {name!r} as {text!r}, not {new!r}: a new query needs a "
-            "name of its own"
-        )
-    if manifest.query_position != config.query_position:
-        raise SettingError(
-            "query_position",
-            config.query_position,
-            f"{stored.uri} holds queries placed {manifest.query_position} the video: repeat "
-            "it, or write to a new --out",
-        )
-    known = dict(manifest.named_queries())
-    added = [q.name for q in queries if q.name not in known]
-    if config.shard is not None and (added or stored.missing_queries()):
-        raise LinkedOutError(
-            f"this run adds queries ({', '.join(added) or 'unfinished ones'}) to the videos "
-            f"stored in {config.out}: that runs in one process; drop --shard for it (then shard "
-            "the new videos as before)"
-        )
-    return None
-
-
-def _adding(
-    store: FeatureStore, items: list[CatalogItem], hashes: dict[str, str], todo: set[str]
-) -> tuple[list[str], dict[str, tuple[CatalogItem, str]]]:
-    """Queries the dataset names but holds no column for yet, and the stored items they are
-    run for: those whose video is here, unchanged (the same content hash), and not about to
-    be extracted whole."""
-    names = store.missing_queries()
-    if not names or not len(store):
-        return names, {}
-    stored = store.status()
-    return names, {
-        i.item_id: (i, hashes[i.item_id])
-        for i in items
-        if i.item_id not in todo
-        and i.item_id in stored
-        and stored[i.item_id].error is None
-        and stored[i.item_id].content_sha256 == hashes[i.item_id]
-    }
-
-
-def _add_queries(
-    config: ExtractConfig,
-    store: FeatureStore,
-    engine: Engine,
-    adding: tuple[list[str], dict[str, tuple[CatalogItem, str]]],
-    on_progress: Callable[[int, int, int], None] | None,
-    total: int,
-    summary: ExtractSummary,
-) -> None:
-    """Run only the new queries for the stored items and commit them as new columns, none of
-    the stored columns rewritten. Lance fills the columns a batch of stored rows at a time; a
-    local checkpoint keeps the batches done, so an interrupted run resumes there."""
-    names, todo = adding
-    plan = replace(
-        engine.plan,
-        queries=tuple(q for q in engine.plan.queries if q.name in names),
-        with_tokens=False,
-    )
-    done = 0
-    stop = threading.Event()
-
-    def fill_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
-        nonlocal done
-        ids = batch.column("item_id").to_pylist()
-        rows = {}
-        for row in engine.rows([todo[i] for i in ids if i in todo], plan):
-            if stop.is_set():
-                raise _Stopped  # Lance commits nothing; the checkpoint keeps the batches done
-            done += 1
-            if isinstance(row, FailedItem):
-                summary.failure_reasons[f"query not added: {row.error}"] += 1
-            elif row.finite():
-                rows[row.item_id] = row
-            else:
-                summary.failure_reasons["query not added: its states hold NaN or inf"] += 1
-            if on_progress:
-                on_progress(done, total, 0)
-        columns = [
-            tokens_to_arrow(
-                [rows[i].queries[name] if i in rows else None for i in ids],
-                store.manifest,
-                store.manifest.query_slots,
-            )
-            for name in names
-        ]
-        return pa.RecordBatch.from_arrays(columns, names=[query_column(n) for n in names])
-
-    checkpoint = _checkpoint_file(store, names)
-    if checkpoint.exists():
-        summary.notes.append(f"resumed adding {', '.join(names)} where an interrupted run left it")
-    # Lance runs `fill` while this thread waits inside it, where Ctrl-C would not be seen until
-    # the end; run it aside, so a Ctrl-C here stops it at the next item.
-    with ThreadPoolExecutor(1, "linkedout-add-queries") as aside:
-        adding = aside.submit(
-            store.add_query_columns, names, fill_columns, config.commit_every, str(checkpoint)
-        )
-        try:
-            while not wait([adding], timeout=0.2).done:
-                pass
-        except KeyboardInterrupt:
-            stop.set()
-            wait([adding])
-            raise
-        adding.result()
-    store.refresh()
-    checkpoint.unlink(missing_ok=True)
-    lacking = {name: store.query_nulls(name) for name in names}
-    summary.queries_added = list(names)
-    summary.given_queries = len(store) - max(lacking.values())
-    for name, count in lacking.items():
-        if count:
-            summary.notes.append(
-                f"{count} stored item(s) got no {name!r} slots (their video is not under "
-                "--videos as it was extracted): extract them again to add it"
-            )
-
-
-class _Stopped(Exception):
-    """Raised inside Lance's column fill to abandon it on Ctrl-C."""
-
-
-def _checkpoint_file(store: FeatureStore, names: list[str]) -> Path:
-    """Where an interrupted `_add_queries` keeps its finished batches: a local file named by
-    the dataset, its version and the queries, so only the same run resumes from it."""
-    key = hashlib.sha256(f"{store.uri}|{store.version}|{','.join(names)}".encode()).hexdigest()
-    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "linkedout"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"add-queries-{key[:16]}.sqlite"
 
 
 # ------------------------------------------------------------------ the run
@@ -460,26 +240,22 @@ def extract(
     process, or Ray tasks and actors); planning, resuming and writing happen here, once."""
     started = time.perf_counter()
     items, notes, columns = plan_items(config)
-    adopted = _check_stored_queries(config)
-    engine = make_engine(config, backbone)
-    if adopted is not None:
-        engine.manifest = replace(
-            engine.manifest,
-            prompt=adopted.prompt,
-            queries=adopted.queries,
-            query_slots=adopted.query_slots,
-        )
+    queries = stored_queries(config)
+    engine = make_engine(config, backbone, queries)
     with _writing(config.out):
         store = FeatureStore.open_or_create(config.out, engine.manifest, config.storage_options)
+    if engine.plan.is_video:  # every new row gets every query the dataset holds
+        asked = tuple(Query(n, t) for n, t in store.manifest.named_queries())
+        if asked != engine.plan.queries:  # another run added queries since `stored_queries`
+            raise LinkedOutError(
+                f"{store.uri} got other queries while this run started: run it again"
+            )
+        check_fields(list(asked), columns, str(config.titles))
     summary = ExtractSummary(uri=store.uri, items=len(items), notes=notes)
     first_version = store.version
-    if engine.plan.is_video:  # every new row gets every query the dataset holds
-        stored = tuple(Query(n, t) for n, t in store.manifest.named_queries())
-        check_fields(list(stored), columns, str(config.titles))
-        engine.plan = replace(engine.plan, queries=stored)
     hashes = _hashes(config, items)
     todo, known = _todo(config, store, items, hashes)
-    adding = _adding(store, items, hashes, {i.item_id for i, _ in todo})
+    adding = stored_items_to_add(store, items, hashes, {i.item_id for i, _ in todo})
     summary.known_failures = len(known)
     summary.skipped = len(items) - len(todo) - (0 if config.retry_failed else len(known))
     summary.attempted = len(todo)
@@ -488,7 +264,7 @@ def extract(
         on_progress(0, total, 0)
     if adding[0]:
         with _writing(store.uri):
-            _add_queries(config, store, engine, adding, on_progress, total, summary)
+            add_queries(config, store, engine, adding, on_progress, total, summary)
     writer = FeatureWriter(store, config.commit_every, overwrite=config.overwrite)
     with _writing(store.uri):
         try:

@@ -91,13 +91,15 @@ class ExtractPlan:
         facts: BackboneFacts,
         layers: tuple[int, ...],
         recipe: PoolingRecipe,
+        queries: tuple[Query, ...] | None = None,
     ) -> ExtractPlan:
+        """`queries`: what every video is asked (default: the run's own)."""
         return cls(
             facts,
             layers,
             recipe,
             config.frames,
-            tuple(config.named_queries()),
+            tuple(config.named_queries()) if queries is None else queries,
             config.query_position,
             config.new_tokens,
             config.max_pixels,

@@ -9,20 +9,20 @@ import torch
 from linkedout.errors import LinkedOutError
 from linkedout.memory import MemoryBudget
 from linkedout.recommend.catalog import Catalog
-from linkedout.recommend.data import left_pad
+from linkedout.recommend.loaded_run import LoadedRun
 from linkedout.recommend.metrics import RankingMetrics, fixed_score_ranks
 from linkedout.recommend.module import LinkedOutModule
 from linkedout.recommend.ranking import rank_targets
 from linkedout.recommend.run import EvalReport, GateReport, RunDir, SplitMetrics
 
 
-class TrainedRun:
-    """Checkpoint + per-layer item embeddings (`catalog.lance`) + split of one training run.
+class TrainedRun(LoadedRun):
+    """A run with the item embeddings training wrote (`catalog.lance`, version 1), for
+    full-ranking evaluation.
 
     The embeddings are loaded when they fit `memory_budget` (default: half the free memory),
     else ranked chunk by chunk from disk: same results, one read of the file per ranking pass.
-    `module`: the best checkpoint already loaded (training has it), instead of reading it.
-    `new_item_lift`: rank with this instead of the run's own.
+    `module`, `new_item_lift`: as LoadedRun's.
 
     config.json, the checkpoint and catalog.lance must carry the same run id (none, for runs
     trained before run ids): files mixed from two runs are refused, not ranked."""
@@ -34,37 +34,21 @@ class TrainedRun:
         module: LinkedOutModule | None = None,
         new_item_lift: float | None = None,
     ):
-        self.run = path if isinstance(path, RunDir) else RunDir(path)
-        if module is None:  # else training is finishing the run: it has no metrics.json yet
-            self.run.require_checkpoint()
-        self.path = self.run.path
-        self.config = self.run.config()
-        run_id = self.config.run_id
-        self.module = self.run.checkpoint(run_id) if module is None else module
-        self.module.model.lift_new_items(new_item_lift)
-        ids = self.module.model.ids.weight.detach() if self.module.model.ids is not None else None
+        super().__init__(path, module, new_item_lift)
+        ids = self.model.ids.weight.detach() if self.model.ids is not None else None
         budget = MemoryBudget.resolve(None) if memory_budget is None else memory_budget
-        self.catalog: Catalog = self.run.catalog(ids, budget, run_id)
-        self.split = self.run.split()
-        self.item_ids: list[str] = self.split.item_ids
+        self.catalog: Catalog = self.run.catalog(ids, budget, self.config.run_id)
         if self.catalog.num_items != self.split.num_items:
             raise LinkedOutError(
                 f"{self.path}: catalog.lance holds {self.catalog.num_items} items, the split "
                 f"{self.split.num_items}: the run directory is damaged; train it again"
             )
-        self.index = {item: i + 1 for i, item in enumerate(self.item_ids)}
-        self.layers: list[int | str] = self.config.experts
-        self.user_index = {u: i for i, u in enumerate(self.split.users)}
-        self.max_len = self.module.config.max_len
 
     @torch.inference_mode()
     def user_states(self, histories: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """User states `[B, d]` and gates `[B, L]` after these histories (model indices)."""
-        # Padded to the longest history here, not to max_len: pads are hidden from real steps,
-        # so states are the same, and evaluation groups users by length to make this short.
-        length = max(1, min(self.max_len, max(len(h) for h in histories)))
-        padded = torch.tensor([left_pad(h, length) for h in histories])
-        return self.module.encode(padded, self.catalog)
+        # Evaluation groups users by history length, so padding to the longest is short.
+        return self.module.encode(self.pad(histories), self.catalog)
 
 
 def evaluate_run(
@@ -125,14 +109,14 @@ def evaluate(
                 gates = gate
     report = EvalReport(results)
     if gates is not None:
-        report.gate = GateReport(run.layers, gates.mean(0).tolist())
+        report.gate = GateReport(run.experts, gates.mean(0).tolist())
     return report, gates
 
 
 def write_report(run: TrainedRun, report: EvalReport, gates: torch.Tensor | None) -> None:
     run.run.write_metrics(report)
-    if gates is not None and len(run.layers) > 1:
-        plot_gates(run.layers, gates, run.run.gates_file)
+    if gates is not None and len(run.experts) > 1:
+        plot_gates(run.experts, gates, run.run.gates_file)
 
 
 def states(

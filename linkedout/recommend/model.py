@@ -8,7 +8,7 @@
     x --SequenceEncoder (SASRec)--> h_u                                   the user state
     score(u, i) = <h_u, id(i)> + sum_l g_l(u) <U_l^T h_u, e_l(i)>         g: the user's gate
 
-Scores are one product, `queries(h, g) @ keys(e, id).T`, of a `d + L·r` user vector with a
+Scores are one product, `user_vectors(h, g) @ keys(e, id).T`, of a `d + L·r` user vector with a
 `d + L·r` item vector: a whole catalog is ranked (and, in training, softmaxed over) in one
 matrix product, and the L per-depth terms of a score say which depth drove it. Each depth's
 expert lives in its own r-dimensional subspace of the model space (`U_l`), so the per-user
@@ -227,8 +227,23 @@ class LinkedOut(nn.Module):
         fixed = self._fixed_gate(h.shape[:-1], h.device)
         return fixed if fixed is not None else self.experts.gate(h, self.experts.user_gate)
 
+    def encode(
+        self,
+        history: torch.Tensor,
+        codes: torch.Tensor | None,
+        id_vectors: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recommender's user side, once for training's validation, evaluation and serving:
+        padded histories `[B, S]` (0 = padding) and their items' `e [B·S, L, r]` (None for
+        ID-only models) -> the last user state `[B, d]` and its gate `[B, L]`. `id_vectors`
+        `[B·S, d]` stand in for the ID table's rows (serving's snapshots)."""
+        flat = history.reshape(-1)
+        vectors = self.item_inputs(codes, flat, id_vectors).reshape(*history.shape, -1)
+        h = self.user_states(vectors, history == 0)[:, -1]
+        return h, self.user_gate(h)
+
     # -- scores -----------------------------------------------------------------------------
-    def queries(self, h: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    def user_vectors(self, h: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
         """User vectors `[B, d + L·r]`: h for the ID part, g_l U_l^T h for depth l."""
         parts = [h] if self.ids is not None else []
         if self.content:
@@ -236,7 +251,7 @@ class LinkedOut(nn.Module):
         return torch.cat(parts, 1)
 
     def keys(self, codes: torch.Tensor | None, id_vectors: torch.Tensor | None) -> torch.Tensor:
-        """Item vectors `[C, d + L·r]` matching `queries`."""
+        """Item vectors `[C, d + L·r]` matching `user_vectors`."""
         parts = [id_vectors] if id_vectors is not None else []
         if codes is not None:
             parts.append(codes.flatten(1))
@@ -250,7 +265,7 @@ class LinkedOut(nn.Module):
         id_vectors: torch.Tensor | None,
     ) -> torch.Tensor:
         """`h [B, d]` against candidates (`codes [C, L, r]`, `id_vectors [C, d]`) -> `[B, C]`."""
-        scores = self.queries(h, gate) @ self.keys(codes, id_vectors).T
+        scores = self.user_vectors(h, gate) @ self.keys(codes, id_vectors).T
         new = self.new_items(id_vectors)
         return scores if new is None else scores.addr(self.lifts(h), new)
 
@@ -283,7 +298,7 @@ class LinkedOut(nn.Module):
         norms = self.ids.weight.detach().float().norm(dim=1)
         return norms.sum() / (norms > 0).sum().clamp(min=1)
 
-    def layer_contributions(
+    def expert_contributions(
         self, h: torch.Tensor, gate: torch.Tensor, codes: torch.Tensor
     ) -> torch.Tensor:
         """`[B, C, L]`: each depth's term of the score, for explanations."""
@@ -337,16 +352,16 @@ class LinkedOut(nn.Module):
         valid = targets != 0
         h = self.user_states(vectors, inputs == 0)[valid]  # [P, d] positions with a target
         gate = self.user_gate(h)
-        queries = self.queries(h, gate)
+        users = self.user_vectors(h, gate)
         keys = self.keys(codes, ids)  # [n, d + L·r], one row per needed item
         if candidates is not None:
             keys = _rows(keys, torch.searchsorted(needed, candidates))
             target_col = torch.searchsorted(candidates, targets[valid])
-            return full_softmax_loss(queries, keys, target_col, product_dtype), gate
+            return full_softmax_loss(users, keys, target_col, product_dtype), gate
         target_col = torch.searchsorted(needed, targets[valid])
         neg_col = torch.searchsorted(needed, negatives)
-        pos = (queries * keys.index_select(0, target_col)).sum(1, keepdim=True)
-        neg = queries @ keys.index_select(0, neg_col).T
+        pos = (users * keys.index_select(0, target_col)).sum(1, keepdim=True)
+        neg = users @ keys.index_select(0, neg_col).T
         log_q = log_q.index_select(0, needed)
         pos = pos - log_q[target_col][:, None]
         neg = neg - log_q[neg_col]

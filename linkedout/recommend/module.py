@@ -164,11 +164,7 @@ class LinkedOutModule(L.LightningModule):
 
     def encode(self, history: torch.Tensor, catalog: Catalog) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded histories `[B, S]` -> last user state `[B, d]` and its gate `[B, L]`."""
-        flat = history.reshape(-1)
-        codes = catalog.experts_of(flat)
-        vectors = self.model.item_inputs(codes, flat).reshape(*history.shape, -1)
-        h = self.model.user_states(vectors, history == 0)[:, -1]
-        return h, self.model.user_gate(h)
+        return self.model.encode(history, catalog.experts_of(history.reshape(-1)))
 
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx):

@@ -36,7 +36,8 @@ import torch
 
 from linkedout.errors import LinkedOutError, first_line
 from linkedout.memory import MemoryBudget
-from linkedout.recommend.catalog import Catalog, catalog_run_id, open_catalog, write_catalog
+from linkedout.recommend.catalog import Catalog, open_catalog
+from linkedout.recommend.catalog_dataset import CatalogDataset, read_run_id
 from linkedout.recommend.checkpoints import checkpoint_run_id, read_checkpoint
 from linkedout.recommend.run_lock import RunLock
 from linkedout.recommend.split_files import read_split, write_split
@@ -194,7 +195,7 @@ class RunDir:
         saved = read_checkpoint(self.best_checkpoint, mmap=True)  # mapped: not read twice
         self.check_run_id(self.best_checkpoint, checkpoint_run_id(saved), config.run_id)
         if self.catalog_file.exists():  # ID-only runs' catalog holds names only
-            found = catalog_run_id(self.catalog_file)
+            found = read_run_id(self.catalog_file)
             self.check_run_id(self.catalog_file, found, config.run_id)
         return config
 
@@ -276,7 +277,7 @@ class RunDir:
         shape: tuple[int, int, int],
         run_id: str | None = None,
     ) -> None:
-        write_catalog(self.catalog_file, experts, item_ids, shape, run_id=run_id)
+        CatalogDataset.create(self.catalog_file, experts, item_ids, shape, run_id=run_id)
 
     def catalog(
         self, ids: torch.Tensor | None, memory_budget: MemoryBudget, run_id: str | None = None

@@ -1,14 +1,14 @@
 """Cross-entropy over the whole catalog (a full softmax) without a `[P, N]` float32 logit matrix.
 
-Scores are `queries [P, m] @ keys [N, m].T`. The forward pass makes the logits `chunk_rows` rows
-at a time, in the products' dtype; one pass over each chunk (compiled with torch.compile on
-large steps, where it is a sixth of the passes of the eager code) takes each row's max and sum of
-exponentials, and writes the exponentials, in the products' dtype, to a `[P, N]` buffer kept for
-the backward pass and reused from step to step. The backward pass is then two products, the
-probabilities' row factors applied to their small sides. When that buffer would pass
-`SAVED_BYTES`, the backward pass remakes the logits a block of `chunk_cols` columns (items) at a
-time instead: each block's probabilities give that block's key gradients whole, written once,
-while the query gradients, `P x m` and small, are summed over blocks.
+Scores are `users [P, m] @ keys [N, m].T` (user vectors, item keys). The forward pass makes the
+logits `chunk_rows` rows at a time, in the products' dtype; one pass over each chunk (compiled
+with torch.compile on large steps, where it is a sixth of the passes of the eager code) takes
+each row's max and sum of exponentials, and writes the exponentials, in the products' dtype, to
+a `[P, N]` buffer kept for the backward pass and reused from step to step. The backward pass is
+then two products, the probabilities' row factors applied to their small sides. When that buffer
+would pass `SAVED_BYTES`, the backward pass remakes the logits a block of `chunk_cols` columns
+(items) at a time instead: each block's probabilities give that block's key gradients whole,
+written once, while the user-vector gradients, `P x m` and small, are summed over blocks.
 
 The products run in `product_dtype`: bfloat16 is several times faster than float32 where the
 hardware multiplies it natively (GPUs, CPUs with AVX512-BF16 or AMX), accumulates in float32, and
@@ -48,38 +48,38 @@ def product_dtype(device: torch.device | str) -> torch.dtype:
 
 
 def full_softmax_loss(
-    queries: torch.Tensor,
+    users: torch.Tensor,
     keys: torch.Tensor,
     targets: torch.Tensor,
     dtype: torch.dtype = torch.float32,
     chunk_rows: int = CHUNK_ROWS,
     chunk_cols: int | None = None,
 ) -> torch.Tensor:
-    """`mean_p CE(queries[p] @ keys.T, targets[p])`, with the products in `dtype`.
+    """`mean_p CE(users[p] @ keys.T, targets[p])`, with the products in `dtype`.
 
     Every row of `keys` is a candidate; leave out items that must not compete (padding, items
     no training sequence holds) by not passing their rows."""
-    if queries.dim() != 2 or keys.dim() != 2 or queries.shape[1] != keys.shape[1]:
-        raise ValueError(f"queries {tuple(queries.shape)} and keys {tuple(keys.shape)}")
-    if targets.shape != queries.shape[:1]:
-        raise ValueError(f"targets {tuple(targets.shape)} for {len(queries)} queries")
+    if users.dim() != 2 or keys.dim() != 2 or users.shape[1] != keys.shape[1]:
+        raise ValueError(f"users {tuple(users.shape)} and keys {tuple(keys.shape)}")
+    if targets.shape != users.shape[:1]:
+        raise ValueError(f"targets {tuple(targets.shape)} for {len(users)} users")
     if chunk_cols is None:
-        chunk_cols = max(256, CHUNK_CELLS // max(1, len(queries)))
-    return _FullSoftmax.apply(queries, keys, targets, dtype, chunk_rows, chunk_cols)
+        chunk_cols = max(256, CHUNK_CELLS // max(1, len(users)))
+    return _FullSoftmax.apply(users, keys, targets, dtype, chunk_rows, chunk_cols)
 
 
 class _FullSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, queries, keys, targets, dtype, chunk_rows, chunk_cols):
-        q_low, k_low = queries.detach().to(dtype), keys.detach().to(dtype)
+    def forward(ctx, users, keys, targets, dtype, chunk_rows, chunk_cols):
+        q_low, k_low = users.detach().to(dtype), keys.detach().to(dtype)
         exact = _exact(dtype)
-        lse = torch.empty(len(queries), dtype=exact, device=queries.device)
+        lse = torch.empty(len(users), dtype=exact, device=users.device)
         # exp(logit - row max) of every cell, kept for the backward pass when it fits: the
         # backward then multiplies it out instead of remaking the products and their
         # exponentials, which halved it on MicroLens (9.7 -> 4.5 s of a MoE + IDs epoch).
         kept = len(q_low) * len(k_low) * q_low.element_size() <= SAVED_BYTES
         exps = _SCRATCH.take((len(q_low), len(k_low)), dtype, q_low.device) if kept else None
-        sums = torch.empty(len(queries), dtype=exact, device=queries.device)
+        sums = torch.empty(len(users), dtype=exact, device=users.device)
         row_exps = _row_exps_fused() if len(q_low) * len(k_low) >= FUSED_CELLS else _row_exps
         if not kept:  # the exponentials are only summed: one chunk's worth of room
             spare = torch.empty(
@@ -90,24 +90,24 @@ class _FullSoftmax(torch.autograd.Function):
             top, row_sums = row_exps(logits, out)
             sums[rows] = row_sums
             lse[rows] = row_sums.log() + top
-        target_logits = (queries * keys.index_select(0, targets)).sum(1)
-        ctx.save_for_backward(queries, keys, q_low, k_low, targets, lse, sums, exps)
+        target_logits = (users * keys.index_select(0, targets)).sum(1)
+        ctx.save_for_backward(users, keys, q_low, k_low, targets, lse, sums, exps)
         ctx.chunk_cols = chunk_cols
         return (lse - target_logits).mean()
 
     @staticmethod
     def backward(ctx, grad):
-        queries, keys, q_low, k_low, targets, lse, sums, exps = ctx.saved_tensors
-        scale = grad / len(queries)
+        users, keys, q_low, k_low, targets, lse, sums, exps = ctx.saved_tensors
+        scale = grad / len(users)
         if exps is not None:
             # probabilities = exps / sums, row by row: the row factor goes on the small sides
-            # of the two products ([P, m] queries, [P, m] gradients), never over [P, N].
+            # of the two products ([P, m] users, [P, m] gradients), never over [P, N].
             factor = (scale / sums)[:, None]
             grad_q = torch.mm(exps, k_low).to(lse.dtype).mul_(factor)
             grad_k = torch.mm(exps.T, (q_low * factor).to(q_low.dtype)).to(lse.dtype)
             _SCRATCH.give(exps)
         else:
-            grad_q = torch.zeros(q_low.shape, dtype=lse.dtype, device=queries.device)
+            grad_q = torch.zeros(q_low.shape, dtype=lse.dtype, device=users.device)
             grad_k = torch.empty(keys.shape, dtype=lse.dtype, device=keys.device)
             part_q = torch.empty_like(q_low)
             for cols, probs in _prob_blocks(q_low, k_low, lse, scale, ctx.chunk_cols):
@@ -115,8 +115,8 @@ class _FullSoftmax(torch.autograd.Function):
                 grad_q += part_q
                 grad_k[cols] = probs.T @ q_low
         grad_q -= scale * keys.index_select(0, targets)
-        grad_k.index_add_(0, targets, queries, alpha=-scale)
-        return grad_q.to(queries.dtype), grad_k.to(keys.dtype), None, None, None, None
+        grad_k.index_add_(0, targets, users, alpha=-scale)
+        return grad_q.to(users.dtype), grad_k.to(keys.dtype), None, None, None, None
 
 
 class _Scratch:

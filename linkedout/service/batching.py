@@ -1,7 +1,7 @@
 """Rankings of concurrent requests merged into one forward pass.
 
 One thread ranks; requests that arrive while it works wait in a queue, and the next pass takes
-all of them (up to `max_batch` queries) in one sequence forward and one matrix product. On few
+all of them (up to `max_batch` requests) in one sequence forward and one matrix product. On few
 cores this is what keeps latency flat under concurrency: 32 users cost about 4x one user, not
 32x. A merged pass that fails on one request's query (an unknown user, say) is re-run request by
 request, so each request gets its own answer or its own error.
@@ -14,24 +14,24 @@ import queue
 import threading
 from collections.abc import Callable
 
-from linkedout.service.ranker import Query, QueryError
+from linkedout.service.ranker import RankRequest, RankRequestError
 
 Ranked = tuple[list, int]
 
 
 class Batcher:
-    def __init__(self, rank: Callable[[list[Query]], Ranked], max_batch: int):
+    def __init__(self, rank: Callable[[list[RankRequest]], Ranked], max_batch: int):
         self._rank = rank
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="linkedout-rank", daemon=True)
         self._thread.start()
 
-    async def rank(self, queries: list[Query]) -> Ranked:
-        """`rank(queries)`, merged with whatever else is waiting."""
+    async def rank(self, requests: list[RankRequest]) -> Ranked:
+        """`rank(requests)`, merged with whatever else is waiting."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((queries, future, loop))
+        self._queue.put((requests, future, loop))
         return await future
 
     def close(self) -> None:
@@ -57,8 +57,8 @@ class Batcher:
 
     def _pass(self, groups: list) -> None:
         try:
-            results, version = self._rank([q for queries, _, _ in groups for q in queries])
-        except QueryError as e:
+            results, version = self._rank([q for requests, _, _ in groups for q in requests])
+        except RankRequestError as e:
             if len(groups) > 1:
                 for group in groups:
                     self._pass([group])

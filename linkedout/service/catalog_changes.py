@@ -15,17 +15,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import lance
-import pyarrow as pa
 import torch
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.catalog import CHUNK_ITEMS, experts_array
+from linkedout.recommend.catalog_dataset import CHUNK_ITEMS, CatalogDataset
 from linkedout.recommend.run import RunDir
 from linkedout.recommend.run_lock import RunLock
 from linkedout.storage import FeatureStore
 from linkedout.storage.manifest import Manifest
-from linkedout.storage.store import id_filter
 
 
 @dataclass(frozen=True)
@@ -80,54 +77,42 @@ def _add_items(
             + "; ".join(differences)
             + "): extract the new items with the same model, layers and pooling"
         )
-    ds = lance.dataset(str(run.catalog_file))
-    present = _live_ids(ds)
+    catalog = CatalogDataset(run.catalog_file)
+    present = catalog.live_ids()
     stored = store.ids()
     new = [i for i in stored if i not in present]
     if not new:
-        return CatalogChange(already=len(stored), version=ds.version, size=len(present))
+        return CatalogChange(already=len(stored), version=catalog.version, size=len(present))
 
     @torch.inference_mode()
-    def batches() -> Iterator[pa.RecordBatch]:
+    def experts() -> Iterator[torch.Tensor]:
+        slots = tuple(config.slots) if config.slots else None
         for start in range(0, len(new), CHUNK_ITEMS):
             ids = new[start : start + CHUNK_ITEMS]
-            slots = tuple(config.slots) if config.slots else None
-            tokens = store.read_queries(ids, config.layers, config.queries, slots)
-            experts = model.item_experts(tokens)
-            yield pa.record_batch(
-                [pa.array(ids, pa.string()), experts_array(experts)], schema=ds.schema
-            )
+            yield model.item_experts(store.read_queries(ids, config.layers, config.queries, slots))
             if on_progress is not None:
                 on_progress(start + len(ids), len(new))
 
-    reader = pa.RecordBatchReader.from_batches(ds.schema, batches())
-    written = lance.write_dataset(reader, str(run.catalog_file), mode="append")
     return CatalogChange(
         added=len(new),
         already=len(stored) - len(new),
-        version=written.version,
+        version=catalog.append(new, experts()),
         size=len(present) + len(new),
     )
 
 
 def _remove_items(run: RunDir, item_ids: list[str]) -> CatalogChange:
-    ds = lance.dataset(str(run.catalog_file))
-    present = _live_ids(ds)
+    catalog = CatalogDataset(run.catalog_file)
+    present = catalog.live_ids()
     gone = sorted(set(item_ids) & present)
     if not gone:
-        return CatalogChange(already=len(set(item_ids)), version=ds.version, size=len(present))
-    ds.delete(id_filter(gone))
+        return CatalogChange(already=len(set(item_ids)), version=catalog.version, size=len(present))
     return CatalogChange(
         removed=len(gone),
         already=len(set(item_ids)) - len(gone),
-        version=ds.version,
+        version=catalog.delete(gone),
         size=len(present) - len(gone),
     )
-
-
-def _live_ids(ds: lance.LanceDataset) -> set[str]:
-    """Item ids of the catalog's live rows (not the padding row's "")."""
-    return set(ds.to_table(columns=["item_id"]).column("item_id").to_pylist()) - {""}
 
 
 @contextmanager

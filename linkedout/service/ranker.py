@@ -14,15 +14,14 @@ from pathlib import Path
 import torch
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.catalog import catalog_run_id, require_catalog
-from linkedout.recommend.data import left_pad
-from linkedout.recommend.run import RunConfig, RunDir
+from linkedout.recommend.catalog_dataset import CatalogDataset, read_run_id
+from linkedout.recommend.loaded_run import LoadedRun
 from linkedout.service.results import Recommendation, Recommendations, user_history
-from linkedout.service.snapshot import CatalogSnapshot, catalog_version, load_snapshot
+from linkedout.service.snapshot import CatalogSnapshot, load_snapshot
 
 
 @dataclass(frozen=True)
-class Query:
+class RankRequest:
     """One user to rank for: a watch history (oldest first) or a user of the run's split."""
 
     history: list[str] | None = None
@@ -33,7 +32,7 @@ class Query:
     explain: bool = False
 
 
-class QueryError(LinkedOutError):
+class RankRequestError(LinkedOutError):
     """A query that cannot be ranked; `index` is its place in the batch."""
 
     def __init__(self, index: int, message: str, unknown_user: bool = False):
@@ -42,35 +41,25 @@ class QueryError(LinkedOutError):
         self.unknown_user = unknown_user
 
 
-class Ranker:
+class Ranker(LoadedRun):
+    """A run served: its newest catalog snapshot, swapped whole on a new version."""
+
     def __init__(self, path: str | Path, new_item_lift: float | None = None):
         """`new_item_lift`: rank with this instead of the run's own (None: the run's)."""
-        self.run = RunDir(path)
-        self.run.require_checkpoint()
-        self.config: RunConfig = self.run.config()
-        self.module = self.run.checkpoint(self.config.run_id)
-        self.model = self.module.model
-        self.model.lift_new_items(new_item_lift)
-        require_catalog(self.run.catalog_file)
+        super().__init__(path, new_item_lift=new_item_lift)
         self.run.check_run_id(
-            self.run.catalog_file, catalog_run_id(self.run.catalog_file), self.config.run_id
+            self.run.catalog_file, read_run_id(self.run.catalog_file), self.config.run_id
         )
-        self.split = self.run.split()
-        self.item_ids = self.split.item_ids
-        self.trained = {item: i + 1 for i, item in enumerate(self.item_ids)}
-        self.user_index = {u: i for i, u in enumerate(self.split.users)}
-        self.layers: list[int | str] = self.config.experts
-        """Each expert's name: its depth, or query:depth for runs over several queries."""
         self._swap = threading.Lock()
         self.snapshot: CatalogSnapshot = self._load(None)
 
     def _load(self, version: int | None) -> CatalogSnapshot:
-        return load_snapshot(self.model, str(self.run.catalog_file), self.trained, version)
+        return load_snapshot(self.model, str(self.run.catalog_file), self.index, version)
 
     def refresh(self) -> bool:
         """Swap in the newest catalog version if there is one; True if it swapped."""
         with self._swap:  # one loader at a time; rankings never wait for it
-            latest = catalog_version(str(self.run.catalog_file))
+            latest = CatalogDataset.latest_version(self.run.catalog_file)
             if latest == self.snapshot.version:
                 return False
             self.snapshot = self._load(latest)
@@ -78,7 +67,7 @@ class Ranker:
 
     def history_of(self, user: str, index: int = 0) -> list[str]:
         if user not in self.user_index:
-            raise QueryError(
+            raise RankRequestError(
                 index,
                 f"user {user!r} is not in this run's interactions ({len(self.user_index):,} "
                 "users): rank their history instead",
@@ -86,58 +75,59 @@ class Ranker:
             )
         return user_history(self, user)
 
-    def rank(self, queries: list[Query]) -> list[Recommendations]:
+    def rank(self, requests: list[RankRequest]) -> list[Recommendations]:
         """Top-k of each query, all against one catalog version, users in one forward."""
-        return self.rank_at(queries)[0]
+        return self.rank_at(requests)[0]
 
     @torch.inference_mode()
-    def rank_at(self, queries: list[Query]) -> tuple[list[Recommendations], int]:
+    def rank_at(self, requests: list[RankRequest]) -> tuple[list[Recommendations], int]:
         """`rank`, and the catalog version it ranked against."""
         snap = self.snapshot
         histories = [
             q.history if q.user is None else self.history_of(q.user, b)
-            for b, q in enumerate(queries)
+            for b, q in enumerate(requests)
         ]
         rows, unknown = [], []
         for b, history in enumerate(histories):
             rows.append([snap.index[i] for i in history if i in snap.index])
             unknown.append([i for i in history if i not in snap.index])
             if not rows[-1]:
-                raise QueryError(
+                raise RankRequestError(
                     b,
                     f"none of the {len(history)} history item(s) is in the catalog "
                     f"(e.g. {history[0]!r}): send item ids the catalog holds",
                 )
         h, gate = self._user_states(snap, rows)
-        scores = self.model.queries(h, gate) @ snap.keys.T
+        scores = self.model.user_vectors(h, gate) @ snap.keys.T
         if snap.new_items is not None:
             scores.addr_(self.model.lifts(h, snap.id_scale), snap.new_items)
         scores[:, 0] = float("-inf")  # the padding row
-        for b, (q, known) in enumerate(zip(queries, rows, strict=True)):
+        for b, (q, known) in enumerate(zip(requests, rows, strict=True)):
             excluded = known + [snap.index[i] for i in q.exclude if i in snap.index]
             scores[b, excluded] = float("-inf")
-        k = min(max(q.k for q in queries), snap.size)
+        k = min(max(q.k for q in requests), snap.size)
         top = scores.topk(k, dim=1)
         results = [
             self._result(snap, q, history, missing, h[b], gate[b], top.indices[b], top.values[b])
-            for b, (q, history, missing) in enumerate(zip(queries, histories, unknown, strict=True))
+            for b, (q, history, missing) in enumerate(
+                zip(requests, histories, unknown, strict=True)
+            )
         ]
         return results, snap.version
 
     def _user_states(
         self, snap: CatalogSnapshot, rows: list[list[int]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As `LinkedOutModule.encode`, reading item vectors from the snapshot's rows."""
-        length = max(1, min(self.model.config.max_len, max(len(r) for r in rows)))
-        padded = torch.tensor([left_pad(r, length) for r in rows])
+        """The model's `encode`, reading item vectors from the snapshot's rows."""
+        padded = self.pad(rows)
         flat = padded.reshape(-1)
         codes = snap.experts[flat] if snap.experts is not None else None
         ids = snap.id_vectors[flat] if snap.id_vectors is not None else None
-        vectors = self.model.item_inputs(codes, flat, ids).reshape(*padded.shape, -1)
-        h = self.model.user_states(vectors, padded == 0)[:, -1]
-        return h, self.model.user_gate(h)
+        return self.model.encode(padded, codes, ids)
 
-    def _result(self, snap, q: Query, history, unknown, h, gate, rows, scores) -> Recommendations:
+    def _result(
+        self, snap, q: RankRequest, history, unknown, h, gate, rows, scores
+    ) -> Recommendations:
         rows, scores = rows[: q.k], scores[: q.k]
         found = torch.isfinite(scores)
         rows, scores = rows[found], scores[found]
@@ -145,7 +135,7 @@ class Ranker:
         contributions = None
         if explained:
             experts = snap.experts[rows]
-            contributions = self.model.layer_contributions(h[None], gate[None], experts)[0]
+            contributions = self.model.expert_contributions(h[None], gate[None], experts)[0]
         items = []
         for j, (row, score) in enumerate(zip(rows.tolist(), scores.tolist(), strict=True)):
             item = snap.item_ids[row - 1]
@@ -154,6 +144,6 @@ class Ranker:
                 continue
             per_layer = contributions[j].tolist()
             best = max(range(len(per_layer)), key=per_layer.__getitem__)
-            items.append(Recommendation(item, score, self.layers[best], per_layer))
-        gates = dict(zip(self.layers, gate.tolist(), strict=True)) if explained else {}
+            items.append(Recommendation(item, score, self.experts[best], per_layer))
+        gates = dict(zip(self.experts, gate.tolist(), strict=True)) if explained else {}
         return Recommendations(items, history, gates, unknown)

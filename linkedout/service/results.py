@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
 class Recommendation:
     item_id: str
     score: float
-    top_layer: int | str | None = None
+    top_expert: int | str | None = None
     """The depth (query:depth for runs over several queries) whose expert contributed most to
     this item's score (with explain)."""
-    layer_scores: list[float] = field(default_factory=list)
+    expert_scores: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,22 @@ class Recommendations:
     """The user's weight on each depth, or query:depth (with explain)."""
     unknown: list[str] = field(default_factory=list)
     """History ids the run does not know (ignored)."""
+
+
+RENAMED = {"top_layer": "top_expert", "layer_scores": "expert_scores"}
+"""Item keys renamed in 0.2 (an expert is a (query, depth) pair, not always a layer): JSON
+answers carry both names until 0.3, so clients reading the old ones keep working meanwhile."""
+
+
+def recommendations_json(result: Recommendations) -> dict:
+    """`result` as `linkedout recommend --json` prints it and the service sends it (the service
+    drops `history`): each item under its names, old ones included (`RENAMED`)."""
+    data = asdict(result)
+    for item in data["items"]:
+        for old, new in RENAMED.items():
+            item[old] = item[new]
+    data["gate"] = {str(k): v for k, v in data["gate"].items()}
+    return data
 
 
 def user_history(run, user: str) -> list[str]:

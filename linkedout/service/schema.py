@@ -17,6 +17,8 @@ from pydantic import (
 
 from linkedout.service.config import MAX_EXCLUDE, MAX_HISTORY, MAX_ID_LENGTH, MAX_K
 
+DEPRECATED = "renamed in 0.2 (an expert is a (query, depth) pair); this name goes in 0.3"
+
 ItemId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_ID_LENGTH)]
 
 
@@ -49,10 +51,15 @@ class BatchRequest(BaseModel):
 class RankedItem(BaseModel):
     item_id: str
     score: float
-    top_layer: int | str | None = None
-    """The depth whose expert added most to this item's score (with explain); query:depth
-    for runs over several queries."""
-    layer_scores: list[float] = []
+    top_expert: int | str | None = None
+    """The expert that added most to this item's score (with explain): its depth, or
+    query:depth for runs over several queries."""
+    expert_scores: list[float] = []
+    """Each expert's term of the score, in the order of /metadata's `experts`."""
+    top_layer: Annotated[int | str | None, Field(deprecated=DEPRECATED)] = None
+    """`top_expert`'s old name."""
+    layer_scores: Annotated[list[float], Field(deprecated=DEPRECATED)] = []
+    """`expert_scores`' old name."""
 
 
 class RecommendResponse(BaseModel):
@@ -89,8 +96,10 @@ class Metadata(BaseModel):
     run_id: str | None
     fusion: str
     ids: bool
-    layers: list[int | str]
-    """Each expert's depth, or query:depth for runs over several queries."""
+    experts: list[int | str]
+    """Each expert's name: its depth, or query:depth for runs over several queries."""
+    layers: Annotated[list[int | str], Field(deprecated=DEPRECATED)]
+    """`experts`' old name."""
     users: int
     max_history_used: int
     """The model reads the last this-many history items."""

@@ -1,6 +1,6 @@
 """One version of a run's catalog.lance, held in memory as the service ranks it.
 
-A user's score for an item is `queries(h, gate) · keys(item)` (model.py), so serving keeps the
+A user's score for an item is `user_vectors(h, gate) · keys(item)` (model.py), so serving keeps the
 keys of every live item `[N + 1, d + L·r]` and ranks with one matrix product per batch of
 users. Rows are renumbered for the snapshot: row 0 is padding, rows 1..N the catalog's live
 items in their stored order (trained items first, then added ones); removed items are simply
@@ -15,11 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import lance
-import pyarrow.compute as pc
 import torch
 
-from linkedout.recommend.catalog import experts_from_table
+from linkedout.recommend.catalog_dataset import CatalogDataset
 
 
 @dataclass(frozen=True)
@@ -62,25 +60,16 @@ class CatalogSnapshot:
         return self.keys[:, : self.id_width] if self.id_width else None
 
 
-def catalog_version(path: str) -> int:
-    """The newest committed version of a catalog dataset (opening reads its latest manifest)."""
-    return lance.dataset(path).version
-
-
 @torch.inference_mode()
 def load_snapshot(
     model, path: str, trained: dict[str, int], version: int | None = None
 ) -> CatalogSnapshot:
     """Catalog `path` at `version` (default: the newest) for `model`; `trained` maps the
     training split's item ids to model item indices (rows of the ID table)."""
-    ds = lance.dataset(path, version=version)
-    columns = ["item_id", "experts"] if model.content else ["item_id"]
-    table = ds.to_table(columns=columns)
-    table = table.filter(pc.not_equal(table.column("item_id"), ""))  # the padding row
-    item_ids: list[str] = table.column("item_id").to_pylist()
+    dataset = CatalogDataset(path, version=version)
+    item_ids, e = dataset.live()
     experts = None
-    if model.content:
-        e = experts_from_table(table)
+    if e is not None:
         experts = torch.cat([torch.zeros((1, *e.shape[1:]), dtype=e.dtype), e])
     id_vectors = None
     model_index = torch.tensor([trained.get(i, 0) for i in item_ids], dtype=torch.long)
@@ -91,7 +80,7 @@ def load_snapshot(
         id_vectors = model.ids.weight.detach()[rows]
     new_items = model.new_items(id_vectors)
     return CatalogSnapshot(
-        version=ds.version,
+        version=dataset.version,
         item_ids=item_ids,
         index={item: j + 1 for j, item in enumerate(item_ids)},
         keys=model.keys(experts, id_vectors).contiguous(),

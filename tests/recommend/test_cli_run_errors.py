@@ -11,10 +11,12 @@ import shutil
 import socket
 from pathlib import Path
 
+import lance
 import pytest
 import torch
 
 from linkedout.errors import LinkedOutError
+from linkedout.recommend.catalog_dataset import FORMAT, FORMAT_KEY
 from linkedout.recommend.config import TrainConfig
 from linkedout.recommend.evaluate import TrainedRun
 from linkedout.recommend.model import ModelConfig
@@ -83,6 +85,14 @@ def _no_catalog(run: Path, tmp: Path) -> None:
     shutil.rmtree(run / "catalog.lance")
 
 
+def _newer_catalog_format(run: Path, tmp: Path) -> None:
+    """catalog.lance as a later linkedout would write it: same rows, a higher format number."""
+    table = lance.dataset(str(run / "catalog.lance")).to_table()
+    metadata = {**table.schema.metadata, FORMAT_KEY: str(FORMAT + 1).encode()}
+    shutil.rmtree(run / "catalog.lance")
+    lance.write_dataset(table.replace_schema_metadata(metadata), str(run / "catalog.lance"))
+
+
 def _unfinished(run: Path, tmp: Path) -> None:
     (run / "metrics.json").unlink()
 
@@ -94,6 +104,10 @@ DAMAGED = {
     "corrupt config.json": (_corrupt_config, ["config.json is damaged"]),
     "config.json without train": (_config_without_train, ["config.json", "no 'train' entry"]),
     "missing catalog": (_no_catalog, ["catalog.lance is missing"]),
+    "catalog of a newer format": (
+        _newer_catalog_format,
+        [f"catalog.lance is catalog format {FORMAT + 1}", "upgrade linkedout"],
+    ),
     "unfinished run": (_unfinished, ["unfinished run", "re-run the same `linkedout train`"]),
     "catalog of another run": (None, ["catalog.lance belongs to another training run"]),
 }
@@ -107,6 +121,7 @@ THROUGH_THE_CLI = [
     ("pickled payload", "evaluate"),
     ("corrupt config.json", "evaluate"),
     ("missing catalog", "recommend"),
+    ("catalog of a newer format", "recommend"),
     ("unfinished run", "evaluate"),
     ("catalog of another run", "evaluate"),
 ]

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from linkedout.cli import app
-from linkedout.service.ranker import Query, Ranker
+from linkedout.service.ranker import Ranker, RankRequest
 from tests.cli_harness import assert_one_line_error, run_linkedout
 from tests.recommend.planted import make_planted, train_planted
 
@@ -50,9 +50,9 @@ def test_the_gate_finds_the_query_and_depth_that_carry_the_preference(runs, plan
 
 def test_explanations_name_the_query_and_the_depth(runs, planted):
     ranker = Ranker(runs["both"])
-    (top,) = ranker.rank([Query(user="u3", k=5, explain=True)])
+    (top,) = ranker.rank([RankRequest(user="u3", k=5, explain=True)])
     assert set(top.gate) == {f"{q}:{x}" for q in ("what", "mood") for x in (2, 4, 6, 8)}
-    assert all(isinstance(r.top_layer, str) and ":" in r.top_layer for r in top.items)
+    assert all(isinstance(r.top_expert, str) and ":" in r.top_expert for r in top.items)
     result = runner.invoke(app, ["recommend", str(runs["both"]), "--user", "u3", "--explain"])
     assert result.exit_code == 0, result.output
     assert f"mood:{planted.signal_layer}" in result.output

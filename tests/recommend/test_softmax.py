@@ -47,7 +47,7 @@ def test_bfloat16_products_stay_close_to_the_exact_loss():
 
 
 def test_mismatched_shapes_are_refused():
-    with pytest.raises(ValueError, match="queries"):
+    with pytest.raises(ValueError, match="users"):
         full_softmax_loss(torch.randn(4, 8), torch.randn(5, 7), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="targets"):
         full_softmax_loss(torch.randn(4, 8), torch.randn(5, 8), torch.zeros(3, dtype=torch.long))

@@ -15,7 +15,7 @@ from linkedout.errors import LinkedOutError
 from linkedout.memory import MemoryBudget
 from linkedout.recommend.evaluate import TrainedRun, evaluate_run
 from linkedout.recommend.run import RunDir
-from linkedout.service.ranker import Query, Ranker
+from linkedout.service.ranker import Ranker, RankRequest
 from linkedout.service.results import user_history
 from tests.recommend.planted import make_planted, train_planted
 
@@ -106,11 +106,11 @@ def test_reloaded_run_reproduces_scores_and_recommend_agrees_with_evaluate(runs)
     history = user_history(a, user)
     scores = _full_scores(a, [[a.index[i] for i in history]])[0].clone()
     scores[[a.index[i] for i in history]] = float("-inf")
-    (top,) = Ranker(runs["moe"]).rank([Query(history, k=5, explain=True)])
+    (top,) = Ranker(runs["moe"]).rank([RankRequest(history, k=5, explain=True)])
     assert [r.item_id for r in top.items] == [a.item_ids[i - 1] for i in scores.topk(5).indices]
     assert set(top.gate) == {2, 4, 6, 8} and abs(sum(top.gate.values()) - 1) < 1e-5
     for r in top.items:
-        assert abs(sum(r.layer_scores) - r.score) < 1e-4 and r.top_layer in top.gate
+        assert abs(sum(r.expert_scores) - r.score) < 1e-4 and r.top_expert in top.gate
 
 
 def test_cli_evaluate_and_recommend(runs):
@@ -132,8 +132,10 @@ def test_explain_on_an_id_only_run_ranks_and_says_there_is_no_depth(runs):
     trained = TrainedRun(runs["ids"])
     history = user_history(trained, trained.split.users[3])
     ranker = Ranker(runs["ids"])
-    explained, plain = ranker.rank([Query(history, k=4, explain=True), Query(history, k=4)])
-    assert explained.gate == {} and all(r.top_layer is None for r in explained.items)
+    explained, plain = ranker.rank(
+        [RankRequest(history, k=4, explain=True), RankRequest(history, k=4)]
+    )
+    assert explained.gate == {} and all(r.top_expert is None for r in explained.items)
     assert explained.items == plain.items
     result = runner.invoke(app, ["recommend", str(runs["ids"]), "--user", "u3", "--explain"])
     assert result.exit_code == 0, result.output
@@ -247,9 +249,9 @@ def test_a_tiny_memory_budget_streams_features_and_embeddings_with_the_same_resu
     assert on_disk.catalog.__class__.__name__ == "LanceCatalog"
     assert evaluate_run(streamed, memory_budget=MemoryBudget(0)).to_json() == _metrics(reference)
     history = user_history(on_disk, on_disk.split.users[7])
-    assert Ranker(streamed).rank([Query(history, k=8, explain=True)]) == Ranker(reference).rank(
-        [Query(history, k=8, explain=True)]
-    )
+    assert Ranker(streamed).rank([RankRequest(history, k=8, explain=True)]) == Ranker(
+        reference
+    ).rank([RankRequest(history, k=8, explain=True)])
 
 
 def test_unmasked_ranking_is_never_better_and_epochs_are_recorded(runs):

@@ -7,7 +7,7 @@ import asyncio
 import threading
 
 from linkedout.service.batching import Batcher
-from linkedout.service.ranker import QueryError
+from linkedout.service.ranker import RankRequestError
 
 
 class HeldRanker:
@@ -25,7 +25,7 @@ class HeldRanker:
             self.started.set()
             assert self.release.wait(10)
         if self.fail_on in queries:
-            raise QueryError(queries.index(self.fail_on), f"cannot rank {self.fail_on}")
+            raise RankRequestError(queries.index(self.fail_on), f"cannot rank {self.fail_on}")
         return [f"ranked {q}" for q in queries], 7
 
 
@@ -76,7 +76,7 @@ def test_a_merged_pass_that_fails_on_one_request_answers_each_request_alone():
         batcher.close()
     assert ranker.passes == [["a"], ["b", "bad", "c"], ["b"], ["bad"], ["c"]]
     assert results[0] == (["ranked a"], 7) and results[1] == (["ranked b"], 7)
-    assert isinstance(results[2], QueryError) and "cannot rank bad" in str(results[2])
+    assert isinstance(results[2], RankRequestError) and "cannot rank bad" in str(results[2])
     assert results[3] == (["ranked c"], 7)
 
 

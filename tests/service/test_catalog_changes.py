@@ -7,21 +7,21 @@ import json
 import threading
 import time
 
-import lance
 import pytest
 
 from linkedout.errors import LinkedOutError
+from linkedout.recommend.catalog_dataset import CatalogDataset
 from linkedout.recommend.config import ModelConfig
 from linkedout.recommend.evaluate import evaluate_run
 from linkedout.service.catalog_changes import add_items, remove_items
-from linkedout.service.ranker import Query, Ranker
+from linkedout.service.ranker import Ranker, RankRequest
 from linkedout.storage import FeatureRow, FeatureStore, FeatureWriter
 from tests.cli_harness import assert_one_line_error, run_linkedout, tree_digest
 from tests.recommend.planted import write_new_items
 
 
 def _version(run) -> int:
-    return lance.dataset(str(run / "catalog.lance")).version
+    return CatalogDataset.latest_version(run / "catalog.lance")
 
 
 def test_added_items_rank_by_their_content_for_the_users_who_like_it(run_copy, planted, tmp_path):
@@ -43,7 +43,7 @@ def test_added_items_rank_by_their_content_for_the_users_who_like_it(run_copy, p
     # new items carry no ID vector, so only their content can do this.
     for cluster, mine, theirs in ((0, a, b), (3, b, a)):
         users = [u for u in ranker.split.users if planted.cluster_of_user(u) == cluster][:10]
-        results = ranker.rank([Query(user=u, k=264) for u in users])
+        results = ranker.rank([RankRequest(user=u, k=264) for u in users])
         for result in results:
             rank = {r.item_id: j for j, r in enumerate(result.items)}
             assert sum(rank[i] for i in mine) < sum(rank[i] for i in theirs)
@@ -53,7 +53,7 @@ def test_added_items_rank_by_their_content_for_the_users_who_like_it(run_copy, p
     removed = remove_items(run_copy, [a[0], a[1], "never-there"])
     assert (removed.removed, removed.already, removed.size) == (2, 1, 262)
     ranker = Ranker(run_copy)
-    every = ranker.rank([Query(user="u0", k=264)])[0]
+    every = ranker.rank([RankRequest(user="u0", k=264)])[0]
     assert not {a[0], a[1]} & {r.item_id for r in every.items}
     gone = run_linkedout(["recommend", run_copy, "--history", f"{a[0]},{a[1]}"])
     assert_one_line_error(gone, "none of the 2 history item(s) is in the catalog")
@@ -70,8 +70,8 @@ def test_the_new_item_lift_lifts_exactly_the_items_without_a_trained_id(
     for lift in (0.0, 0.5):  # as `serve --new-item-lift` and `recommend` rank
         ranker = Ranker(run_copy, new_item_lift=lift)
         ids = ranker.model.ids.weight
-        untrained = {item for item, row in ranker.trained.items() if not ids[row].any()}
-        (result,) = ranker.rank([Query(user="u0", k=ranker.snapshot.size)])
+        untrained = {item for item, row in ranker.index.items() if not ids[row].any()}
+        (result,) = ranker.rank([RankRequest(user="u0", k=ranker.snapshot.size)])
         scores[lift] = {r.item_id: r.score for r in result.items}
         # u0's ID-score scale: |h_u0| times the trained ID vectors' mean length.
         h, _ = ranker._user_states(
@@ -96,12 +96,12 @@ def test_an_item_added_after_training_scores_as_it_did_when_present_at_training(
     ranker = Ranker(run_copy)
     ids = ranker.model.ids.weight
     seen = set(ranker.history_of("u0"))  # never ranked for u0
-    untrained = (i for i in planted.cold_items if not ids[ranker.trained[i]].any())
+    untrained = (i for i in planted.cold_items if not ids[ranker.index[i]].any())
     cold = sorted(i for i in untrained if i not in seen)[:5]
     assert len(cold) == 5
 
     def scores(ranker):
-        (result,) = ranker.rank([Query(user="u0", k=ranker.snapshot.size)])
+        (result,) = ranker.rank([RankRequest(user="u0", k=ranker.snapshot.size)])
         return {r.item_id: r.score for r in result.items}
 
     before = scores(ranker)

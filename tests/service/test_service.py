@@ -34,6 +34,10 @@ def test_rankings_over_http_equal_linkedout_recommend(trained_run, server):
             assert got.headers["server-timing"].startswith("app;dur=")
             body = got.json()
             assert body["items"] == cli["items"]  # ids, scores, depths: exactly
+            for item in body["items"]:  # the 0.1 names, kept until 0.3
+                assert item["top_expert"] in (2, 4, 6, 8) and len(item["expert_scores"]) == 4
+                assert item["top_layer"] == item["top_expert"]
+                assert item["layer_scores"] == item["expert_scores"]
             assert body["gate"] == {str(k): v for k, v in cli["gate"].items()}
             assert body["catalog_version"] == 1
         history = ["v0001", "v0017", "not-an-item", "v0033"]
@@ -62,7 +66,7 @@ def test_rankings_over_http_equal_linkedout_recommend(trained_run, server):
         assert http.get("/healthz").json() == {"status": "alive"}
         meta = http.get("/metadata").json()
         assert meta["catalog"] == {"version": 1, "size": 240, "added": 0}
-        assert meta["layers"] == [2, 4, 6, 8] and meta["fusion"] == "moe"
+        assert meta["experts"] == meta["layers"] == [2, 4, 6, 8] and meta["fusion"] == "moe"
         assert (
             meta["new_item_lift"] == ModelConfig().new_item_lift
         )  # the run's default: `serve` was given none

@@ -29,6 +29,7 @@ from linkedout.extract.backbones.spans import Spans
 from linkedout.extract.capture import LayerCapture
 
 if TYPE_CHECKING:
+    from linkedout.extract.backbones.qwen_pixels import PackSettings
     from linkedout.extract.pool import PoolingRecipe
 
 
@@ -72,6 +73,10 @@ class Prepared:
 class Packer(Protocol):
     """The CPU half of a backbone: one item -> model inputs. Loads no weights, so decoding
     workers can pack while the model runs elsewhere."""
+
+    settings: PackSettings | None
+    """The pixel arithmetic of our own packing (frame sizes, token budget), checked against
+    `--frames` before a run; None where the processor decides (the generic path) or for text."""
 
     def prepare(self, item: ItemInput) -> Prepared: ...
 
@@ -121,6 +126,11 @@ class Backbone(Protocol):
     device: torch.device
     dtype: torch.dtype
     packer: Packer
+    family: str | None
+    """config.json's `model_type` of a video backbone (it decides pooling details such as the
+    Qwen3 generation's timestamps); None for text backbones."""
+    max_positions: int | None
+    """The decoder's `max_position_embeddings` (None: no bound is checked)."""
 
     def prepare(self, item: ItemInput) -> Prepared:
         """`self.packer.prepare(item)`."""
@@ -152,6 +162,7 @@ class HookedBackbone(ABC):
     versions: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     packer: Packer
+    family: str | None = None
     max_positions: int | None = None
     """The decoder's `max_position_embeddings` (None: no bound is checked)."""
     shrink_hint: ClassVar[str] = "lower --frames"

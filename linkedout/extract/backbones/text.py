@@ -13,6 +13,8 @@ from linkedout.extract.backbones.base import HookedBackbone, ItemInput, Prepared
 class TextPacker:
     """The CPU half: text -> token ids (the tokenizer only, never the weights)."""
 
+    settings = None  # no pixels to size
+
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.max_length = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)

@@ -123,6 +123,7 @@ class VllmQwenBackbone:
 
     kind: Literal["video-llm", "text"] = "video-llm"
     backend = "vllm"
+    max_positions: int | None = None  # vLLM checks its own max_model_len
 
     def __init__(
         self,

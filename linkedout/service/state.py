@@ -1,0 +1,66 @@
+"""What a server process holds between requests: the run once loaded, the batcher that merges
+concurrent rankings, and the thread that swaps in new catalog versions."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from linkedout.errors import first_line
+from linkedout.service.batching import Batcher
+from linkedout.service.config import ServeConfig
+from linkedout.service.ranker import Ranker
+
+log = logging.getLogger("linkedout.serve")
+
+
+class ServiceError(Exception):
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        index: int = 0,
+    ):
+        self.status, self.detail, self.headers = status, detail, headers
+        self.index = index  # the request of a batch it is about
+
+
+class Service:
+    """What the endpoints share: the ranker once loaded, and the thread that watches for
+    new catalog versions."""
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.ranker: Ranker | None = None
+        self.batcher: Batcher | None = None
+        self.load_error: str | None = None
+        self.stop = threading.Event()
+
+    def load_and_watch(self) -> None:
+        try:
+            ranker = Ranker(self.config.run, self.config.new_item_lift)
+        except Exception as e:  # reported by /readyz and every ranking, never raised
+            self.load_error = first_line(e, 300)
+            log.error("could not load %s: %s", self.config.run, self.load_error)
+            return
+        self.batcher = Batcher(ranker.rank_at, self.config.max_batch)
+        self.ranker = ranker  # last: once a request sees the ranker, the batcher is there
+        snap = ranker.snapshot
+        log.info(
+            "ready: %s, catalog version %d (%d items)", self.config.run, snap.version, snap.size
+        )
+        while not self.stop.wait(self.config.poll_seconds):
+            try:
+                if self.ranker.refresh():
+                    snap = self.ranker.snapshot
+                    log.info("catalog version %d swapped in (%d items)", snap.version, snap.size)
+            except Exception as e:  # a bad new version: keep serving the old one
+                log.warning("catalog version not swapped in: %s", first_line(e, 300))
+
+    def ready(self) -> Ranker:
+        if self.ranker is not None:
+            return self.ranker
+        if self.load_error is not None:
+            raise ServiceError(503, f"the run could not be loaded: {self.load_error}")
+        raise ServiceError(503, "the run is still loading: retry shortly", {"Retry-After": "1"})
