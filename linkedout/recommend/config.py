@@ -34,6 +34,11 @@ def names_of(text: str | list[str] | None) -> list[str]:
     return list(comma_list(text))
 
 
+def uris_of(values: list[str] | None) -> list[str]:
+    """A repeatable flag's values (none given: [])."""
+    return list(values or [])
+
+
 FUSIONS = ("moe", "mean", "last", "none")  # and layer:K, one stored depth
 
 
@@ -190,6 +195,13 @@ class TrainConfig:
     """Machines taking part (Lightning num_nodes)."""
     strategy: str = "auto"
     """Lightning strategy: auto (ddp when several processes), ddp, ..."""
+    catalog_features: list[str] = setting(
+        default_factory=list, cli_type=list[str] | None, parse=uris_of
+    )
+    """More feature datasets (path or URI; repeat the flag) whose items join the run's catalog
+    when training ends, ranked by their content as `linkedout catalog add` would add them: give
+    the datasets added to an earlier run's catalog, and the retrained run keeps them. Extracted
+    like --features; evaluation still ranks the interactions' items."""
     storage_options: dict[str, str] = storage_options_setting()
     quiet: bool = setting(False, short="-q")
     """No progress bars."""
@@ -198,6 +210,13 @@ class TrainConfig:
         check_choices(self)
         if self.model.fusion == "none" and not self.model.ids:
             raise SettingError("fusion", "none", "uses no content: add `ids` (the ID-only SASRec)")
+        if self.model.fusion == "none" and self.catalog_features:
+            raise SettingError(
+                "catalog_features",
+                self.catalog_features[0],
+                "an ID-only model (--fusion none) cannot rank items it was not trained on: "
+                "train with content to add them",
+            )
         for name in ("epochs", "batch_size", "eval_batch_size", "val_users", "negatives"):
             at_least(self, name, 1, "must be at least 1")
         for name in ("devices", "num_nodes"):

@@ -31,6 +31,8 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from linkedout.errors import LinkedOutError, SettingError
 from linkedout.memory import MemoryBudget
 from linkedout.recommend.callbacks import EpochSummary, ResumeState, RunCheckpoint
+from linkedout.recommend.catalog_additions import add_to_catalog, open_additions
+from linkedout.recommend.catalog_dataset import CatalogDataset
 from linkedout.recommend.config import TrainConfig
 from linkedout.recommend.data import SequenceData, TrainSequences
 from linkedout.recommend.evaluate import TrainedRun, evaluate, write_report
@@ -75,6 +77,7 @@ class Prepared:
     module: LinkedOutModule
     data: SequenceData
     budget: MemoryBudget
+    config: TrainConfig
 
 
 RESUME_ENV = "LINKEDOUT_RESUME_CHECKPOINT"
@@ -155,6 +158,8 @@ def prepare(config: TrainConfig, run: RunDir, plan: Plan | None = None) -> Prepa
             f"{config.slots[0]}:{config.slots[1]}",
             f"{config.features} holds {store.manifest.tokens_per_layer} slots per depth",
         )
+    for uri in config.catalog_features:  # refused now, not once training has ended
+        open_additions(uri, asdict(store.manifest), config.storage_options)
     log_ = read_interactions(config.interactions, config.user_col, config.item_col, config.time_col)
     split = build_split(log_, store.ids(), config.split)
     if split.num_items - 1 > split.num_with_features and not config.model.ids:
@@ -199,7 +204,7 @@ def prepare(config: TrainConfig, run: RunDir, plan: Plan | None = None) -> Prepa
         config.val_users,
         tokens=module.streamed_tokens,
     )
-    return Prepared(run, split, module, data, budget)
+    return Prepared(run, split, module, data, budget, config)
 
 
 def _module(
@@ -308,7 +313,9 @@ def finalize(prepared: Prepared) -> Path:
     run.load_checkpoint_into(module)
     module.eval()
     write_run_catalog(run, module, prepared.split.item_ids)
-    trained = TrainedRun(run, prepared.budget, module=module.cpu())
+    module.cpu()  # in place: what follows reads features on the CPU
+    add_catalog_features(prepared)
+    trained = TrainedRun(run, prepared.budget, module=module)
     write_report(trained, *evaluate(trained))
     return run.path
 
@@ -322,6 +329,27 @@ def write_run_catalog(run: RunDir, module: LinkedOutModule, item_ids: list[str])
     with torch.inference_mode():
         chunks = module.code_chunks() if model.content else None
         run.write_catalog(chunks, item_ids, shape, run_id=module.run_id)
+
+
+def add_catalog_features(prepared: Prepared) -> None:
+    """The items of --catalog-features the trained catalog lacks, embedded by the best model
+    and appended as later catalog versions (evaluation ranks version 1)."""
+    config, run = prepared.config, prepared.run
+    if not config.catalog_features:
+        return
+    written = run.config()
+    catalog = CatalogDataset(run.catalog_file)
+    with torch.inference_mode():
+        for uri in config.catalog_features:
+            store = open_additions(uri, written.manifest, config.storage_options)
+            change = add_to_catalog(catalog, prepared.module.model, written, store)
+            catalog = CatalogDataset(run.catalog_file)
+            print(
+                f"catalog: {change.added} item(s) of {uri} added ({change.already} held already): "
+                f"{change.size:,} items in version {change.version}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _trainer(config: TrainConfig, run: RunDir) -> L.Trainer:

@@ -8,33 +8,16 @@ each new version on its own.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.catalog_dataset import CHUNK_ITEMS, CatalogDataset
+from linkedout.recommend.catalog_additions import CatalogChange, add_to_catalog, open_additions
+from linkedout.recommend.catalog_dataset import CatalogDataset
 from linkedout.recommend.run import RunDir
 from linkedout.recommend.run_lock import RunLock
-from linkedout.storage import FeatureStore
-from linkedout.storage.manifest import Manifest
-
-
-@dataclass(frozen=True)
-class CatalogChange:
-    added: int = 0
-    removed: int = 0
-    already: int = 0
-    """Items of the request that were already in (add) or already out of (remove) the catalog."""
-    version: int = 0
-    """catalog.lance's version after the change (unchanged if nothing changed)."""
-    size: int = 0
-    """Live items after the change."""
 
 
 def add_items(
@@ -62,43 +45,14 @@ def _add_items(
     on_progress: Callable[[int, int], None] | None,
 ) -> CatalogChange:
     config = run.config()
-    module = run.checkpoint(config.run_id)
-    model = module.model
+    model = run.checkpoint(config.run_id).model
     if not model.content:
         raise LinkedOutError(
             f"{run.path} ranks by item IDs alone (--fusion none): an item it was not trained on "
             "has no vector to rank it by; train a run with content to add items"
         )
-    store = FeatureStore.open(features, storage_options)
-    differences = Manifest.from_json(json.dumps(config.manifest)).mismatches(store.manifest)
-    if differences:
-        raise LinkedOutError(
-            f"{features} was not extracted the way this run's features were ("
-            + "; ".join(differences)
-            + "): extract the new items with the same model, layers and pooling"
-        )
-    catalog = CatalogDataset(run.catalog_file)
-    present = catalog.live_ids()
-    stored = store.ids()
-    new = [i for i in stored if i not in present]
-    if not new:
-        return CatalogChange(already=len(stored), version=catalog.version, size=len(present))
-
-    @torch.inference_mode()
-    def experts() -> Iterator[torch.Tensor]:
-        slots = tuple(config.slots) if config.slots else None
-        for start in range(0, len(new), CHUNK_ITEMS):
-            ids = new[start : start + CHUNK_ITEMS]
-            yield model.item_experts(store.read_queries(ids, config.layers, config.queries, slots))
-            if on_progress is not None:
-                on_progress(start + len(ids), len(new))
-
-    return CatalogChange(
-        added=len(new),
-        already=len(stored) - len(new),
-        version=catalog.append(new, experts()),
-        size=len(present) + len(new),
-    )
+    store = open_additions(features, config.manifest, storage_options)
+    return add_to_catalog(CatalogDataset(run.catalog_file), model, config, store, on_progress)
 
 
 def _remove_items(run: RunDir, item_ids: list[str]) -> CatalogChange:

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from linkedout.errors import LinkedOutError
 from linkedout.recommend.catalog_dataset import CatalogDataset
@@ -128,8 +129,6 @@ def test_features_made_another_way_are_refused_with_the_differences(run_copy, pl
     )
     store = FeatureStore.create(tmp_path / "other.lance", other)
     with FeatureWriter(store, commit_every=10) as w:
-        import torch
-
         w.add(FeatureRow("x1", torch.zeros(other.shape).half(), content_sha256="x1"))
     catalog_before = tree_digest(run_copy / "catalog.lance")
     proc = run_linkedout(["catalog", "add", run_copy, "--features", tmp_path / "other.lance"])
@@ -237,3 +236,76 @@ def test_a_catalog_change_waits_for_training_and_for_another_change(run_copy, pl
         assert tree_digest(run_copy / "catalog.lance") == before
     assert add_items(run_copy, str(new)).added == 3
     assert not lock_file.exists()  # the change released its lock
+
+
+def _train_with_catalog_features(planted, out, *uris):
+    """A short content + IDs run trained with --catalog-features `uris`."""
+    from linkedout.recommend.config import TrainConfig
+    from linkedout.recommend.train import train
+
+    return train(
+        TrainConfig(
+            features=str(planted.features),
+            interactions=str(planted.interactions),
+            out=str(out),
+            model=ModelConfig(d_model=32, fusion="moe", ids=True),
+            epochs=2,
+            batch_size=64,
+            quiet=True,
+            catalog_features=[str(u) for u in uris],
+        )
+    )
+
+
+def test_a_retrained_run_keeps_the_items_given_as_catalog_features(planted, tmp_path, capsys):
+    """Items added to an earlier run's catalog join the new run's when training ends, as
+    `catalog add` would add them; evaluation still ranks the interactions' items."""
+    a = write_new_items(tmp_path / "a.lance", planted, cluster=0, n=12)
+    b = write_new_items(tmp_path / "b.lance", planted, cluster=3, n=5)
+    run = _train_with_catalog_features(
+        planted, tmp_path / "run", tmp_path / "a.lance", tmp_path / "b.lance"
+    )
+    said = capsys.readouterr().err
+    assert "catalog: 12 item(s) of" in said and "catalog: 5 item(s) of" in said
+    catalog = CatalogDataset(run / "catalog.lance")
+    ids, experts = catalog.live()
+    trained = CatalogDataset(run / "catalog.lance", version=1).live()[0]
+    assert catalog.version == 3 and ids == trained + a + b
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert evaluate_run(run).to_json() == metrics  # version 1, the interactions' items
+    ranker = Ranker(run)
+    assert ranker.snapshot.added == 17 and set(a) <= set(ranker.snapshot.index)
+    # The same vectors `catalog add` gives them: withdrawn, then added again.
+    remove_items(run, a)
+    assert add_items(run, str(tmp_path / "a.lance")).added == 12
+    again_ids, again = CatalogDataset(run / "catalog.lance").live()
+    assert again_ids[-12:] == a
+    assert torch.equal(again[-12:], experts[len(trained) : len(trained) + 12])
+
+
+def test_catalog_features_made_another_way_are_refused_before_training(planted, tmp_path):
+    from linkedout.errors import SettingError
+    from linkedout.recommend.config import TrainConfig
+
+    other = planted.manifest.__class__(
+        backbone="another-model",
+        backbone_kind="video-llm",
+        layers=planted.manifest.layers,
+        tokens_per_layer=planted.manifest.tokens_per_layer,
+        hidden_size=planted.manifest.hidden_size,
+    )
+    FeatureStore.create(tmp_path / "other.lance", other)
+    with pytest.raises(LinkedOutError) as caught:
+        _train_with_catalog_features(planted, tmp_path / "run", tmp_path / "other.lance")
+    message = str(caught.value)
+    assert "other.lance was not extracted the way" in message and "\n" not in message
+    assert "backbone: stored 'planted'" in message
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    with pytest.raises(SettingError, match="cannot rank items it was not trained on"):
+        TrainConfig(
+            features="f.lance",
+            interactions="p.tsv",
+            out="run",
+            model=ModelConfig(fusion="none", ids=True),
+            catalog_features=[str(tmp_path / "other.lance")],
+        )
