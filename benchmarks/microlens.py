@@ -618,7 +618,7 @@ def softmax_floor(run: Path, rows: int = 1024) -> dict:
     from linkedout.recommend.softmax import product_dtype
 
     trained = TrainedRun(run)
-    model, split = trained.module.model, trained.split
+    model, split = trained.model, trained.split
     width = (model.config.d_model if model.ids is not None else 0) + (
         model.num_layers * model.expert_dim if model.content else 0
     )

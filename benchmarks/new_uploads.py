@@ -177,7 +177,7 @@ def evaluate(
     with torch.inference_mode():
         h, gate = states(trained, histories, batch_size)
         ranks, _ = rank_targets(
-            trained.module.model, trained.catalog, h, gate, items, histories, batch_size
+            trained.model, trained.catalog, h, gate, items, histories, batch_size
         )
     metrics = RankingMetrics()
     metrics.update(ranks)

@@ -143,7 +143,7 @@ def lift_sweep(run: Path, chosen: list[nu.Target], lifts: list[float]) -> dict:
     from linkedout.recommend.ranking import rank_targets
 
     trained = TrainedRun(run)
-    model, split = trained.module.model, trained.split
+    model, split = trained.model, trained.split
     users = range(len(split.users))
     sets = {
         "warm": (

@@ -16,13 +16,27 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """module -> the linkedout modules it imports anywhere in its body (lazy ones included)."""
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the import nodes under `if TYPE_CHECKING:` (never run)."""
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return skipped
+
+
+def import_graph(runtime: bool = False) -> dict[str, set[str]]:
+    """module -> the linkedout modules it imports anywhere in its body (lazy ones included;
+    with `runtime`, not those only type checkers read)."""
     modules = {module_name(p): p for p in ROOT.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        skipped = _type_checking_only(tree) if runtime else set()
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -115,10 +129,9 @@ def test_the_service_rule_sees_a_crossing():
     ]
 
 
-def test_only_storage_and_the_catalog_dataset_open_lance():
-    """Each Lance dataset has one owner: feature datasets storage/, catalog.lance
-    recommend/catalog_dataset.py."""
-    owners = []
+def importers(package: str) -> set[str]:
+    """The linkedout modules that import the outside package `package` (lazily or not)."""
+    found = set()
     for path in ROOT.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
@@ -126,7 +139,36 @@ def test_only_storage_and_the_catalog_dataset_open_lance():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and not node.level:
                 names = [node.module or ""]
-            if any(n == "lance" or n.startswith("lance.") for n in names):
-                owners.append(module_name(path))
-    outside = {o for o in owners if not o.startswith("linkedout.storage")}
+            if any(n == package or n.startswith(package + ".") for n in names):
+                found.add(module_name(path))
+    return found
+
+
+def test_only_storage_and_the_catalog_dataset_open_lance():
+    """Each Lance dataset has one owner: feature datasets storage/, catalog.lance
+    recommend/catalog_dataset.py."""
+    outside = {o for o in importers("lance") if not o.startswith("linkedout.storage")}
     assert outside == {"linkedout.recommend.catalog_dataset"}
+
+
+def reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every linkedout module `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += graph.get(name, ())
+    return seen
+
+
+def test_ranking_and_serving_do_not_import_lightning():
+    """Lightning costs seconds to import: the paths that only rank never reach it."""
+    graph, lightning = import_graph(runtime=True), importers("lightning")
+    assert "linkedout.recommend.module" in lightning  # the finder finds what it looks for
+    for start in (
+        "linkedout.recommend.evaluate",
+        "linkedout.service.app",
+        "linkedout.service.catalog_changes",
+    ):
+        assert reach(graph, start) & lightning == set(), start

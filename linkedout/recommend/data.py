@@ -9,13 +9,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.split import SequenceSplit
+from linkedout.recommend.split import SequenceSplit, left_pad
 from linkedout.recommend.tokens import ItemTokens, Prefetched
-
-
-def left_pad(seq: list[int], length: int) -> list[int]:
-    seq = seq[-length:]
-    return [0] * (length - len(seq)) + seq
 
 
 class TrainSequences(Dataset):

@@ -11,7 +11,7 @@ from linkedout.memory import MemoryBudget
 from linkedout.recommend.catalog import Catalog
 from linkedout.recommend.loaded_run import LoadedRun
 from linkedout.recommend.metrics import RankingMetrics, fixed_score_ranks
-from linkedout.recommend.module import LinkedOutModule
+from linkedout.recommend.model import LinkedOut
 from linkedout.recommend.ranking import rank_targets
 from linkedout.recommend.run import EvalReport, GateReport, RunDir, SplitMetrics
 
@@ -22,7 +22,7 @@ class TrainedRun(LoadedRun):
 
     The embeddings are loaded when they fit `memory_budget` (default: half the free memory),
     else ranked chunk by chunk from disk: same results, one read of the file per ranking pass.
-    `module`, `new_item_lift`: as LoadedRun's.
+    `model`, `new_item_lift`: as LoadedRun's.
 
     config.json, the checkpoint and catalog.lance must carry the same run id (none, for runs
     trained before run ids): files mixed from two runs are refused, not ranked."""
@@ -31,10 +31,10 @@ class TrainedRun(LoadedRun):
         self,
         path: str | Path | RunDir,
         memory_budget: MemoryBudget | None = None,
-        module: LinkedOutModule | None = None,
+        model: LinkedOut | None = None,
         new_item_lift: float | None = None,
     ):
-        super().__init__(path, module, new_item_lift)
+        super().__init__(path, model, new_item_lift)
         ids = self.model.ids.weight.detach() if self.model.ids is not None else None
         budget = MemoryBudget.resolve(None) if memory_budget is None else memory_budget
         self.catalog: Catalog = self.run.catalog(ids, budget, self.config.run_id)
@@ -48,7 +48,8 @@ class TrainedRun(LoadedRun):
     def user_states(self, histories: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """User states `[B, d]` and gates `[B, L]` after these histories (model indices)."""
         # Evaluation groups users by history length, so padding to the longest is short.
-        return self.module.encode(self.pad(histories), self.catalog)
+        padded = self.pad(histories)
+        return self.model.encode(padded, self.catalog.experts_of(padded.reshape(-1)))
 
 
 def evaluate_run(
@@ -92,7 +93,7 @@ def evaluate(
         targets = torch.tensor([split.target(u, name) for u in range(len(split.users))])
         h, gate = states(run, histories, batch_size)
         ranks, ranks_unmasked = rank_targets(
-            run.module.model, run.catalog, h, gate, targets, histories, batch_size
+            run.model, run.catalog, h, gate, targets, histories, batch_size
         )
         pop_ranks, pop_unmasked = fixed_score_ranks(popularity, targets, histories)
         results[name] = _metrics(ranks, pop_ranks)
@@ -105,7 +106,7 @@ def evaluate(
             if tail.any():
                 results["test_long_tail"] = _metrics(ranks[tail], pop_ranks[tail])
             results["test_unmasked"] = _metrics(ranks_unmasked, pop_unmasked)
-            if run.module.model.content:
+            if run.model.content:
                 gates = gate
     report = EvalReport(results)
     if gates is not None:

@@ -13,31 +13,31 @@ from pathlib import Path
 
 import torch
 
-from linkedout.recommend.data import left_pad
-from linkedout.recommend.module import LinkedOutModule
+from linkedout.recommend.model import LinkedOut
 from linkedout.recommend.run import RunConfig, RunDir
+from linkedout.recommend.split import left_pad
 
 
 class LoadedRun:
-    """config.json, the best checkpoint and split/ of one run.
+    """config.json, the best checkpoint's model and split/ of one run (no Lightning: see
+    `RunDir.model`).
 
-    `module`: the best checkpoint already loaded (training has it, and the run has no
+    `model`: the best checkpoint's model already loaded (training has it, and the run has no
     metrics.json yet), instead of reading it. `new_item_lift`: rank with this instead of the
     run's own."""
 
     def __init__(
         self,
         path: str | Path | RunDir,
-        module: LinkedOutModule | None = None,
+        model: LinkedOut | None = None,
         new_item_lift: float | None = None,
     ):
         self.run = path if isinstance(path, RunDir) else RunDir(path)
-        if module is None:
+        if model is None:
             self.run.require_checkpoint()
         self.path = self.run.path
         self.config: RunConfig = self.run.config()
-        self.module = self.run.checkpoint(self.config.run_id) if module is None else module
-        self.model = self.module.model
+        self.model = self.run.model(self.config.run_id) if model is None else model
         self.model.lift_new_items(new_item_lift)
         self.max_len: int = self.model.config.max_len
         self.split = self.run.split()

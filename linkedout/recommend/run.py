@@ -39,6 +39,8 @@ from linkedout.memory import MemoryBudget
 from linkedout.recommend.catalog import Catalog, open_catalog
 from linkedout.recommend.catalog_dataset import CatalogDataset, read_run_id
 from linkedout.recommend.checkpoints import checkpoint_run_id, read_checkpoint
+from linkedout.recommend.config import ModelConfig
+from linkedout.recommend.model import LinkedOut
 from linkedout.recommend.run_lock import RunLock
 from linkedout.recommend.split_files import read_split, write_split
 
@@ -234,26 +236,31 @@ class RunDir:
         return read_split(self.split_dir)
 
     # -- checkpoints/ (written by Lightning's ModelCheckpoint, named here) ------------------
-    def checkpoint(self, run_id: str | None = None) -> LinkedOutModule:
-        """The best checkpoint's module, on the CPU, in eval mode; refused unless it carries
-        `run_id` (config.json's)."""
+    def model(self, run_id: str | None = None) -> LinkedOut:
+        """The best checkpoint's model alone, on the CPU, in eval mode; refused unless it
+        carries `run_id` (config.json's). Built without Lightning, whose import alone costs
+        seconds that `evaluate`, `recommend`, `serve` and `catalog add` need not pay: the
+        checkpoint's weights are the module's `model.*` (its other buffers are not saved)."""
         saved = read_checkpoint(self.best_checkpoint)
         self.check_run_id(self.best_checkpoint, checkpoint_run_id(saved), run_id)
         try:
             hparams = dict(saved["hyper_parameters"])
             if "layers" in hparams:  # runs trained before the depth count was named num_layers
                 hparams["num_layers"] = hparams.pop("layers")
-            from linkedout.recommend.module import LinkedOutModule  # Lightning: on use only
-
-            module = LinkedOutModule(**hparams)
-            module.load_state_dict(saved["state_dict"])
+            layers = hparams.get("num_layers")
+            shape = None if layers is None else (layers, hparams["tokens"], hparams["dim"])
+            model = LinkedOut(ModelConfig.stored(hparams["model"]), hparams["num_items"], shape)
+            state = saved["state_dict"]
+            others = [k for k in state if not k.startswith("model.")]
+            if others:
+                raise KeyError(f"weights outside the model: {others[:3]}")
+            model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise LinkedOutError(
                 f"{self.best_checkpoint} does not hold this model ({first_line(e, 200)}): the run "
                 "directory is damaged; train it again"
             ) from None
-        module.run_id = run_id
-        return module.eval()
+        return model.eval()
 
     def load_checkpoint_into(self, module: LinkedOutModule) -> None:
         """The best weights into the training module, on its device."""

@@ -22,6 +22,12 @@ _log = logging.getLogger(__name__)
 MISSING_LIMIT = 0.01  # above this share of items without features, stop unless allow_missing
 
 
+def left_pad(seq: list[int], length: int) -> list[int]:
+    """The last `length` items of `seq`, padded with 0 on the left to `length`."""
+    seq = seq[-length:]
+    return [0] * (length - len(seq)) + seq
+
+
 @dataclass
 class SplitReport:
     users: int = 0

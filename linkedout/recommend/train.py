@@ -315,7 +315,7 @@ def finalize(prepared: Prepared) -> Path:
     write_run_catalog(run, module, prepared.split.item_ids)
     module.cpu()  # in place: what follows reads features on the CPU
     add_catalog_features(prepared)
-    trained = TrainedRun(run, prepared.budget, module=module)
+    trained = TrainedRun(run, prepared.budget, model=module.model)
     write_report(trained, *evaluate(trained))
     return run.path
 

@@ -45,7 +45,7 @@ def _add_items(
     on_progress: Callable[[int, int], None] | None,
 ) -> CatalogChange:
     config = run.config()
-    model = run.checkpoint(config.run_id).model
+    model = run.model(config.run_id)
     if not model.content:
         raise LinkedOutError(
             f"{run.path} ranks by item IDs alone (--fusion none): an item it was not trained on "

@@ -90,7 +90,7 @@ def _full_scores(run: TrainedRun, histories: list[list[int]]) -> torch.Tensor:
     """Every item's score from one product over the whole in-memory catalog (the reference)."""
     h, gate = run.user_states(histories)
     with torch.inference_mode():  # the user side of a score passes through model weights
-        scores = run.module.model.score(h, gate, run.catalog.experts, run.catalog.ids)
+        scores = run.model.score(h, gate, run.catalog.experts, run.catalog.ids)
         scores[:, 0] = float("-inf")
     return scores
 

@@ -119,7 +119,8 @@ def test_an_item_added_after_training_scores_as_it_did_when_present_at_training(
         assert after[item] == pytest.approx(before[item], abs=1e-4)
 
 
-def test_features_made_another_way_are_refused_with_the_differences(run_copy, planted, tmp_path):
+def _another_models_features(planted, path) -> None:
+    """One item's features, shaped as the planted ones but from another backbone."""
     other = planted.manifest.__class__(
         backbone="another-model",
         backbone_kind="video-llm",
@@ -127,9 +128,13 @@ def test_features_made_another_way_are_refused_with_the_differences(run_copy, pl
         tokens_per_layer=planted.manifest.tokens_per_layer,
         hidden_size=planted.manifest.hidden_size,
     )
-    store = FeatureStore.create(tmp_path / "other.lance", other)
+    store = FeatureStore.create(path, other)
     with FeatureWriter(store, commit_every=10) as w:
         w.add(FeatureRow("x1", torch.zeros(other.shape).half(), content_sha256="x1"))
+
+
+def test_features_made_another_way_are_refused_with_the_differences(run_copy, planted, tmp_path):
+    _another_models_features(planted, tmp_path / "other.lance")
     catalog_before = tree_digest(run_copy / "catalog.lance")
     proc = run_linkedout(["catalog", "add", run_copy, "--features", tmp_path / "other.lance"])
     assert_one_line_error(proc, "was not extracted the way", "backbone: stored 'planted'")
@@ -287,14 +292,7 @@ def test_catalog_features_made_another_way_are_refused_before_training(planted, 
     from linkedout.errors import SettingError
     from linkedout.recommend.config import TrainConfig
 
-    other = planted.manifest.__class__(
-        backbone="another-model",
-        backbone_kind="video-llm",
-        layers=planted.manifest.layers,
-        tokens_per_layer=planted.manifest.tokens_per_layer,
-        hidden_size=planted.manifest.hidden_size,
-    )
-    FeatureStore.create(tmp_path / "other.lance", other)
+    _another_models_features(planted, tmp_path / "other.lance")
     with pytest.raises(LinkedOutError) as caught:
         _train_with_catalog_features(planted, tmp_path / "run", tmp_path / "other.lance")
     message = str(caught.value)
