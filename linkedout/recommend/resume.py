@@ -38,9 +38,7 @@ class Plan:
     """Files of an unfinished run that never reached its first checkpoint: started over."""
 
 
-NO_EFFECT = frozenset(
-    {"out", "quiet", "storage_options", "feature_memory_gb", "catalog_features"}
-)
+NO_EFFECT = frozenset({"out", "quiet", "storage_options", "feature_memory_gb", "catalog_features"})
 """Settings an unfinished run may be resumed with other values of: they change neither the
 data nor the numbers (feature_memory_gb only where features live, with the same results)."""
 
