@@ -1,6 +1,7 @@
 """`linkedout serve` measured over real HTTP on 127.0.0.1: latency and throughput of single and
 batch rankings at 1, 8 and 64 concurrent clients, the time from `catalog add` to the first
-response that holds the new item, and the exact scan's cost at a million items.
+response that holds the new item, and the exact scan's cost at a million items (approximate
+indices: benchmarks/ann.py).
 
     python benchmarks/serve.py RUN [--seconds 10] [--json out.json]
 
@@ -158,112 +159,13 @@ def exact_scan(items: int, width: int, repeats: int = 50) -> dict:
     }
 
 
-def ann_probe(
-    run: Path, items: int, workdir: Path, queries: int = 200, index: str = "IVF_PQ"
-) -> dict:
-    """A Lance vector index (dot product; IVF_PQ or IVF_FLAT) over a synthetic catalog of
-    `items` keys made from the run's real keys plus noise, queried with real users' queries:
-    build time, recall@10 against the exact scan, and latency beside it. Measures whether the
-    index is worth wiring in."""
-    import lance
-    import numpy as np
-    import pyarrow as pa
-
-    from linkedout.service.ranker import Ranker
-
-    ranker = Ranker(run)
-    real = ranker.snapshot.keys[1:]
-    g = torch.Generator().manual_seed(0)
-    base = real[torch.randint(len(real), (items,), generator=g)]
-    keys = base + 0.3 * real.std(0) * torch.randn(base.shape, generator=g)
-    users = ranker.split.users[:queries]
-    rows = [[ranker.snapshot.index[i] for i in ranker.history_of(u)] for u in users]
-    h, gate = ranker._user_states(ranker.snapshot, rows)
-    q = ranker.model.user_vectors(h, gate).detach()
-    exact_top = (q @ keys.T).topk(10).indices
-    t = time.perf_counter()
-    for i in range(len(q)):
-        (q[i : i + 1] @ keys.T).topk(10)
-    exact_ms = (time.perf_counter() - t) / len(q) * 1e3
-    table = pa.table(
-        {
-            "row": pa.array(np.arange(items)),
-            "keys": pa.FixedSizeListArray.from_arrays(
-                pa.array(keys.numpy().reshape(-1)), keys.shape[1]
-            ),
-        }
-    )
-    ds = lance.write_dataset(table, str(workdir / "ann.lance"), mode="overwrite")
-    t = time.perf_counter()
-    width = keys.shape[1]
-    if index == "IVF_PQ":
-        sub = next(s for s in (22, 16, 11, 8) if width % s == 0)
-        ds = ds.create_index(
-            "keys", index_type="IVF_PQ", metric="dot", num_partitions=1024, num_sub_vectors=sub
-        )
-        settings = ((20, 10), (50, 20), (100, 40))
-    else:  # exact distances inside the probed partitions: recall is partition coverage
-        ds = ds.create_index("keys", index_type=index, metric="dot", num_partitions=1024)
-        settings = ((8, None), (32, None), (128, None))
-    build_s = time.perf_counter() - t
-    out = {
-        "index": index,
-        "items": items,
-        "width": width,
-        "build_s": build_s,
-        "exact_ms": exact_ms,
-        "ann": [],
-    }
-    for nprobes, refine in settings:
-        hits, t = 0, time.perf_counter()
-        for i in range(len(q)):
-            found = (
-                ds.to_table(
-                    columns=["row"],
-                    nearest={
-                        "column": "keys",
-                        "q": q[i].numpy(),
-                        "k": 10,
-                        "nprobes": nprobes,
-                        **({"refine_factor": refine} if refine else {}),
-                    },
-                )
-                .column("row")
-                .to_pylist()
-            )
-            hits += len(set(found) & set(exact_top[i].tolist()))
-        ms = (time.perf_counter() - t) / len(q) * 1e3
-        out["ann"].append(
-            {
-                "nprobes": nprobes,
-                "refine_factor": refine,
-                "recall_at_10": hits / (10 * len(q)),
-                "ms": ms,
-            }
-        )
-        print("ann", json.dumps(out["ann"][-1]), flush=True)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--json", type=Path)
-    parser.add_argument(
-        "--ann-items", type=int, default=0, help="probe a Lance vector index at this many items"
-    )
-    parser.add_argument("--ann-index", default="IVF_PQ", choices=["IVF_PQ", "IVF_FLAT"])
     args = parser.parse_args()
-    if args.ann_items:
-        workdir = Path(tempfile.mkdtemp(prefix="linkedout-ann-"))
-        figures = ann_probe(args.run, args.ann_items, workdir, index=args.ann_index)
-        print("ann probe", json.dumps(figures), flush=True)
-        shutil.rmtree(workdir, ignore_errors=True)
-        if args.json:
-            args.json.write_text(json.dumps(figures, indent=2))
-        return
 
     workdir = Path(tempfile.mkdtemp(prefix="linkedout-serve-bench-"))
     run = Path(shutil.copytree(args.run, workdir / "run"))
