@@ -336,7 +336,7 @@ COLD_FLOOR = 0.012  # content rows' cold HR@10 in the 2026-11-24 benchmark
 def _wall_times(rows: list[dict]) -> list[str]:
     """What the table cost: every run's wall time (setup and final evaluation included), the
     main rows' and the other rows' sums."""
-    main = [r for r in rows if len(r["runs"]) > 1 or r["key"] in ("ids", "moe", "moe+ids")]
+    main = [r for r in rows if r["key"] in MAIN]
     other = [r for r in rows if r not in main]
 
     def minutes(group: list[dict]) -> float:

@@ -10,9 +10,11 @@ from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 
 from linkedout.recommend.config import TrainConfig
+from linkedout.recommend.resume import NO_EFFECT
 
-NOT_SETTINGS = {"features", "interactions", "out", "quiet", "storage_options"}
-"""Fields that say where data is or how much is printed, not what is trained."""
+NOT_SETTINGS = {"features", "interactions"} | NO_EFFECT
+"""Fields that say where data is, or change neither the data nor the numbers (what a resume
+may change too), not what is trained."""
 
 APPLIES = {
     # Lifts items without a trained ID vector among items with one: only content + IDs.

@@ -75,7 +75,6 @@ class CatalogDataset:
         stamp = metadata.get(RUN_ID_KEY)
         self.run_id: str | None = stamp.decode() if stamp is not None else None
         self.content = "experts" in self._ds.schema.names
-        self.version: int = self._ds.version
 
     # -- writing ----------------------------------------------------------------------------
     @classmethod
@@ -118,9 +117,15 @@ class CatalogDataset:
         lance.write_dataset(reader, str(path), schema=schema, mode="create")
         return cls(path)
 
+    @property
+    def version(self) -> int:
+        """The version this handle reads: the one opened, or its own latest commit."""
+        return self._ds.version
+
     def append(self, item_ids: list[str], experts: Iterator[torch.Tensor]) -> int:
         """Rows for new items in one commit (nothing is committed if `experts` stops early);
-        `experts` yields e of `item_ids` in order, chunk by chunk. Returns the new version."""
+        `experts` yields e of `item_ids` in order, chunk by chunk. Returns the new version,
+        which this handle then reads."""
         schema = self._ds.schema
 
         def batches() -> Iterator[pa.RecordBatch]:
@@ -131,11 +136,12 @@ class CatalogDataset:
                 start += len(chunk)
 
         reader = pa.RecordBatchReader.from_batches(schema, batches())
-        written = lance.write_dataset(reader, str(self.path), mode="append")
-        return written.version
+        self._ds = lance.write_dataset(reader, str(self.path), mode="append")
+        return self._ds.version
 
     def delete(self, item_ids: list[str]) -> int:
-        """Delete these items' rows in one commit; returns the new version."""
+        """Delete these items' rows in one commit; returns the new version, which this handle
+        then reads."""
         self._ds.delete(id_filter(item_ids))
         return self._ds.version
 

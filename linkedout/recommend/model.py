@@ -162,6 +162,20 @@ class LinkedOut(nn.Module):
             d, config.blocks, config.heads, config.dropout, config.max_len
         )
 
+    @classmethod
+    def stored(
+        cls,
+        model: dict,
+        num_items: int,
+        num_layers: int | None = None,
+        tokens: int | None = None,
+        dim: int | None = None,
+    ) -> LinkedOut:
+        """The model a checkpoint's hyperparameters describe (`LinkedOutModule`'s): its
+        ModelConfig as stored, and the item tokens' shape (None for ID-only models)."""
+        shape = None if num_layers is None else (num_layers, tokens, dim)
+        return cls(ModelConfig.stored(model), num_items, shape)
+
     # -- items ------------------------------------------------------------------------------
     def reduce_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Stored tokens `[N, L, T, D]` -> what the compressor reads, layer-major `[L, N, T, k]`:

@@ -39,9 +39,8 @@ class LinkedOutModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.config = ModelConfig.stored(model)
-        shape = None if num_layers is None else (num_layers, tokens, dim)
-        self.model = LinkedOut(self.config, num_items, shape)
+        self.model = LinkedOut.stored(model, num_items, num_layers, tokens, dim)
+        self.config = self.model.config
         self.softmax_items = TrainingItems(num_items, num_items > full_softmax_max_items, negatives)
         # Filled by `attach`: the item tokens are data (read from the store), not weights.
         self.register_buffer("item_table", torch.zeros(0), persistent=False)

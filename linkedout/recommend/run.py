@@ -39,7 +39,6 @@ from linkedout.memory import MemoryBudget
 from linkedout.recommend.catalog import Catalog, open_catalog
 from linkedout.recommend.catalog_dataset import CatalogDataset, read_run_id
 from linkedout.recommend.checkpoints import checkpoint_run_id, read_checkpoint
-from linkedout.recommend.config import ModelConfig
 from linkedout.recommend.model import LinkedOut
 from linkedout.recommend.run_lock import RunLock
 from linkedout.recommend.split_files import read_split, write_split
@@ -247,9 +246,13 @@ class RunDir:
             hparams = dict(saved["hyper_parameters"])
             if "layers" in hparams:  # runs trained before the depth count was named num_layers
                 hparams["num_layers"] = hparams.pop("layers")
-            layers = hparams.get("num_layers")
-            shape = None if layers is None else (layers, hparams["tokens"], hparams["dim"])
-            model = LinkedOut(ModelConfig.stored(hparams["model"]), hparams["num_items"], shape)
+            model = LinkedOut.stored(
+                hparams["model"],
+                hparams["num_items"],
+                hparams.get("num_layers"),
+                hparams.get("tokens"),
+                hparams.get("dim"),
+            )
             state = saved["state_dict"]
             others = [k for k in state if not k.startswith("model.")]
             if others:

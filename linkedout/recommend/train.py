@@ -77,7 +77,8 @@ class Prepared:
     module: LinkedOutModule
     data: SequenceData
     budget: MemoryBudget
-    config: TrainConfig
+    additions: list[FeatureStore]
+    """The --catalog-features datasets, checked against the features' manifest."""
 
 
 RESUME_ENV = "LINKEDOUT_RESUME_CHECKPOINT"
@@ -158,8 +159,11 @@ def prepare(config: TrainConfig, run: RunDir, plan: Plan | None = None) -> Prepa
             f"{config.slots[0]}:{config.slots[1]}",
             f"{config.features} holds {store.manifest.tokens_per_layer} slots per depth",
         )
-    for uri in config.catalog_features:  # refused now, not once training has ended
+    # Refused now, not once training has ended.
+    additions = [
         open_additions(uri, asdict(store.manifest), config.storage_options)
+        for uri in config.catalog_features
+    ]
     log_ = read_interactions(config.interactions, config.user_col, config.item_col, config.time_col)
     split = build_split(log_, store.ids(), config.split)
     if split.num_items - 1 > split.num_with_features and not config.model.ids:
@@ -204,7 +208,7 @@ def prepare(config: TrainConfig, run: RunDir, plan: Plan | None = None) -> Prepa
         config.val_users,
         tokens=module.streamed_tokens,
     )
-    return Prepared(run, split, module, data, budget, config)
+    return Prepared(run, split, module, data, budget, additions)
 
 
 def _module(
@@ -334,19 +338,17 @@ def write_run_catalog(run: RunDir, module: LinkedOutModule, item_ids: list[str])
 def add_catalog_features(prepared: Prepared) -> None:
     """The items of --catalog-features the trained catalog lacks, embedded by the best model
     and appended as later catalog versions (evaluation ranks version 1)."""
-    config, run = prepared.config, prepared.run
-    if not config.catalog_features:
+    if not prepared.additions:
         return
+    run = prepared.run
     written = run.config()
     catalog = CatalogDataset(run.catalog_file)
     with torch.inference_mode():
-        for uri in config.catalog_features:
-            store = open_additions(uri, written.manifest, config.storage_options)
+        for store in prepared.additions:
             change = add_to_catalog(catalog, prepared.module.model, written, store)
-            catalog = CatalogDataset(run.catalog_file)
             print(
-                f"catalog: {change.added} item(s) of {uri} added ({change.already} held already): "
-                f"{change.size:,} items in version {change.version}",
+                f"catalog: {change.added} item(s) of {store.uri} added ({change.already} held "
+                f"already): {change.size:,} items in version {change.version}",
                 file=sys.stderr,
                 flush=True,
             )

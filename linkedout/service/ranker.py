@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.catalog_dataset import CatalogDataset, read_run_id
+from linkedout.recommend.catalog_dataset import CatalogDataset
 from linkedout.recommend.loaded_run import LoadedRun
 from linkedout.service.results import Recommendation, Recommendations, user_history
 from linkedout.service.snapshot import CatalogSnapshot, load_snapshot
@@ -47,22 +47,18 @@ class Ranker(LoadedRun):
     def __init__(self, path: str | Path, new_item_lift: float | None = None):
         """`new_item_lift`: rank with this instead of the run's own (None: the run's)."""
         super().__init__(path, new_item_lift=new_item_lift)
-        self.run.check_run_id(
-            self.run.catalog_file, read_run_id(self.run.catalog_file), self.config.run_id
-        )
+        newest = CatalogDataset(self.run.catalog_file)
+        self.run.check_run_id(self.run.catalog_file, newest.run_id, self.config.run_id)
         self._swap = threading.Lock()
-        self.snapshot: CatalogSnapshot = self._load(None)
-
-    def _load(self, version: int | None) -> CatalogSnapshot:
-        return load_snapshot(self.model, str(self.run.catalog_file), self.index, version)
+        self.snapshot: CatalogSnapshot = load_snapshot(self.model, newest, self.index)
 
     def refresh(self) -> bool:
         """Swap in the newest catalog version if there is one; True if it swapped."""
         with self._swap:  # one loader at a time; rankings never wait for it
-            latest = CatalogDataset.latest_version(self.run.catalog_file)
-            if latest == self.snapshot.version:
+            newest = CatalogDataset(self.run.catalog_file)  # reads its latest manifest only
+            if newest.version == self.snapshot.version:
                 return False
-            self.snapshot = self._load(latest)
+            self.snapshot = load_snapshot(self.model, newest, self.index)
             return True
 
     def history_of(self, user: str, index: int = 0) -> list[str]:

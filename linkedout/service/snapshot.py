@@ -61,12 +61,9 @@ class CatalogSnapshot:
 
 
 @torch.inference_mode()
-def load_snapshot(
-    model, path: str, trained: dict[str, int], version: int | None = None
-) -> CatalogSnapshot:
-    """Catalog `path` at `version` (default: the newest) for `model`; `trained` maps the
-    training split's item ids to model item indices (rows of the ID table)."""
-    dataset = CatalogDataset(path, version=version)
+def load_snapshot(model, dataset: CatalogDataset, trained: dict[str, int]) -> CatalogSnapshot:
+    """One opened version of a catalog dataset, for `model`; `trained` maps the training
+    split's item ids to model item indices (rows of the ID table)."""
     item_ids, e = dataset.live()
     experts = None
     if e is not None:
