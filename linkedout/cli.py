@@ -18,7 +18,12 @@ from linkedout.cli_options import flag_of, options_from
 from linkedout.errors import LinkedOutError, SettingError
 from linkedout.extract.config import ExtractConfig
 from linkedout.recommend.config import EvaluateConfig, RecommendConfig, TrainConfig
-from linkedout.service.config import CatalogAddConfig, CatalogRemoveConfig, ServeConfig
+from linkedout.service.config import (
+    CatalogAddConfig,
+    CatalogPublishConfig,
+    CatalogRemoveConfig,
+    ServeConfig,
+)
 from linkedout.storage.config import ExportConfig, InfoConfig, OptimizeConfig
 
 
@@ -307,6 +312,34 @@ def catalog_remove(config: CatalogRemoveConfig) -> None:
         markup=False,
         highlight=False,
     )
+
+
+@catalog_app.command("publish", no_args_is_help=True)
+@options_from(CatalogPublishConfig)
+def catalog_publish(config: CatalogPublishConfig) -> None:
+    """Copy the run's catalog (every version) to an object store and read it there from now
+    on: several `linkedout serve` processes, on any hosts, then serve one catalog, and each
+    `catalog add` or `remove` reaches all of them within their --poll-seconds. Credentials are
+    never written to the run: give them to each host (AWS_ACCESS_KEY_ID, ...)."""
+    _verify_run(config.run)
+    from linkedout.recommend.catalog_location import public_options
+    from linkedout.service.catalog_changes import publish_catalog
+
+    published = publish_catalog(config.run, config.uri, config.storage_options)
+    render.console.print(
+        f"{config.run}: catalog published to {published.path} (version {published.version}, "
+        f"{published.num_rows - 1:,} rows); the run reads it there from now on",
+        markup=False,
+        highlight=False,
+    )
+    left_out = sorted(set(config.storage_options) - set(public_options(config.storage_options)))
+    if left_out:
+        render.console.print(
+            f"note: {', '.join(left_out)} not stored with the run: give each host its "
+            "credentials (e.g. AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+            markup=False,
+            highlight=False,
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    """A real S3-compatible server (moto's server mode) on 127.0.0.1 for the whole session."""
+@contextmanager
+def moto_server():
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1: its endpoint URL, and the
+    server stopped on leaving."""
     pytest.importorskip("moto", reason="moto[server] is in the dev extra: pip install -e '.[dev]'")
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
@@ -53,27 +55,39 @@ def s3_server():
         proc.wait(10)
 
 
-@pytest.fixture
-def s3_bucket(s3_server, request):
-    """A fresh bucket; returns (bucket name, Lance storage options for it)."""
+@pytest.fixture(scope="session")
+def s3_server():
+    """One moto server for the whole session."""
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+def make_bucket(endpoint: str, name: str) -> dict[str, str]:
+    """Create bucket `name` on the S3-compatible server at `endpoint`; Lance's storage options
+    for it."""
     import boto3
 
-    name = "lo-" + request.node.name.lower().replace("_", "-")[:40]
     boto3.client(
         "s3",
-        endpoint_url=s3_server,
+        endpoint_url=endpoint,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
         region_name="us-east-1",
     ).create_bucket(Bucket=name)
-    options = {
-        "aws_endpoint": s3_server,
+    return {
+        "aws_endpoint": endpoint,
         "allow_http": "true",
         "aws_access_key_id": "testing",
         "aws_secret_access_key": "testing",
         "aws_region": "us-east-1",
     }
-    return name, options
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket; returns (bucket name, Lance storage options for it)."""
+    name = "lo-" + request.node.name.lower().replace("_", "-")[:40]
+    return name, make_bucket(s3_server, name)
 
 
 @pytest.fixture(autouse=True)

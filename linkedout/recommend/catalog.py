@@ -135,11 +135,17 @@ def catalog_bytes(shape: tuple[int, int, int]) -> int:
     return n * layers * d * 4
 
 
-def open_catalog(path: Path, ids: torch.Tensor | None, memory_budget: MemoryBudget) -> Catalog:
+def open_catalog(
+    path: str | Path,
+    ids: torch.Tensor | None,
+    memory_budget: MemoryBudget,
+    storage_options: dict[str, str] | None = None,
+) -> Catalog:
     """A run's catalog dataset as training wrote it: loaded when it fits `memory_budget`, else
     read on demand."""
     try:
-        catalog = LanceCatalog(CatalogDataset(path, version=TRAINED_VERSION), ids)
+        dataset = CatalogDataset(path, TRAINED_VERSION, storage_options)
+        catalog = LanceCatalog(dataset, ids)
         if catalog.content and memory_budget.fits(catalog.nbytes):
             return catalog.load()
     except READ_ERRORS as e:

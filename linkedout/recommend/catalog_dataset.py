@@ -35,6 +35,7 @@ import torch
 
 from linkedout.errors import LinkedOutError, first_line
 from linkedout.storage.store import id_filter
+from linkedout.storage.uri import describe_storage_error, is_local
 
 FORMAT = 1
 """The layout above; raise it (and read the older ones) when the layout changes."""
@@ -52,20 +53,33 @@ READ_ERRORS = (OSError, ValueError, KeyError, pa.ArrowException)
 
 
 class CatalogDataset:
-    """One version of a catalog dataset, opened (and its format checked) once."""
+    """One version of a catalog dataset, opened (and its format checked) once. `path` is a
+    local folder or an object-store URI (a run's published catalog, `catalog publish`), with
+    the `storage_options` that reach it."""
 
-    def __init__(self, path: str | Path, version: int | None = None):
-        self.path = Path(path)
-        if not self.path.exists():
+    def __init__(
+        self,
+        path: str | Path,
+        version: int | None = None,
+        storage_options: dict[str, str] | None = None,
+    ):
+        self.local = is_local(str(path))
+        self.path: str | Path = Path(path) if self.local else str(path)
+        self.storage_options = dict(storage_options or {})
+        if self.local and not self.path.exists():
             raise LinkedOutError(
                 f"{self.path} is missing: the run was trained by an older linkedout, or its "
                 "directory is damaged; train it again"
             )
         try:
-            self._ds = lance.dataset(str(self.path), version=version)
+            self._ds = lance.dataset(
+                str(self.path), version=version, storage_options=self.storage_options or None
+            )
             metadata = self._ds.schema.metadata or {}
             found = int(metadata.get(FORMAT_KEY, b"1"))
         except READ_ERRORS as e:
+            if not self.local:
+                raise unreachable(self.path, self.storage_options, e) from None
             raise unreadable(self.path, e) from None
         if found > FORMAT:
             raise LinkedOutError(
@@ -136,7 +150,10 @@ class CatalogDataset:
                 start += len(chunk)
 
         reader = pa.RecordBatchReader.from_batches(schema, batches())
-        self._ds = lance.write_dataset(reader, str(self.path), mode="append")
+        options = self.storage_options or None
+        self._ds = lance.write_dataset(
+            reader, str(self.path), mode="append", storage_options=options
+        )
         return self._ds.version
 
     def delete(self, item_ids: list[str]) -> int:
@@ -191,15 +208,28 @@ class CatalogDataset:
         return set(self._ds.to_table(columns=["item_id"]).column("item_id").to_pylist()) - {""}
 
 
-def read_run_id(path: Path) -> str | None:
+def read_run_id(path: str | Path, storage_options: dict[str, str] | None = None) -> str | None:
     """The run id stamped on a catalog dataset, read from its schema only."""
-    return CatalogDataset(path).run_id
+    return CatalogDataset(path, storage_options=storage_options).run_id
 
 
-def unreadable(path: Path, error: Exception) -> LinkedOutError:
+def unreadable(path: str | Path, error: Exception) -> LinkedOutError:
     return LinkedOutError(
         f"{path} is not a readable catalog ({first_line(error, 160)}): the run directory is "
         "damaged; train it again"
+    )
+
+
+def unreachable(uri: str, options: dict[str, str], error: Exception) -> LinkedOutError:
+    """A published catalog that cannot be read where it lies: what went wrong, what to do."""
+    if "not found" in str(error).lower():
+        return LinkedOutError(
+            f"{uri} holds no catalog: the run's catalog-location.json points at it, so publish "
+            "the catalog there again (`linkedout catalog publish`) or delete that file to read "
+            "the run's own catalog.lance"
+        )
+    return LinkedOutError(
+        f"cannot read the catalog at {uri}: {describe_storage_error(options, error)}"
     )
 
 

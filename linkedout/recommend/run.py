@@ -11,7 +11,9 @@ Run directory:
     split/                 the leave-one-out split as TSV files (see split_files.py): any other
                            library can be trained and ranked on exactly this split
     catalog.lance          per-depth item vectors `e` of the best model, for ranking and serving
-                           (layout in catalog.py)
+                           (layout in catalog_dataset.py)
+    catalog-location.json  once `catalog publish` copied the catalog to an object store: its
+                           URI, read from then on instead of catalog.lance (catalog_location.py)
     metrics.json           valid/test metrics, popularity baseline, cold-start slice
                            (`EvalReport`)
     epochs.json            per epoch: train loss, validation metrics, train and validation seconds
@@ -38,6 +40,7 @@ from linkedout.errors import LinkedOutError, first_line
 from linkedout.memory import MemoryBudget
 from linkedout.recommend.catalog import Catalog, open_catalog
 from linkedout.recommend.catalog_dataset import CatalogDataset, read_run_id
+from linkedout.recommend.catalog_location import CatalogLocation, read_location
 from linkedout.recommend.checkpoints import checkpoint_run_id, read_checkpoint
 from linkedout.recommend.model import LinkedOut
 from linkedout.recommend.run_lock import RunLock
@@ -195,9 +198,10 @@ class RunDir:
         config = self.config()
         saved = read_checkpoint(self.best_checkpoint, mmap=True)  # mapped: not read twice
         self.check_run_id(self.best_checkpoint, checkpoint_run_id(saved), config.run_id)
-        if self.catalog_file.exists():  # ID-only runs' catalog holds names only
-            found = read_run_id(self.catalog_file)
-            self.check_run_id(self.catalog_file, found, config.run_id)
+        where = self.catalog_location()
+        if where.published or self.catalog_file.exists():
+            found = read_run_id(where.uri, where.storage_options)
+            self.check_run_id(where.uri, found, config.run_id)
         return config
 
     # -- config.json ------------------------------------------------------------------------
@@ -289,11 +293,26 @@ class RunDir:
     ) -> None:
         CatalogDataset.create(self.catalog_file, experts, item_ids, shape, run_id=run_id)
 
+    def catalog_location(self) -> CatalogLocation:
+        """Where the catalog is read and changed: catalog.lance, or where it was published."""
+        return read_location(self.path, self.catalog_file)
+
+    def catalog_dataset(
+        self, version: int | None = None, poll_options: dict[str, str] | None = None
+    ) -> CatalogDataset:
+        """The run's catalog dataset where it lives (its newest version unless `version`);
+        `poll_options`: object-store settings under the published ones (serving's polls)."""
+        where = self.catalog_location()
+        options = {**(poll_options or {}), **where.storage_options} if where.published else {}
+        return CatalogDataset(where.uri, version, options)
+
     def catalog(
         self, ids: torch.Tensor | None, memory_budget: MemoryBudget, run_id: str | None = None
     ) -> Catalog:
-        catalog = open_catalog(self.catalog_file, ids, memory_budget)
-        self.check_run_id(self.catalog_file, catalog.run_id, run_id)
+        """The catalog as training wrote it (version 1), for evaluation and recommend."""
+        where = self.catalog_location()
+        catalog = open_catalog(where.uri, ids, memory_budget, where.storage_options)
+        self.check_run_id(where.uri, catalog.run_id, run_id)
         return catalog
 
     # -- metrics.json, epochs.json ----------------------------------------------------------

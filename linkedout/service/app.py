@@ -10,6 +10,7 @@ products only slow each other down. Requests beyond `max_in_flight` are shed wit
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -29,16 +30,26 @@ from linkedout.service.state import Service, ServiceError
 log = logging.getLogger("linkedout.serve")
 
 
+SHUTDOWN_WAIT = 15.0
+"""Seconds a shutdown waits for a catalog poll under way (its client retries are bounded
+well below: ranker.POLL_OPTIONS)."""
+
+
 def create_app(config: ServeConfig) -> FastAPI:
     service = Service(config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        threading.Thread(
+        watcher = threading.Thread(
             target=service.load_and_watch, name="linkedout-catalog", daemon=True
-        ).start()
+        )
+        watcher.start()
         yield
         service.stop.set()
+        # A poll may be inside the object store's client (a store out of reach retries for
+        # seconds): the process must not exit under it, which aborts it. Bounded: a first load
+        # still running is left to end with the process.
+        await asyncio.to_thread(watcher.join, SHUTDOWN_WAIT)
         if service.batcher is not None:
             service.batcher.close()
 

@@ -1,4 +1,5 @@
-"""`linkedout catalog add` and `remove`: new items ranked, old ones withdrawn, without retraining.
+"""`linkedout catalog add` and `remove`: new items ranked, old ones withdrawn, without retraining;
+`catalog publish`: the catalog copied to an object store that several servers share.
 
 Each change is one Lance commit to the run's catalog.lance (a new version): an interrupted add
 commits nothing and is simply run again. Version 1, what training wrote, is never rewritten, so
@@ -13,11 +14,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow.fs as pafs
+
 from linkedout.errors import LinkedOutError
 from linkedout.recommend.catalog_additions import CatalogChange, add_to_catalog, open_additions
 from linkedout.recommend.catalog_dataset import CatalogDataset
+from linkedout.recommend.catalog_location import write_location
 from linkedout.recommend.run import RunDir
 from linkedout.recommend.run_lock import RunLock
+from linkedout.storage.share import check_destination
+from linkedout.storage.uri import describe_storage_error, filesystem, normalize
 
 
 def add_items(
@@ -38,6 +44,49 @@ def remove_items(run_path: str | Path, item_ids: list[str]) -> CatalogChange:
         return _remove_items(run, item_ids)
 
 
+def publish_catalog(
+    run_path: str | Path, uri: str, storage_options: dict[str, str] | None = None
+) -> CatalogDataset:
+    """Copy the run's catalog, every version, to `uri` (a new, empty object-store prefix or
+    folder), check the copy, then point the run at it (catalog_location.py). Returns the
+    published catalog, opened at its newest version."""
+    options = dict(storage_options or {})
+    with _editing(run_path, "catalog publish") as run:
+        config = run.config()
+        source = run.catalog_location()
+        uri = normalize(uri)
+        if uri == normalize(source.uri):
+            raise LinkedOutError(f"{run.path}'s catalog is already at {uri}: nothing to publish")
+        original = run.catalog_dataset()
+        check_destination(uri, options, "publish")
+        src_fs, src_root = filesystem(normalize(source.uri), source.storage_options)
+        dst_fs, dst_root = filesystem(uri, options)
+        try:
+            # Files as they are, every version: version 1 must stay what training wrote
+            # (evaluation reads it, its rows are model indices), so no rewrite will do.
+            pafs.copy_files(
+                src_root, dst_root, source_filesystem=src_fs, destination_filesystem=dst_fs
+            )
+        except OSError as e:
+            raise LinkedOutError(
+                f"cannot publish to {uri}: {describe_storage_error(options, e)}; the run still "
+                "reads its own catalog (delete what was copied there before trying again)"
+            ) from None
+        copy = CatalogDataset(uri, None, options)
+        if (copy.version, copy.num_rows, copy.run_id) != (
+            original.version,
+            original.num_rows,
+            config.run_id,
+        ):
+            raise LinkedOutError(
+                f"the copy at {uri} does not match {source.uri} (version {copy.version} against "
+                f"{original.version}, {copy.num_rows} rows against {original.num_rows}): the run "
+                "still reads its own catalog; delete the copy and publish again"
+            )
+        write_location(run.path, uri, options)
+        return copy
+
+
 def _add_items(
     run: RunDir,
     features: str,
@@ -52,11 +101,11 @@ def _add_items(
             "has no vector to rank it by; train a run with content to add items"
         )
     store = open_additions(features, config.manifest, storage_options)
-    return add_to_catalog(CatalogDataset(run.catalog_file), model, config, store, on_progress)
+    return add_to_catalog(run.catalog_dataset(), model, config, store, on_progress)
 
 
 def _remove_items(run: RunDir, item_ids: list[str]) -> CatalogChange:
-    catalog = CatalogDataset(run.catalog_file)
+    catalog = run.catalog_dataset()
     present = catalog.live_ids()
     gone = sorted(set(item_ids) & present)
     if not gone:

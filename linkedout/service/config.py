@@ -104,6 +104,19 @@ class CatalogAddConfig:
 
 
 @dataclass(frozen=True)
+class CatalogPublishConfig:
+    """Where `linkedout catalog publish` copies a run's catalog, for servers on other hosts."""
+
+    run: Path = setting(argument=True, help="Run directory written by `linkedout train`.")
+    uri: str = setting(
+        argument=True,
+        help="Where the catalog goes: an empty object-store prefix (s3://bucket/path) or a new "
+        "folder. The run then reads and changes its catalog there.",
+    )
+    storage_options: dict[str, str] = storage_options_setting()
+
+
+@dataclass(frozen=True)
 class CatalogRemoveConfig:
     """Which items `linkedout catalog remove` withdraws from a run's catalog."""
 

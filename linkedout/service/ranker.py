@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from linkedout.errors import LinkedOutError
-from linkedout.recommend.catalog_dataset import CatalogDataset
 from linkedout.recommend.loaded_run import LoadedRun
 from linkedout.service.results import Recommendation, Recommendations, user_history
 from linkedout.service.snapshot import CatalogSnapshot, load_snapshot
@@ -41,21 +40,27 @@ class RankRequestError(LinkedOutError):
         self.unknown_user = unknown_user
 
 
+POLL_OPTIONS = {"client_max_retries": "1", "client_retry_timeout": "5", "connect_timeout": "2s"}
+"""Object-store client settings of the catalog polls (a published catalog's own options win):
+a store out of reach fails a poll in seconds, not after the client's default minutes of
+retries, so /readyz says so promptly; the next poll tries again anyway."""
+
+
 class Ranker(LoadedRun):
     """A run served: its newest catalog snapshot, swapped whole on a new version."""
 
     def __init__(self, path: str | Path, new_item_lift: float | None = None):
         """`new_item_lift`: rank with this instead of the run's own (None: the run's)."""
         super().__init__(path, new_item_lift=new_item_lift)
-        newest = CatalogDataset(self.run.catalog_file)
-        self.run.check_run_id(self.run.catalog_file, newest.run_id, self.config.run_id)
+        newest = self.run.catalog_dataset()
+        self.run.check_run_id(newest.path, newest.run_id, self.config.run_id)
         self._swap = threading.Lock()
         self.snapshot: CatalogSnapshot = load_snapshot(self.model, newest, self.index)
 
     def refresh(self) -> bool:
         """Swap in the newest catalog version if there is one; True if it swapped."""
         with self._swap:  # one loader at a time; rankings never wait for it
-            newest = CatalogDataset(self.run.catalog_file)  # reads its latest manifest only
+            newest = self.run.catalog_dataset(poll_options=POLL_OPTIONS)  # latest manifest only
             if newest.version == self.snapshot.version:
                 return False
             self.snapshot = load_snapshot(self.model, newest, self.index)

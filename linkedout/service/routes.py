@@ -91,9 +91,15 @@ async def healthz() -> dict:
 
 @status.api_route("/readyz", methods=["GET", "HEAD"], responses=ERRORS)
 async def readyz(request: Request) -> dict:
-    """The run and its catalog are loaded: rankings will be answered."""
-    ranker = _service(request).ready()
-    return {"status": "ready", "catalog_version": ranker.snapshot.version}
+    """The run and its catalog are loaded: rankings will be answered. `catalog_error` says why
+    newer catalog versions cannot be read (the store is out of reach, say), while the version
+    loaded is still served."""
+    service = _service(request)
+    ranker = service.ready()
+    ready = {"status": "ready", "catalog_version": ranker.snapshot.version}
+    if service.catalog_error is not None:
+        ready["catalog_error"] = service.catalog_error
+    return ready
 
 
 @status.get("/metadata", response_model=Metadata, responses=ERRORS, dependencies=guarded)

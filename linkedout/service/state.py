@@ -35,6 +35,9 @@ class Service:
         self.ranker: Ranker | None = None
         self.batcher: Batcher | None = None
         self.load_error: str | None = None
+        self.catalog_error: str | None = None
+        """Why the newest catalog version could not be read (a store out of reach, a bad
+        version), while the one loaded is still served; None once a check succeeds."""
         self.stop = threading.Event()
 
     def load_and_watch(self) -> None:
@@ -52,11 +55,19 @@ class Service:
         )
         while not self.stop.wait(self.config.poll_seconds):
             try:
-                if self.ranker.refresh():
-                    snap = self.ranker.snapshot
-                    log.info("catalog version %d swapped in (%d items)", snap.version, snap.size)
-            except Exception as e:  # a bad new version: keep serving the old one
-                log.warning("catalog version not swapped in: %s", first_line(e, 300))
+                swapped = self.ranker.refresh()
+            except Exception as e:  # a bad new version, a store out of reach: keep serving
+                error = first_line(e, 300)
+                if error != self.catalog_error:  # once, not every poll
+                    log.warning("catalog version not swapped in: %s", error)
+                self.catalog_error = error
+                continue
+            if self.catalog_error is not None:
+                log.info("catalog readable again")
+            self.catalog_error = None
+            if swapped:
+                snap = self.ranker.snapshot
+                log.info("catalog version %d swapped in (%d items)", snap.version, snap.size)
 
     def ready(self) -> Ranker:
         if self.ranker is not None:

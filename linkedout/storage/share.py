@@ -54,23 +54,24 @@ def export(
     return copy
 
 
-def check_destination(dest: str, options: dict[str, str]) -> None:
+def check_destination(dest: str, options: dict[str, str], verb: str = "export") -> None:
     """Refuse, before anything is written, a destination that is a file, holds a dataset or
-    holds anything else, and one that cannot be reached."""
+    holds anything else, and one that cannot be reached. `verb` names the command in the
+    messages (export, publish)."""
     if is_local(dest):
         path = Path(dest)
         blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         if blocked is not None:
             raise LinkedOutError(f"{blocked} is a file, so {path} cannot be created in it")
         if path.is_file():
-            raise LinkedOutError(f"{path} is a file: export to a new folder path")
+            raise LinkedOutError(f"{path} is a file: {verb} to a new folder path")
         if path.is_dir() and any(path.iterdir()):
             if exists(dest, options):
-                raise LinkedOutError(_holds_dataset(dest))
+                raise LinkedOutError(_holds_dataset(dest, verb))
             names = sorted(p.name for p in path.iterdir())
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             raise LinkedOutError(
-                f"{path} already holds other files ({shown}): export to a new or empty folder"
+                f"{path} already holds other files ({shown}): {verb} to a new or empty folder"
             )
         return
     probe = {**_PROBE_OPTIONS, **options}
@@ -79,26 +80,26 @@ def check_destination(dest: str, options: dict[str, str]) -> None:
     except (OSError, ValueError) as e:
         if "not found" not in str(e).lower():
             raise LinkedOutError(
-                f"cannot export to {dest}: {describe_storage_error(options, e)}"
+                f"cannot {verb} to {dest}: {describe_storage_error(options, e)}"
             ) from None
     else:
-        raise LinkedOutError(_holds_dataset(dest))
+        raise LinkedOutError(_holds_dataset(dest, verb))
     try:
         names = list_names(dest, options)
     except OSError as e:
         raise LinkedOutError(
-            f"cannot export to {dest}: {describe_storage_error(options, e)}"
+            f"cannot {verb} to {dest}: {describe_storage_error(options, e)}"
         ) from None
     if names:
         raise LinkedOutError(
             f"{dest} already holds other objects ({', '.join(names[:3])}"
             f"{f' and {len(names) - 3} more' if len(names) > 3 else ''}): "
-            "export to a new or empty prefix"
+            f"{verb} to a new or empty prefix"
         )
 
 
-def _holds_dataset(dest: str) -> str:
-    return f"{dest} already holds a Lance dataset: export to a new path, or delete it first"
+def _holds_dataset(dest: str, verb: str = "export") -> str:
+    return f"{dest} already holds a Lance dataset: {verb} to a new path, or delete it first"
 
 
 def dataset_card(store: FeatureStore, source: str | None = None) -> str:

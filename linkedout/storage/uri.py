@@ -168,7 +168,7 @@ def write_text(uri: str, name: str, text: str, storage_options: dict[str, str]) 
         path = Path(normalize(uri)) / name
         path.write_text(text, encoding="utf-8")
         return str(path)
-    fs, root = _filesystem(uri, storage_options)
+    fs, root = filesystem(uri, storage_options)
     target = f"{root.rstrip('/')}/{name}"
     with fs.open_output_stream(target) as out:
         out.write(text.encode("utf-8"))
@@ -177,12 +177,14 @@ def write_text(uri: str, name: str, text: str, storage_options: dict[str, str]) 
 
 def list_names(uri: str, storage_options: dict[str, str]) -> list[str]:
     """Names of the objects or folders directly under the object-store prefix `uri`."""
-    fs, root = _filesystem(uri, storage_options)
+    fs, root = filesystem(uri, storage_options)
     entries = fs.get_file_info(pafs.FileSelector(root.rstrip("/"), allow_not_found=True))
     return sorted(e.base_name for e in entries)
 
 
-def _filesystem(uri: str, options: dict[str, str]) -> tuple[pafs.FileSystem, str]:
+def filesystem(uri: str, options: dict[str, str]) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem that reaches `uri` with Lance's `options` (or the AWS_*
+    environment), and the path of `uri` inside it."""
     if uri.startswith(("s3://", "s3a://")):
 
         def opt(key: str, *env: str) -> str | None:
