@@ -24,7 +24,7 @@ from linkedout.service.config import (
     CatalogRemoveConfig,
     ServeConfig,
 )
-from linkedout.storage.config import ExportConfig, InfoConfig, OptimizeConfig
+from linkedout.storage.config import ExportConfig, InfoConfig, OptimizeConfig, TagConfig
 
 
 class _Group(typer.core.TyperGroup):
@@ -212,6 +212,25 @@ def info(
 
 
 @app.command(no_args_is_help=True)
+@options_from(TagConfig)
+def tag(config: TagConfig) -> None:
+    """Name a version of a feature dataset (Lance's own tags), so runs can pin it
+    (`train --features URI@NAME`) and `optimize` keeps it; or delete a tag (--delete)."""
+    from linkedout.storage.pins import create_tag, delete_tag
+    from linkedout.storage.store import FeatureStore
+
+    store = FeatureStore.open(config.uri, config.storage_options)
+    if config.delete:
+        version = delete_tag(store.dataset, store.uri, config.name)
+        said = f"tag {config.name} deleted (it named version {version})"
+    else:
+        version = create_tag(store.dataset, store.uri, config.name, config.version)
+        pinned = f"{store.uri}@{config.name}"
+        said = f"version {version} tagged {config.name}: train on it with --features {pinned}"
+    render.console.print(f"{store.uri}: {said}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command(no_args_is_help=True)
 @options_from(ExportConfig)
 def export(config: ExportConfig) -> None:
     """Copy a feature dataset to any URI and write its dataset card (README.md inside it)."""
@@ -241,8 +260,15 @@ def optimize(config: OptimizeConfig) -> None:
     after all shards of a sharded extraction have finished).
     """
     from linkedout.storage.maintenance import optimize as optimize_dataset
+    from linkedout.storage.pins import split_pin
     from linkedout.storage.store import FeatureStore
 
+    uri, pin = split_pin(config.uri)
+    if pin is not None:
+        raise LinkedOutError(
+            f"optimize rewrites the newest version, not @{pin}: give {uri} without it (tagged "
+            "versions are kept)"
+        )
     store = FeatureStore.open(config.uri, config.storage_options)
     report = optimize_dataset(store, prune_old_versions=not config.keep_old_versions)
     repaired = (

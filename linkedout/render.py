@@ -187,6 +187,10 @@ def dataset_info(stored: StoreInfo, failures: list[Failure]) -> None:
             if stored.updated
             else str(stored.version),
         ),
+        (
+            "tags",
+            ", ".join(f"{name} -> version {v}" for name, v in stored.tags.items()) or "none",
+        ),
         ("indices", ", ".join(stored.indices) or "none"),
     ]
     for key, value in rows:

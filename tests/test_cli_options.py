@@ -16,9 +16,14 @@ from linkedout.cli_options import options, options_from
 from linkedout.errors import SettingError
 from linkedout.extract.config import ExtractConfig, RayOptions
 from linkedout.recommend.config import EvaluateConfig, ModelConfig, RecommendConfig, TrainConfig
-from linkedout.service.config import CatalogAddConfig, CatalogRemoveConfig, ServeConfig
+from linkedout.service.config import (
+    CatalogAddConfig,
+    CatalogPublishConfig,
+    CatalogRemoveConfig,
+    ServeConfig,
+)
 from linkedout.settings import docs, types
-from linkedout.storage.config import ExportConfig, InfoConfig, OptimizeConfig
+from linkedout.storage.config import ExportConfig, InfoConfig, OptimizeConfig, TagConfig
 
 runner = CliRunner()
 
@@ -43,8 +48,13 @@ COMMANDS = [
     ("export", ExportConfig),
     ("optimize", OptimizeConfig),
     ("serve", ServeConfig),
+    ("tag", TagConfig),
 ]
-SUBCOMMANDS = [("catalog", "add", CatalogAddConfig), ("catalog", "remove", CatalogRemoveConfig)]
+SUBCOMMANDS = [
+    ("catalog", "add", CatalogAddConfig),
+    ("catalog", "remove", CatalogRemoveConfig),
+    ("catalog", "publish", CatalogPublishConfig),
+]
 
 
 @pytest.mark.parametrize("command, config", COMMANDS)

@@ -1,12 +1,35 @@
-"""The settings of the feature-dataset commands (`info`, `export`, `optimize`); their options
+"""The settings of the feature-dataset commands (`info`, `tag`, `export`, `optimize`); their options
 are generated from these."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from linkedout.errors import SettingError
 from linkedout.settings import at_least, setting
 from linkedout.storage.uri import parse_storage_options, storage_options_setting
+
+
+@dataclass(frozen=True)
+class TagConfig:
+    """Which version of a feature dataset `linkedout tag` names, or which tag it deletes."""
+
+    uri: str = setting(argument=True, help="Feature dataset: a local path or s3://bucket/path.")
+    name: str = setting(
+        argument=True,
+        help="Tag name: a letter, then letters, digits, '.', '_' or '-'. Train on the version "
+        "it names with --features URI@NAME.",
+    )
+    version: int | None = None
+    """Version to tag (default: the newest; `linkedout info` lists them)."""
+    delete: bool = False
+    """Delete the tag instead (the version stays until `optimize` prunes it)."""
+    storage_options: dict[str, str] = storage_options_setting()
+
+    def __post_init__(self) -> None:
+        at_least(self, "version", 1, "versions count from 1")
+        if self.delete and self.version is not None:
+            raise SettingError("version", self.version, "is not used with --delete: drop it")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ def optimize(
 ) -> OptimizeReport:
     """Delete duplicate rows older versions left (keeping one per item), merge the small
     fragments batched writes leave behind into large ones, and (with `prune_old_versions`)
-    delete the files only versions older than `keep_newer_than` use.
+    delete the files only versions older than `keep_newer_than` use, except tagged versions.
 
     Prune everything (the default) only when no other process writes or reads an older
     version of this dataset: pruning removes files and transaction history such a process may
@@ -37,7 +37,10 @@ def optimize(
     store.refresh()
     store.update_index()
     if prune_old_versions:
-        store.dataset.cleanup_old_versions(older_than=keep_newer_than)
+        # Tagged versions stay (a run may pin one: `linkedout tag`); the rest go.
+        store.dataset.cleanup_old_versions(
+            older_than=keep_newer_than, error_if_tagged_old_versions=False
+        )
         store.refresh()
     after = store.info()
     return OptimizeReport(

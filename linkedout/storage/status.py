@@ -57,6 +57,8 @@ class StoreInfo:
     query_items: dict[str, int] = field(default_factory=dict)
     """Query name -> items holding its slots (every query beyond the first, whose slots every
     good row holds)."""
+    tags: dict[str, int] = field(default_factory=dict)
+    """Tag name -> the version it names (`linkedout tag`; kept by `optimize`)."""
 
     def to_json(self, failed_items: Sequence[Failure] = ()) -> dict:
         """A JSON-ready dict (`linkedout info --json`), listing `failed_items` among the facts.
@@ -74,6 +76,7 @@ class StoreInfo:
             "size_bytes": self.size_bytes,
             "version": self.version,
             "versions": self.versions,
+            "tags": self.tags,
             "fragments": self.fragments,
             "indices": self.indices,
             "created": self.created.isoformat() if self.created else None,

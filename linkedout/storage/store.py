@@ -25,6 +25,7 @@ from linkedout.storage.duplicates import (
 )
 from linkedout.storage.location import appears, exists, not_a_dataset, refuse_foreign_directory
 from linkedout.storage.manifest import Manifest
+from linkedout.storage.pins import missing_pin, split_pin, tags
 from linkedout.storage.query_columns import QueryColumns
 from linkedout.storage.reading import StoreReads
 from linkedout.storage.status import Failure, StoredStatus, StoreInfo
@@ -66,13 +67,23 @@ class FeatureStore(QueryColumns, StoreReads):
         storage_options: dict[str, str] | None = None,
         version: int | None = None,
     ) -> FeatureStore:
-        """Open an existing dataset (local path or object-store URI)."""
+        """Open an existing dataset (local path or object-store URI) at its newest version, or
+        at `version`, or at the version `URI@TAG` / `URI@VERSION` pins (pins.py)."""
+        uri, pin = split_pin(str(uri))
+        if pin is not None and version is not None:
+            raise LinkedOutError(f"{uri}@{pin} pins a version already: drop @{pin}")
+        pin = version if pin is None else pin
         uri = normalize(uri)
         options = dict(storage_options or {})
         try:
-            ds = lance.dataset(uri, version=version, storage_options=options or None)
+            ds = lance.dataset(uri, storage_options=options or None)
         except (ValueError, OSError) as e:
             raise LinkedOutError(not_a_dataset(uri, e, options)) from None
+        if pin is not None:
+            try:
+                ds = ds.checkout_version(pin)
+            except (ValueError, OSError):
+                raise missing_pin(uri, pin, ds) from None
         raw = (ds.schema.metadata or {}).get(MANIFEST_KEY)
         if raw is None:
             raise LinkedOutError(
@@ -266,6 +277,7 @@ class FeatureStore(QueryColumns, StoreReads):
                 name: 0 if name in unfinished else good - self.query_nulls(name)
                 for name, _ in self.manifest.named_queries()[1:]
             },
+            tags=tags(self._ds),
         )
 
     # ---------------------------------------------------------------- writing

@@ -131,16 +131,12 @@ def train_planted(planted: Planted, out: Path, fusion: str = "moe", ids: bool = 
     from linkedout.recommend.model import ModelConfig
     from linkedout.recommend.train import train
 
+    settings = {"epochs": 15, "batch_size": 64, "lr": 3e-3, "patience": 5, "quiet": True} | kw
     config = TrainConfig(
         features=str(planted.features),
         interactions=str(planted.interactions),
         out=str(out),
         model=ModelConfig(d_model=32, fusion=fusion, ids=ids, dropout=0.1),
-        epochs=15,
-        batch_size=64,
-        lr=3e-3,
-        patience=5,
-        quiet=True,
-        **kw,
+        **settings,
     )
     return train(config)

@@ -13,10 +13,13 @@ from typer.testing import CliRunner
 from linkedout.cli import app
 from linkedout.errors import LinkedOutError
 from linkedout.memory import MemoryBudget
+from linkedout.recommend.catalog_dataset import CatalogDataset
 from linkedout.recommend.evaluate import TrainedRun, evaluate_run
 from linkedout.recommend.run import RunDir
 from linkedout.service.ranker import Ranker, RankRequest
 from linkedout.service.results import user_history
+from linkedout.storage import FeatureRow, FeatureStore, FeatureWriter
+from linkedout.storage.pins import create_tag
 from tests.recommend.planted import make_planted, train_planted
 
 runner = CliRunner()
@@ -282,3 +285,20 @@ def test_training_reads_features_straight_from_s3(runs, planted, s3_bucket, tmp_
     )
     assert _metrics(remote)["test"] == _metrics(runs["moe"])["test"]
     assert json.loads((remote / "config.json").read_text())["train"]["features"] == uri
+
+
+def test_a_run_trained_on_a_tag_reads_that_version_only(planted, tmp_path):
+    features = shutil.copytree(planted.features, tmp_path / "features.lance")
+    store = FeatureStore.open(features)
+    version = create_tag(store.dataset, str(features), "base", None)
+    tokens = store.read_tokens([store.ids()[0]])[0]
+    with FeatureWriter(store, commit_every=100) as w:  # a later version: 6 more items
+        w.extend([FeatureRow(f"later{i}", tokens, f"later{i}") for i in range(6)])
+    assert FeatureStore.open(features).version > version
+    pinned = dataclasses.replace(planted, features=f"{features}@base")
+    train_planted(pinned, tmp_path / "run", epochs=1)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["features_version"] == version
+    assert config["train"]["features"] == f"{features}@base"
+    live, _ = CatalogDataset(tmp_path / "run" / "catalog.lance").live()
+    assert len(live) == 240 and not any(i.startswith("later") for i in live)
