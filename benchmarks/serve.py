@@ -3,7 +3,10 @@ batch rankings at 1, 8 and 64 concurrent clients, the time from `catalog add` to
 response that holds the new item, and the exact scan's cost at a million items (approximate
 indices: benchmarks/ann.py).
 
-    python benchmarks/serve.py RUN [--seconds 10] [--json out.json]
+    python benchmarks/serve.py RUN [--seconds 10] [--json out.json] [--replicas]
+
+`--replicas` also times a `catalog add` across two servers, each on its own copy of the run,
+sharing one catalog published (`catalog publish`) to a moto S3 server on 127.0.0.1.
 
 RUN is a finished `linkedout train` run (for the README's figures: MoE + IDs on MicroLens-50K).
 It is copied first, so the catalog changes this makes never touch it. Clients are Python
@@ -41,7 +44,7 @@ from linkedout.storage import FeatureRow, FeatureStore, FeatureWriter  # noqa: E
 LINKEDOUT = str(Path(sys.executable).with_name("linkedout"))
 
 
-def start(run: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start(run: Path, log: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -59,6 +62,7 @@ def start(run: Path, log: Path) -> tuple[subprocess.Popen, str]:
         ],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -115,32 +119,91 @@ def load(url: str, clients: int, seconds: float, body) -> dict:
     }
 
 
-def time_to_new_item(run: Path, url: str, workdir: Path) -> dict:
-    """Copies of a few stored items under new ids, added with `catalog add`: seconds to commit
-    them (the checkpoint loaded, the items embedded) and until a ranking returns one."""
+def new_items(run: Path, workdir: Path, prefix: str = "new") -> tuple[Path, list[str], list[str]]:
+    """Copies of a few stored items under new ids, as a feature dataset: its path, the
+    originals' ids and the copies'."""
     config = RunDir(run).config()
     source = FeatureStore.open(config.train["features"])
     originals = source.ids()[:8]
     tokens = source.read_tokens(originals)
-    copies = FeatureStore.create(workdir / "new.lance", source.manifest)
-    new = [f"new-{i}" for i in originals]
+    path = workdir / f"{prefix}.lance"
+    copies = FeatureStore.create(path, source.manifest)
+    new = [f"{prefix}-{i}" for i in originals]
     with FeatureWriter(copies, commit_every=100) as w:
         for item, t in zip(new, tokens, strict=True):
             w.add(FeatureRow(item, t, content_sha256=item))
+    return path, originals, new
+
+
+def time_to_new_item(run: Path, urls: list[str], workdir: Path, prefix: str = "new") -> dict:
+    """A few new items added with `catalog add`: seconds to commit them (the checkpoint
+    loaded, the items embedded) and until a ranking from each server in `urls` returns one."""
+    features, originals, new = new_items(run, workdir, prefix)
     began = time.perf_counter()
-    change = add_items(run, str(workdir / "new.lance"))
+    change = add_items(run, str(features))
     committed = time.perf_counter() - began
-    ranked = None
-    with httpx.Client(base_url=url, timeout=30) as http:
-        while ranked is None and time.perf_counter() - began < 60:
-            body = http.post("/recommend", json={"history": [originals[0]], "k": 1000}).json()
-            if any(i["item_id"] in new for i in body.get("items", [])):
-                ranked = time.perf_counter() - began
+    ranked = [None] * len(urls)
+    clients = [httpx.Client(base_url=url, timeout=30) for url in urls]
+    while None in ranked and time.perf_counter() - began < 60:
+        for j, http in enumerate(clients):
+            if ranked[j] is None:
+                body = http.post("/recommend", json={"history": [originals[0]], "k": 1000})
+                if any(i["item_id"] in new for i in body.json().get("items", [])):
+                    ranked[j] = time.perf_counter() - began
+    for http in clients:
+        http.close()
     return {
         "added": change.added,
         "catalog_add_s": committed,
-        "first_ranking_with_it_s": ranked,
+        "first_ranking_with_it_s": ranked[0] if len(urls) == 1 else ranked,
     }
+
+
+def replicas(run: Path, workdir: Path) -> dict:
+    """Two servers, each on its own copy of the run, sharing one catalog published to an
+    S3-compatible server (moto, started here on 127.0.0.1): `time_to_new_item` across both."""
+    import boto3
+
+    from linkedout.service.catalog_changes import publish_catalog
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    moto = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_REGION": "us-east-1",
+    }
+    os.environ.update(credentials)  # this process's catalog add reads the store too
+    servers = []
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
+        options = {"aws_endpoint": endpoint, "allow_http": "true"}
+        published = Path(shutil.copytree(run, workdir / "published"))
+        publish_catalog(published, "s3://bench/catalog.lance", options)
+        for name in ("host-a", "host-b"):
+            host = Path(shutil.copytree(published, workdir / name))
+            shutil.rmtree(host / "catalog.lance")
+            servers.append(start(host, workdir / f"{name}.log", credentials))
+        return time_to_new_item(published, [url for _, url in servers], workdir, "replicated")
+    finally:
+        for proc, _ in servers:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        moto.terminate()
+        moto.wait(10)
 
 
 def exact_scan(items: int, width: int, repeats: int = 50) -> dict:
@@ -165,10 +228,34 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--replicas",
+        action="store_true",
+        help="also time a catalog add across two servers sharing a catalog published to a "
+        "local S3-compatible server (moto, from the dev extra)",
+    )
+    parser.add_argument(
+        "--only-replicas", action="store_true", help="skip the load and scan figures"
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="linkedout-serve-bench-"))
     run = Path(shutil.copytree(args.run, workdir / "run"))
+    results = {"cpus": os.cpu_count()}
+    if not args.only_replicas:
+        results |= serving(run, workdir, args.clients, args.seconds)
+    if args.replicas or args.only_replicas:
+        results["new_item_two_replicas"] = replicas(run, workdir)
+        print("new item, two replicas", json.dumps(results["new_item_two_replicas"]), flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def serving(run: Path, workdir: Path, clients_list: str, seconds: float) -> dict:
+    """One server on `run`: latency and throughput at each number of clients, the time to a
+    new item, and the exact scan at 20k and 1M items of the run's width."""
     proc, url = start(run, workdir / "serve.log")
     try:
         meta = httpx.get(f"{url}/metadata").json()
@@ -185,14 +272,13 @@ def main() -> None:
 
         results: dict = {
             "catalog_items": meta["catalog"]["size"],
-            "cpus": os.cpu_count(),
             "single": [],
             "batch_of_32": [],
         }
         load(url, 4, 2.0, single)  # warm up
-        for clients in map(int, args.clients.split(",")):
+        for clients in map(int, clients_list.split(",")):
             for name, body in (("single", single), ("batch_of_32", batch)):
-                figures = load(url, clients, args.seconds, body)
+                figures = load(url, clients, seconds, body)
                 results[name].append(figures)
                 print(
                     name,
@@ -201,20 +287,16 @@ def main() -> None:
                     ),
                     flush=True,
                 )
-        results["new_item"] = time_to_new_item(run, url, workdir)
+        results["new_item"] = time_to_new_item(run, [url], workdir)
         print("new item", json.dumps(results["new_item"]), flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    width = int(RunDir(run).config().train["model"]["d_model"]) + len(meta["layers"]) * int(
-        RunDir(run).config().train["model"]["expert_dim"]
-    )
+    model = RunDir(run).config().train["model"]
+    width = int(model["d_model"]) + len(meta["layers"]) * int(model["expert_dim"])
     results["exact_scan"] = [exact_scan(n, width) for n in (20_000, 1_000_000)]
     print("exact scan", json.dumps(results["exact_scan"]), flush=True)
-    shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":
