@@ -70,7 +70,7 @@ def publish_catalog(
         except OSError as e:
             raise LinkedOutError(
                 f"cannot publish to {uri}: {describe_storage_error(options, e)}; the run still "
-                "reads its own catalog (delete what was copied there before trying again)"
+                "reads its catalog where it was (delete what was copied there, then try again)"
             ) from None
         copy = CatalogDataset(uri, None, options)
         if (copy.version, copy.num_rows, copy.run_id) != (
@@ -81,7 +81,7 @@ def publish_catalog(
             raise LinkedOutError(
                 f"the copy at {uri} does not match {source.uri} (version {copy.version} against "
                 f"{original.version}, {copy.num_rows} rows against {original.num_rows}): the run "
-                "still reads its own catalog; delete the copy and publish again"
+                "still reads its catalog where it was; delete the copy and publish again"
             )
         write_location(run.path, uri, options)
         return copy

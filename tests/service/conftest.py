@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,6 +119,35 @@ def servers(logs: Path) -> Iterator:
         if server.process.poll() is None:
             assert server.stop() == 0, server.log.read_text()
             assert "Application shutdown complete" in server.log.read_text()
+
+
+@contextmanager
+def ranking_clients(targets: list[Server], per_server: int) -> Iterator[tuple[list, list]]:
+    """`per_server` clients on each server ranking one history back to back while the block
+    runs: (responses, failures), filled as they come; the clients are joined on leaving."""
+    responses, failures = [], []
+    stop = threading.Event()
+
+    def client(server: Server) -> None:
+        with server.client() as http:
+            while not stop.is_set():
+                got = http.post("/recommend", json={"history": ["v0002"], "k": 1000})
+                if got.status_code != 200:
+                    failures.append(got.text)
+                else:
+                    responses.append(got.json())
+
+    threads = [
+        threading.Thread(target=client, args=(s,)) for s in targets for _ in range(per_server)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        yield responses, failures
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ ones never returned, evaluation untouched, and a running server swapping version
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
@@ -19,6 +18,7 @@ from linkedout.service.ranker import Ranker, RankRequest
 from linkedout.storage import FeatureRow, FeatureStore, FeatureWriter
 from tests.cli_harness import assert_one_line_error, run_linkedout, tree_digest
 from tests.recommend.planted import write_new_items
+from tests.service.conftest import ranking_clients
 
 
 def _version(run) -> int:
@@ -171,22 +171,7 @@ def test_a_running_server_swaps_catalog_versions_whole_under_load(
 ):
     new = write_new_items(tmp_path / "new.lance", planted, cluster=2, n=20)
     server = serve(run_copy, "--poll-seconds", "0.1")
-    responses, failures = [], []
-    stop = threading.Event()
-
-    def client():
-        with server.client() as http:
-            while not stop.is_set():
-                got = http.post("/recommend", json={"history": ["v0002"], "k": 1000})
-                if got.status_code != 200:
-                    failures.append(got.text)
-                else:
-                    responses.append(got.json())
-
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
+    with ranking_clients([server], per_server=4) as (responses, failures):
         time.sleep(0.5)
         added_at = time.monotonic()
         add_items(run_copy, str(tmp_path / "new.lance"))
@@ -198,10 +183,6 @@ def test_a_running_server_swaps_catalog_versions_whole_under_load(
                 seen_new = time.monotonic() - added_at
         remove_items(run_copy, new[:5])
         time.sleep(1.0)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert not failures, failures[:3]
     assert seen_new is not None, "the new version was never served"
     versions = {r["catalog_version"] for r in responses}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 
 import pytest
@@ -18,6 +17,7 @@ from linkedout.service.catalog_changes import add_items, publish_catalog, remove
 from tests.cli_harness import assert_one_line_error, run_linkedout
 from tests.conftest import make_bucket, moto_server
 from tests.recommend.planted import write_new_items
+from tests.service.conftest import ranking_clients
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -67,23 +67,7 @@ def test_two_replicas_follow_every_catalog_change_within_seconds_without_a_faile
         for name in ("host-a", "host-b")
     ]
     new = write_new_items(tmp_path / "new.lance", planted, cluster=2, n=20)
-    responses, failures = [], []
-    stop = threading.Event()
-
-    def client(server):
-        with server.client() as http:
-            while not stop.is_set():
-                got = http.post("/recommend", json={"history": ["v0002"], "k": 1000})
-                if got.status_code != 200:
-                    failures.append(got.text)
-                else:
-                    responses.append(got.json())
-
-    threads = [threading.Thread(target=client, args=(r,)) for r in replicas for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        took = {}
+    with ranking_clients(replicas, per_server=2) as (responses, failures):
         for version, change in (
             (2, lambda: add_items(run_copy, str(tmp_path / "new.lance"))),
             (3, lambda: remove_items(run_copy, new[:5])),
@@ -100,11 +84,6 @@ def test_two_replicas_follow_every_catalog_change_within_seconds_without_a_faile
             assert not waiting, (
                 f"replicas {sorted(waiting)} still serve an older version after 10 s"
             )
-            took[version] = time.monotonic() - changed_at
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert not failures, failures[:3]
     assert {r["catalog_version"] for r in responses} == {1, 2, 3}
     for r in responses:  # every answer is one whole version: all of its items, nothing else
