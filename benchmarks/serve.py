@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,14 +39,13 @@ sys.path.insert(0, str(REPO))
 from linkedout.recommend.run import RunDir  # noqa: E402
 from linkedout.service.catalog_changes import add_items  # noqa: E402
 from linkedout.storage import FeatureRow, FeatureStore, FeatureWriter  # noqa: E402
+from linkedout.testing.s3 import free_port  # noqa: E402
 
 LINKEDOUT = str(Path(sys.executable).with_name("linkedout"))
 
 
 def start(run: Path, log: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [
             LINKEDOUT,
@@ -162,48 +160,30 @@ def time_to_new_item(run: Path, urls: list[str], workdir: Path, prefix: str = "n
 def replicas(run: Path, workdir: Path) -> dict:
     """Two servers, each on its own copy of the run, sharing one catalog published to an
     S3-compatible server (moto, started here on 127.0.0.1): `time_to_new_item` across both."""
-    import boto3
-
     from linkedout.service.catalog_changes import publish_catalog
+    from linkedout.testing.s3 import CREDENTIALS, REGION, make_bucket, moto_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{port}"
-    moto = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    credentials = {
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_REGION": "us-east-1",
-    }
-    os.environ.update(credentials)  # this process's catalog add reads the store too
+    # Each host gives its credentials in the environment, never in the run; this process's
+    # catalog add reads the store too.
+    credentials = {key.upper(): value for key, value in CREDENTIALS.items()}
+    credentials["AWS_REGION"] = REGION
+    os.environ.update(credentials)
     servers = []
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
-        options = {"aws_endpoint": endpoint, "allow_http": "true"}
-        published = Path(shutil.copytree(run, workdir / "published"))
-        publish_catalog(published, "s3://bench/catalog.lance", options)
-        for name in ("host-a", "host-b"):
-            host = Path(shutil.copytree(published, workdir / name))
-            shutil.rmtree(host / "catalog.lance")
-            servers.append(start(host, workdir / f"{name}.log", credentials))
-        return time_to_new_item(published, [url for _, url in servers], workdir, "replicated")
-    finally:
-        for proc, _ in servers:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-        moto.terminate()
-        moto.wait(10)
+    with moto_server() as endpoint:
+        try:
+            options = make_bucket(endpoint, "bench")
+            published = Path(shutil.copytree(run, workdir / "published"))
+            publish_catalog(published, "s3://bench/catalog.lance", options)
+            for name in ("host-a", "host-b"):
+                host = Path(shutil.copytree(published, workdir / name))
+                shutil.rmtree(host / "catalog.lance")
+                servers.append(start(host, workdir / f"{name}.log", credentials))
+            urls = [url for _, url in servers]
+            return time_to_new_item(published, urls, workdir, "replicated")
+        finally:
+            for proc, _ in servers:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
 
 
 def exact_scan(items: int, width: int, repeats: int = 50) -> dict:

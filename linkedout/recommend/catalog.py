@@ -24,7 +24,7 @@ from linkedout.recommend.catalog_dataset import (
     READ_ERRORS,
     TRAINED_VERSION,
     CatalogDataset,
-    unreadable,
+    read_error,
 )
 
 
@@ -149,7 +149,7 @@ def open_catalog(
         if catalog.content and memory_budget.fits(catalog.nbytes):
             return catalog.load()
     except READ_ERRORS as e:
-        raise unreadable(path, e) from None
+        raise read_error(path, storage_options or {}, e) from None
     if catalog.content:
         return catalog
     memory = MemoryCatalog(None, ids)

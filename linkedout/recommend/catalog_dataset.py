@@ -78,9 +78,7 @@ class CatalogDataset:
             metadata = self._ds.schema.metadata or {}
             found = int(metadata.get(FORMAT_KEY, b"1"))
         except READ_ERRORS as e:
-            if not self.local:
-                raise unreachable(self.path, self.storage_options, e) from None
-            raise unreadable(self.path, e) from None
+            raise read_error(self.path, self.storage_options, e) from None
         if found > FORMAT:
             raise LinkedOutError(
                 f"{self.path} is catalog format {found}, newer than this linkedout reads "
@@ -211,6 +209,14 @@ class CatalogDataset:
 def read_run_id(path: str | Path, storage_options: dict[str, str] | None = None) -> str | None:
     """The run id stamped on a catalog dataset, read from its schema only."""
     return CatalogDataset(path, storage_options=storage_options).run_id
+
+
+def read_error(path: str | Path, options: dict[str, str], error: Exception) -> LinkedOutError:
+    """The one line for a catalog that could not be read: damaged in the run directory, or out
+    of reach where it was published."""
+    if is_local(str(path)):
+        return unreadable(path, error)
+    return unreachable(str(path), options, error)
 
 
 def unreadable(path: str | Path, error: Exception) -> LinkedOutError:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -198,7 +199,7 @@ class RunDir:
         config = self.config()
         saved = read_checkpoint(self.best_checkpoint, mmap=True)  # mapped: not read twice
         self.check_run_id(self.best_checkpoint, checkpoint_run_id(saved), config.run_id)
-        where = self.catalog_location()
+        where = self.catalog_location
         if where.published or self.catalog_file.exists():
             found = read_run_id(where.uri, where.storage_options)
             self.check_run_id(where.uri, found, config.run_id)
@@ -293,8 +294,10 @@ class RunDir:
     ) -> None:
         CatalogDataset.create(self.catalog_file, experts, item_ids, shape, run_id=run_id)
 
+    @cached_property
     def catalog_location(self) -> CatalogLocation:
-        """Where the catalog is read and changed: catalog.lance, or where it was published."""
+        """Where the catalog is read and changed: catalog.lance, or where it was published. Read
+        once per RunDir: a server polls the catalog every second, not this file."""
         return read_location(self.path, self.catalog_file)
 
     def catalog_dataset(
@@ -302,7 +305,7 @@ class RunDir:
     ) -> CatalogDataset:
         """The run's catalog dataset where it lives (its newest version unless `version`);
         `poll_options`: object-store settings under the published ones (serving's polls)."""
-        where = self.catalog_location()
+        where = self.catalog_location
         options = {**(poll_options or {}), **where.storage_options} if where.published else {}
         return CatalogDataset(where.uri, version, options)
 
@@ -310,7 +313,7 @@ class RunDir:
         self, ids: torch.Tensor | None, memory_budget: MemoryBudget, run_id: str | None = None
     ) -> Catalog:
         """The catalog as training wrote it (version 1), for evaluation and recommend."""
-        where = self.catalog_location()
+        where = self.catalog_location
         catalog = open_catalog(where.uri, ids, memory_budget, where.storage_options)
         self.check_run_id(where.uri, catalog.run_id, run_id)
         return catalog

@@ -53,13 +53,13 @@ def publish_catalog(
     options = dict(storage_options or {})
     with _editing(run_path, "catalog publish") as run:
         config = run.config()
-        source = run.catalog_location()
-        uri = normalize(uri)
-        if uri == normalize(source.uri):
+        source = run.catalog_location
+        source_uri, uri = normalize(source.uri), normalize(uri)
+        if uri == source_uri:
             raise LinkedOutError(f"{run.path}'s catalog is already at {uri}: nothing to publish")
         original = run.catalog_dataset()
         check_destination(uri, options, "publish")
-        src_fs, src_root = filesystem(normalize(source.uri), source.storage_options)
+        src_fs, src_root = filesystem(source_uri, source.storage_options)
         dst_fs, dst_root = filesystem(uri, options)
         try:
             # Files as they are, every version: version 1 must stay what training wrote

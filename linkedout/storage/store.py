@@ -76,14 +76,15 @@ class FeatureStore(QueryColumns, StoreReads):
         uri = normalize(uri)
         options = dict(storage_options or {})
         try:
-            ds = lance.dataset(uri, storage_options=options or None)
+            ds = lance.dataset(uri, version=pin, storage_options=options or None)
         except (ValueError, OSError) as e:
-            raise LinkedOutError(not_a_dataset(uri, e, options)) from None
-        if pin is not None:
-            try:
-                ds = ds.checkout_version(pin)
-            except (ValueError, OSError):
-                raise missing_pin(uri, pin, ds) from None
+            if pin is None:
+                raise LinkedOutError(not_a_dataset(uri, e, options)) from None
+            try:  # the dataset, or only the pinned version, is not there?
+                newest = lance.dataset(uri, storage_options=options or None)
+            except (ValueError, OSError) as e:
+                raise LinkedOutError(not_a_dataset(uri, e, options)) from None
+            raise missing_pin(uri, pin, newest) from None
         raw = (ds.schema.metadata or {}).get(MANIFEST_KEY)
         if raw is None:
             raise LinkedOutError(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,6 +20,7 @@ import pytest
 from linkedout.recommend.config import TrainConfig
 from linkedout.recommend.model import ModelConfig
 from linkedout.recommend.train import train
+from linkedout.testing.s3 import free_port
 from tests.cli_harness import LINKEDOUT
 from tests.recommend.planted import make_planted
 
@@ -66,12 +66,6 @@ class Server:
         """SIGTERM, as a process manager stops it; the exit code."""
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(run: Path, log: Path, *args: str, env: dict | None = None) -> Server:

@@ -14,8 +14,9 @@ from linkedout.errors import LinkedOutError
 from linkedout.recommend.catalog_location import LOCATION_FILE
 from linkedout.recommend.evaluate import evaluate_run
 from linkedout.service.catalog_changes import add_items, publish_catalog, remove_items
+from linkedout.testing.s3 import make_bucket
 from tests.cli_harness import assert_one_line_error, run_linkedout
-from tests.conftest import make_bucket, moto_server
+from tests.conftest import moto_server
 from tests.recommend.planted import write_new_items
 from tests.service.conftest import ranking_clients
 
