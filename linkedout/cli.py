@@ -233,17 +233,32 @@ def tag(config: TagConfig) -> None:
 @app.command(no_args_is_help=True)
 @options_from(ExportConfig)
 def export(config: ExportConfig) -> None:
-    """Copy a feature dataset to any URI and write its dataset card (README.md inside it)."""
+    """Copy a feature dataset to any URI and write its dataset card (README.md inside it):
+    the whole of it, or a subset (--layers, --queries, --items or --where) that reads and
+    writes only what it keeps."""
     from linkedout.storage.share import export as export_dataset
+    from linkedout.storage.subset import Subset, read_item_ids
 
-    copy = export_dataset(
-        config.src,
-        config.dest,
-        src_options=config.src_storage_options,
-        dest_options=config.storage_options,
+    subset = Subset(
+        layers=tuple(config.layers),
+        queries=tuple(config.queries),
+        items=read_item_ids(config.items) if config.items is not None else None,
+        items_from=config.items,
+        where=config.where,
     )
+    with render.count_bar("export", "items") as update:
+        copy = export_dataset(
+            config.src,
+            config.dest,
+            src_options=config.src_storage_options,
+            dest_options=config.storage_options,
+            subset=subset,
+            on_progress=update,
+        )
+    what = copy.manifest.provenance.get("subset") if subset.selects else None
     render.console.print(
-        f"exported {len(copy):,} items to {copy.uri} (card: {copy.uri}/README.md)",
+        f"exported {len(copy):,} items to {copy.uri} (card: {copy.uri}/README.md)"
+        + (f"; a subset: {what}" if what else ""),
         markup=False,
         highlight=False,
         soft_wrap=True,

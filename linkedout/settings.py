@@ -118,3 +118,30 @@ def finite(config: object, name: str) -> None:
 def comma_list(text: str) -> tuple[str, ...]:
     """`a, b,,c` on the command line -> ("a", "b", "c"): blanks between commas ignored."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def names_of(text: str | list[str] | None) -> list[str]:
+    """`a,b` on the command line -> ["a", "b"] (none given: [])."""
+    if text is None:
+        return []
+    if isinstance(text, list):
+        return text
+    return list(comma_list(text))
+
+
+def depths_of(text: str | list[int] | None) -> list[int]:
+    """`4,8` on the command line -> [4, 8] (none given: []): stored depths, as the manifest
+    numbers them (`linkedout info` lists them)."""
+    if text is None:
+        return []
+    if isinstance(text, list):
+        return text
+    parts = comma_list(text)
+    if not all(p.isdigit() for p in parts):
+        raise SettingError(
+            "layers", text, "write stored depths as 4,8 (`linkedout info` lists them)"
+        )
+    depths = [int(p) for p in parts]
+    if len(set(depths)) != len(depths):
+        raise SettingError("layers", text, "names a depth twice")
+    return depths

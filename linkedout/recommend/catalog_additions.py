@@ -36,12 +36,14 @@ class CatalogChange:
 
 
 def open_additions(
-    uri: str, manifest: dict, storage_options: dict[str, str] | None = None
+    uri: str, manifest: dict, layers: list[int], storage_options: dict[str, str] | None = None
 ) -> FeatureStore:
     """The feature dataset at `uri`, refused in one line unless it was extracted the way
-    `manifest` (the run's features') says: same model, depths and pooling."""
+    `manifest` (the run's features') says: same model and pooling, and the depths `layers`
+    the run reads among its own (a run trained on a subset of depths takes new uploads
+    extracted with all of them)."""
     store = FeatureStore.open(uri, storage_options)
-    differences = Manifest.from_json(json.dumps(manifest)).mismatches(store.manifest)
+    differences = Manifest.from_json(json.dumps(manifest)).mismatches(store.manifest, layers)
     if differences:
         raise LinkedOutError(
             f"{uri} was not extracted the way this run's features were ("

@@ -9,7 +9,15 @@ from typing import Literal
 
 from linkedout.errors import SettingError
 from linkedout.memory import MemoryBudget
-from linkedout.settings import at_least, check_choices, comma_list, finite, setting
+from linkedout.settings import (
+    at_least,
+    check_choices,
+    comma_list,
+    depths_of,
+    finite,
+    names_of,
+    setting,
+)
 from linkedout.storage.uri import storage_options_setting
 
 
@@ -23,15 +31,6 @@ def parse_slots(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
     if int(start) >= int(stop):
         raise SettingError("slots", text, "START must be below STOP")
     return int(start), int(stop)
-
-
-def names_of(text: str | list[str] | None) -> list[str]:
-    """`a,b` on the command line -> ["a", "b"] (none given: [])."""
-    if text is None:
-        return []
-    if isinstance(text, list):
-        return text
-    return list(comma_list(text))
 
 
 def uris_of(values: list[str] | None) -> list[str]:
@@ -141,6 +140,10 @@ class TrainConfig:
     """Run directory to create, e.g. runs/NAME."""
     model: ModelConfig = field(default_factory=ModelConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    layers: list[int] = setting(default_factory=list, cli_type=str | None, parse=depths_of)
+    """Stored depths to read, comma-separated (default: every one): the MoE's experts, and
+    what --fusion mean, last and layer:K choose among. The same depths of a full dataset or of
+    a subset exported with `export --layers` train the same model."""
     queries: list[str] = setting(default_factory=list, cli_type=str | None, parse=names_of)
     """Queries of a multi-query feature dataset to read, comma-separated, or all (default:
     its first). With several, every (query, depth) pair is an expert of the MoE, and

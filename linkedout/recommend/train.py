@@ -55,16 +55,28 @@ from linkedout.storage import FeatureStore
 log = logging.getLogger(__name__)
 
 
-def feature_layers(store: FeatureStore, fusion: str) -> list[int]:
-    """The stored depths a fusion mode reads (one-layer modes read only that layer)."""
-    layers = list(store.manifest.layers)
+def feature_layers(store: FeatureStore, fusion: str, wanted: list[int] | None = None) -> list[int]:
+    """The stored depths a fusion mode reads, among `wanted` (default: every stored one), in
+    stored order (so `--layers 8,4` and `4,8` train the same model); one-layer modes read only
+    that layer."""
+    stored = list(store.manifest.layers)
+    if wanted:
+        absent = [x for x in wanted if x not in stored]
+        if absent:
+            shown = ",".join(str(x) for x in wanted)
+            raise SettingError(
+                "layers", shown, f"depth {absent[0]} is not stored; the features hold {stored}"
+            )
+    layers = [x for x in stored if not wanted or x in wanted]
     if fusion in ("moe", "mean", "none"):
         return layers
     if fusion == "last":
         return layers[-1:]
     k = int(fusion.removeprefix("layer:"))  # ModelConfig checked the form
+    if k not in stored:
+        raise SettingError("fusion", fusion, f"depth {k} is not stored; the features hold {stored}")
     if k not in layers:
-        raise SettingError("fusion", fusion, f"depth {k} is not stored; the features hold {layers}")
+        raise SettingError("fusion", fusion, f"depth {k} is not among `layers` {layers}")
     return [k]
 
 
@@ -149,7 +161,7 @@ def prepare(config: TrainConfig, run: RunDir, plan: Plan | None = None) -> Prepa
     rank writes config.json and the split (a resumed run's must match what it finds)."""
     plan = Plan(run_id=new_run_id()) if plan is None else plan
     store = FeatureStore.open(config.features, config.storage_options)
-    layers = feature_layers(store, config.model.fusion)
+    layers = feature_layers(store, config.model.fusion, config.layers)
     queries = store.query_names(config.queries) if config.queries else []
     if (queries or config.slots) and config.model.fusion == "none":
         raise SettingError("fusion", "none", "an ID-only model reads no features: drop them")
@@ -161,7 +173,7 @@ def prepare(config: TrainConfig, run: RunDir, plan: Plan | None = None) -> Prepa
         )
     # Refused now, not once training has ended.
     additions = [
-        open_additions(uri, asdict(store.manifest), config.storage_options)
+        open_additions(uri, asdict(store.manifest), layers, config.storage_options)
         for uri in config.catalog_features
     ]
     log_ = read_interactions(config.interactions, config.user_col, config.item_col, config.time_col)

@@ -100,7 +100,7 @@ def _add_items(
             f"{run.path} ranks by item IDs alone (--fusion none): an item it was not trained on "
             "has no vector to rank it by; train a run with content to add items"
         )
-    store = open_additions(features, config.manifest, storage_options)
+    store = open_additions(features, config.manifest, config.layers, storage_options)
     return add_to_catalog(run.catalog_dataset(), model, config, store, on_progress)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from linkedout.errors import SettingError
-from linkedout.settings import at_least, setting
+from linkedout.settings import at_least, depths_of, names_of, setting
 from linkedout.storage.uri import parse_storage_options, storage_options_setting
 
 
@@ -61,6 +61,22 @@ class ExportConfig:
         parse=parse_storage_options,
         help="KEY=VALUE for the source only; repeatable.",
     )
+    layers: list[int] = setting(default_factory=list, cli_type=str | None, parse=depths_of)
+    """Copy only these stored depths, comma-separated (default: every one): the copy is a
+    subset whose manifest names the source and version; `train --layers` reads the same."""
+    queries: list[str] = setting(default_factory=list, cli_type=str | None, parse=names_of)
+    """Copy only these queries of a multi-query dataset, comma-separated (default: every
+    finished one). The first query's column always comes along: it also holds the video slots
+    the others share."""
+    items: str | None = None
+    """A text file of item ids, one per line: copy only those items."""
+    where: str | None = None
+    """Copy only the rows this Lance SQL filter keeps, e.g. "source LIKE '%/news/%'" or
+    "error IS NULL" (not with --items)."""
+
+    def __post_init__(self) -> None:
+        if self.items is not None and self.where is not None:
+            raise SettingError("items", self.items, "give `items` or `where`, not both")
 
 
 @dataclass(frozen=True)

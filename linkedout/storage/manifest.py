@@ -107,13 +107,21 @@ class Manifest:
             return self.queries
         return (("default", self.prompt),) if self.prompt is not None else ()
 
-    def mismatches(self, other: Manifest) -> list[str]:
+    def mismatches(self, other: Manifest, reads: Sequence[int] | None = None) -> list[str]:
         """Human-readable differences that make rows of `other` incompatible with this dataset:
         every field that shapes the tensors, and each query both name with another text
-        (queries only one of them has are no difference: see `with_queries`)."""
+        (queries only one of them has are no difference: see `with_queries`). With `reads`,
+        the depths a reader needs, `other` may hold more depths than these (a run trained on
+        a subset reads new items extracted with every depth)."""
         out = []
+        if reads is not None:
+            absent = [x for x in reads if x not in other.layers]
+            if absent:
+                out.append(f"layers: read {list(reads)}, new {list(other.layers)}")
         for f in fields(self):
             if f.name in _PROVENANCE_FIELDS or f.name in _QUERY_FIELDS:
+                continue
+            if f.name == "layers" and reads is not None:
                 continue
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
             if mine != theirs:

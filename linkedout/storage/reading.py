@@ -50,7 +50,7 @@ class StoreReads:
         if query is not None:
             return self._read_asked(item_ids, self.layer_positions(layers), [query])
         layers = self.layer_positions(layers)
-        rows = self._rows(item_ids)
+        rows = self.row_offsets(item_ids)
         if not len(rows):
             return self._empty(len(layers))
         table = self._ds.take(rows, columns=[tokens_column(x) for x in layers])
@@ -80,7 +80,7 @@ class StoreReads:
         columns = [self._query_column(q) for q in queries]  # None: the first query, `tokens`
         own = [c for c in columns if c is not None]
         shared = self.manifest.query_position == "after"
-        rows = self._rows(item_ids)
+        rows = self.row_offsets(item_ids)
         if not len(rows):
             return self._empty(len(queries) * len(layers))
         with_tokens = None in columns or (shared and bool(own))
@@ -109,7 +109,7 @@ class StoreReads:
             parts.append(torch.cat([first[:, :, :video], mine], dim=2) if shared else mine)
         return torch.cat(parts, dim=1)
 
-    def _rows(self, item_ids: Sequence[str]) -> np.ndarray:
+    def row_offsets(self, item_ids: Sequence[str]) -> np.ndarray:
         """Row offsets of these stored ids, in order; ids not stored are one error."""
         offsets = self._offset_map()
         missing = [i for i in item_ids if i not in offsets]

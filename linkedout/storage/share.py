@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import lance
@@ -10,6 +12,7 @@ from linkedout import __version__
 from linkedout.errors import LinkedOutError
 from linkedout.storage.location import exists
 from linkedout.storage.store import FeatureStore
+from linkedout.storage.subset import Subset, write_subset
 from linkedout.storage.uri import (
     describe_storage_error,
     is_local,
@@ -30,28 +33,44 @@ def export(
     dest: str | Path,
     src_options: dict[str, str] | None = None,
     dest_options: dict[str, str] | None = None,
+    subset: Subset | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> FeatureStore:
-    """Copy the current version of `src` to `dest` (data, deletions and the item_id index) and
-    write its card. `dest` must be a new (or empty) folder or prefix: an export never
-    overwrites a dataset, nor writes among other files."""
+    """Copy the current (or pinned: `URI@TAG`) version of `src` to `dest` and write its card:
+    all of it (data, deletions and the item_id index, as stored), or what `subset` keeps, as
+    a new dataset whose manifest names the source and version (subset.py). `dest` must be a
+    new (or empty) folder or prefix: an export never overwrites a dataset, nor writes among
+    other files."""
     store = FeatureStore.open(src, src_options)
     dest = normalize(dest)
     dest_options = dict(dest_options or {})
     check_destination(dest, dest_options)
+    source = f"{store.uri} (version {store.version})"
+    created = is_local(dest) and not Path(dest).exists()
     try:
-        store.dataset.deep_clone(dest, store.version, storage_options=dest_options or None)
-        copy = FeatureStore.open(dest, dest_options)
-        write_text(
-            dest,
-            CARD_NAME,
-            dataset_card(copy, source=f"{store.uri} (version {store.version})"),
-            dest_options,
-        )
+        if subset is not None and subset.selects:
+            copy = write_subset(store, dest, subset, dest_options, on_progress)
+            source += f", a subset: {copy.manifest.provenance['subset']}"
+        else:
+            store.dataset.deep_clone(dest, store.version, storage_options=dest_options or None)
+            copy = FeatureStore.open(dest, dest_options)
+        write_text(dest, CARD_NAME, dataset_card(copy, source=source), dest_options)
     except (OSError, ValueError) as e:
+        _remove_partial(dest, created)
         raise LinkedOutError(
             f"cannot export to {dest}: {describe_storage_error(dest_options, e)}"
         ) from None
+    except BaseException:
+        _remove_partial(dest, created)
+        raise
     return copy
+
+
+def _remove_partial(dest: str, created: bool) -> None:
+    """A failed export leaves nothing behind in a folder it created (a retry would otherwise
+    find it holding files)."""
+    if created:
+        shutil.rmtree(dest, ignore_errors=True)
 
 
 def check_destination(dest: str, options: dict[str, str], verb: str = "export") -> None:

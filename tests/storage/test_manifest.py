@@ -48,3 +48,14 @@ def test_other_format_versions_are_refused():
         Manifest.from_json(newer)
     with pytest.raises(LinkedOutError, match="not valid JSON"):
         Manifest.from_json("{oops")
+
+
+def test_a_reader_of_some_depths_takes_rows_with_more():
+    run = make_manifest(layers=(2, 4))
+    assert run.mismatches(make_manifest(layers=(0, 2, 4)), reads=[2, 4]) == []
+    assert run.mismatches(make_manifest(layers=(0, 2)), reads=[2, 4]) == [
+        "layers: read [2, 4], new [0, 2]"
+    ]
+    assert run.mismatches(make_manifest(layers=(0, 2, 4))) == [
+        "layers: stored [2, 4], new [0, 2, 4]"
+    ]
