@@ -24,7 +24,14 @@ from linkedout.service.config import (
     CatalogRemoveConfig,
     ServeConfig,
 )
-from linkedout.storage.config import ExportConfig, InfoConfig, OptimizeConfig, TagConfig
+from linkedout.storage.config import (
+    ExportConfig,
+    InfoConfig,
+    MergeConfig,
+    OptimizeConfig,
+    TagConfig,
+    VerifyConfig,
+)
 
 
 class _Group(typer.core.TyperGroup):
@@ -263,6 +270,49 @@ def export(config: ExportConfig) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+@app.command(no_args_is_help=True)
+@options_from(MergeConfig)
+def merge(config: MergeConfig) -> None:
+    """Merge feature datasets extracted apart (other machines, days, clusters) with the same
+    manifest into one, each item in one row, and verify the result."""
+    from linkedout.storage.merge import merge as merge_datasets
+
+    with render.count_bar("merge", "rows") as update:
+        result = merge_datasets(
+            config.sources, config.out, config.prefer, config.storage_options, update
+        )
+    render.console.print(
+        f"{result.store.uri}: {len(result.store):,} items ({result.added:,} rows written, "
+        f"{result.resolved:,} items found in several inputs resolved); version "
+        f"{result.store.version}, verified",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command(no_args_is_help=True)
+@options_from(VerifyConfig)
+def verify(
+    config: VerifyConfig,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Check every row of a feature dataset against the digests written with it, and its
+    schema against its manifest: names corrupt, missing and duplicated rows, and exits 1 when
+    there are any (0 when the dataset verifies)."""
+    from linkedout.storage.store import FeatureStore
+    from linkedout.storage.verify import verify as verify_store
+
+    store = FeatureStore.open(config.uri, config.storage_options)
+    with render.count_bar("verify", "rows") as update:
+        report = verify_store(store, update)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        render.verify_report(report)
+    raise typer.Exit(0 if report.ok else 1)
 
 
 @app.command(no_args_is_help=True)

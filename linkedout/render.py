@@ -15,6 +15,7 @@ from rich.text import Text
 if TYPE_CHECKING:  # annotations only: `linkedout --help` must not import Lightning
     from linkedout.recommend.run import EvalReport
     from linkedout.storage.status import Failure, StoreInfo
+    from linkedout.storage.verify import VerifyReport
 
 console = Console()
 err_console = Console(stderr=True)
@@ -217,6 +218,27 @@ def dataset_info(stored: StoreInfo, failures: list[Failure]) -> None:
         for f in failures:
             failed.add_row(Text(f.item_id), Text(f.source), Text(f.error))
         console.print(failed, highlight=False)
+
+
+def verify_report(report: VerifyReport) -> None:
+    """`linkedout verify`: what was checked, then each kind of problem, then the verdict."""
+    rate = report.bytes_hashed / report.seconds if report.seconds > 0 else 0.0
+    lines = [
+        f"{report.uri}@{report.version}: {report.rows:,} rows read, {report.verified:,} items "
+        f"match their digests; {human_bytes(report.bytes_hashed)} hashed in "
+        f"{report.seconds:.1f} s ({human_bytes(int(rate))}/s)"
+    ]
+    if report.unverifiable:
+        lines.append(
+            f"{report.unverifiable:,} items were written before digests (linkedout before "
+            "2026-12-07): read and shape-checked, not verifiable byte for byte"
+        )
+    for line in lines:
+        console.print(Text(line), highlight=False, soft_wrap=True)
+    for problem in report.problems():
+        console.print(Text("problem: " + problem, style="red"), highlight=False, soft_wrap=True)
+    verdict = "verified" if report.ok else "NOT verified: see the problems above"
+    console.print(Text(verdict, style="green" if report.ok else "bold red"), highlight=False)
 
 
 def human_bytes(n: int) -> str:

@@ -23,7 +23,14 @@ from linkedout.service.config import (
     ServeConfig,
 )
 from linkedout.settings import docs, types
-from linkedout.storage.config import ExportConfig, InfoConfig, OptimizeConfig, TagConfig
+from linkedout.storage.config import (
+    ExportConfig,
+    InfoConfig,
+    MergeConfig,
+    OptimizeConfig,
+    TagConfig,
+    VerifyConfig,
+)
 
 runner = CliRunner()
 
@@ -49,6 +56,8 @@ COMMANDS = [
     ("optimize", OptimizeConfig),
     ("serve", ServeConfig),
     ("tag", TagConfig),
+    ("verify", VerifyConfig),
+    ("merge", MergeConfig),
 ]
 SUBCOMMANDS = [
     ("catalog", "add", CatalogAddConfig),

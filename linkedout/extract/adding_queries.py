@@ -23,7 +23,7 @@ from linkedout.extract.engines.base import Engine
 from linkedout.extract.queries import Query
 from linkedout.extract.summary import ExtractSummary
 from linkedout.storage import FailedItem, FeatureStore
-from linkedout.storage.columns import query_column, tokens_to_arrow
+from linkedout.storage.columns import digest_column, query_column, tensor_columns
 from linkedout.storage.location import exists
 
 
@@ -130,15 +130,16 @@ def add_queries(
                 summary.failure_reasons["query not added: its states hold NaN or inf"] += 1
             if on_progress:
                 on_progress(done, total, 0)
-        columns = [
-            tokens_to_arrow(
+        columns, labels = [], []
+        for name in names:
+            column = query_column(name)
+            columns += tensor_columns(
                 [rows[i].queries[name] if i in rows else None for i in ids],
                 store.manifest,
                 store.manifest.query_slots,
             )
-            for name in names
-        ]
-        return pa.RecordBatch.from_arrays(columns, names=[query_column(n) for n in names])
+            labels += [column, digest_column(column)]
+        return pa.RecordBatch.from_arrays(columns, names=labels)
 
     checkpoint = _checkpoint_file(store, names)
     if checkpoint.exists():

@@ -15,11 +15,16 @@ On-disk layout of one row (format version 1):
     token_counts     struct<video, prompt, generated: int32>   tokens per span before pooling
     extracted_at     timestamp[us, UTC]
     extract_seconds  float32               backbone seconds spent on this item
+    digest_tokens    list<string>          per stored depth, in the manifest's order, the
+                                           blake2b-128 hex digest of that layer's raw [T, D]
+                                           bytes, written with them (`linkedout verify` checks
+                                           them; absent from datasets written before 2026-12-07)
     query_<name>     struct, null=not yet  one per query beyond the first (the manifest's
                                            `queries`), fields `layer_<index>` of [S, D]: with
                                            queries after the video S = T - V, the query's own
                                            slots (its video slots are those of `tokens`, the
                                            same bits); with queries before it, S = T
+    digest_query_<name>  list<string>      the digests of that query's layers, as digest_tokens
 
 One struct field per layer is what lets a reader fetch a subset of layers without reading the
 others: Lance stores each struct child as its own column. bfloat16 has no Arrow type, so it is
@@ -28,6 +33,7 @@ stored as its raw uint16 bits and reinterpreted on read (the manifest's dtype sa
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -83,12 +89,26 @@ def _tokens_type(manifest: Manifest, slots: int | None = None) -> pa.StructType:
     )
 
 
+def digest_column(column: str) -> str:
+    """The column holding the per-depth digests of tensor column `column`."""
+    return f"digest_{column}"
+
+
+def is_tensor_column(name: str) -> bool:
+    """`tokens` or a `query_<name>` column (not a digest column)."""
+    return name == "tokens" or name.startswith("query_")
+
+
+DIGEST_TYPE = pa.list_(pa.string())
+
+
 def query_fields(manifest: Manifest) -> list[pa.Field]:
-    """The `query_<name>` columns of every query beyond the first."""
-    return [
-        pa.field(query_column(name), _tokens_type(manifest, manifest.query_slots))
-        for name, _ in manifest.named_queries()[1:]
-    ]
+    """The `query_<name>` columns of every query beyond the first, each with its digests."""
+    out = []
+    for name, _ in manifest.named_queries()[1:]:
+        out.append(pa.field(query_column(name), _tokens_type(manifest, manifest.query_slots)))
+        out.append(pa.field(digest_column(query_column(name)), DIGEST_TYPE))
+    return out
 
 
 def arrow_schema(manifest: Manifest) -> pa.Schema:
@@ -105,6 +125,7 @@ def arrow_schema(manifest: Manifest) -> pa.Schema:
             pa.field("token_counts", pa.struct([(s, pa.int32()) for s in TOKEN_SPANS])),
             pa.field("extracted_at", pa.timestamp("us", tz="UTC")),
             pa.field("extract_seconds", pa.float32()),
+            pa.field(digest_column("tokens"), DIGEST_TYPE),
             *query_fields(manifest),
         ],
         metadata={MANIFEST_KEY: manifest.to_json().encode()},
@@ -121,9 +142,11 @@ def rows_to_table(rows: Sequence[FeatureRow | FailedItem], manifest: Manifest) -
     """Rows and failures as one table in the layout above (a failure holds no tokens)."""
     schema = arrow_schema(manifest)
     good = [r if isinstance(r, FeatureRow) else None for r in rows]
+    tokens, digests = tensor_columns([g.tokens if g else None for g in good], manifest)
     columns = {
         "item_id": [r.item_id for r in rows],
-        "tokens": tokens_to_arrow([g.tokens if g else None for g in good], manifest),
+        "tokens": tokens,
+        digest_column("tokens"): digests,
         "error": [None if isinstance(r, FeatureRow) else r.error for r in rows],
         "content_sha256": [r.content_sha256 for r in rows],
         "source": [r.source for r in rows],
@@ -138,7 +161,8 @@ def rows_to_table(rows: Sequence[FeatureRow | FailedItem], manifest: Manifest) -
         "extract_seconds": [g.extract_seconds if g else None for g in good],
     }
     for name, _ in manifest.named_queries()[1:]:
-        columns[query_column(name)] = tokens_to_arrow(
+        column = query_column(name)
+        columns[column], columns[digest_column(column)] = tensor_columns(
             [g.queries.get(name) if g else None for g in good], manifest, manifest.query_slots
         )
     arrays = [
@@ -154,11 +178,12 @@ def _opt_list(values, cast) -> list | None:
     return None if values is None else [cast(v) for v in values]
 
 
-def tokens_to_arrow(
+def tensor_columns(
     tokens: Sequence[torch.Tensor | None], manifest: Manifest, slots: int | None = None
-) -> pa.StructArray:
+) -> tuple[pa.StructArray, pa.ListArray]:
     """Stack per-item `[L, T, D]` tensors (None for a failed item) into the `tokens` column, or
-    `[L, slots, D]` ones into a query column."""
+    `[L, slots, D]` ones into a query column; with its digest column (null where the tensor
+    is)."""
     n = len(tokens)
     valid = [t is not None for t in tokens]
     layers, t, d = manifest.shape
@@ -178,7 +203,19 @@ def tokens_to_arrow(
         )
         children.append(pa.ExtensionArray.from_storage(f.type, storage))
     mask = None if all(valid) else pa.array([not v for v in valid])
-    return pa.StructArray.from_arrays(children, fields=list(struct_type), mask=mask)
+    digests = [
+        [layer_digest(array[i, j]) for j in range(layers)] if ok else None
+        for i, ok in enumerate(valid)
+    ]
+    return (
+        pa.StructArray.from_arrays(children, fields=list(struct_type), mask=mask),
+        pa.array(digests, DIGEST_TYPE),
+    )
+
+
+def layer_digest(values: np.ndarray | memoryview | bytes) -> str:
+    """blake2b-128 of one layer's raw bytes (as stored: bfloat16 as its uint16 bits)."""
+    return hashlib.blake2b(values, digest_size=16).hexdigest()
 
 
 def layer_arrays(

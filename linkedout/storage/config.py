@@ -4,9 +4,10 @@ are generated from these."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from linkedout.errors import SettingError
-from linkedout.settings import at_least, depths_of, names_of, setting
+from linkedout.settings import at_least, check_choices, depths_of, names_of, setting
 from linkedout.storage.uri import parse_storage_options, storage_options_setting
 
 
@@ -46,6 +47,18 @@ class InfoConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    """Which feature dataset `linkedout verify` checks."""
+
+    uri: str = setting(
+        argument=True,
+        help="Feature dataset: a local path or s3://bucket/path; URI@TAG or URI@VERSION "
+        "checks that version.",
+    )
+    storage_options: dict[str, str] = storage_options_setting()
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     """What `linkedout export` copies, and where."""
 
@@ -77,6 +90,29 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.items is not None and self.where is not None:
             raise SettingError("items", self.items, "give `items` or `where`, not both")
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """Which feature datasets `linkedout merge` combines, where, and which row wins a clash."""
+
+    sources: list[str] = setting(
+        argument=True,
+        help="Feature datasets to merge (paths or URIs; URI@TAG pins one), all of one manifest.",
+    )
+    out: str = setting(
+        short="-o",
+        help="A new dataset, or an existing one of the same manifest "
+        "to merge into (its rows take part as the first input).",
+    )
+    prefer: Literal["refuse", "newest", "first"] = "refuse"
+    """An item with different features in two inputs: refuse (name the items and stop,
+    nothing written), newest (the later extracted_at), first (the earlier input). Features
+    always beat a failure, and the same bytes in two inputs are one item."""
+    storage_options: dict[str, str] = storage_options_setting()
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
 
 @dataclass(frozen=True)

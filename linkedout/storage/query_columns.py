@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 
-from linkedout.storage.columns import MANIFEST_KEY, query_column, query_fields
+from linkedout.storage.columns import MANIFEST_KEY, digest_column, query_column, query_fields
 from linkedout.storage.manifest import Manifest
 from linkedout.storage.reading import OK
 
@@ -41,15 +41,16 @@ class QueryColumns:
         batch_size: int,
         checkpoint: str | None = None,
     ) -> None:
-        """Add the columns of queries `names` in one commit, without rewriting any stored
-        column: `fill` gets batches of `ADD_QUERY_READS` of the stored rows and returns the new
-        columns for them (null where an item gets none). With `checkpoint` (a local file),
-        batches already filled by an interrupted call are not filled again."""
+        """Add the columns of queries `names` (each with its digest column) in one commit,
+        without rewriting any stored column: `fill` gets batches of `ADD_QUERY_READS` of the
+        stored rows and returns the new columns for them (null where an item gets none). With
+        `checkpoint` (a local file), batches already filled by an interrupted call are not
+        filled again."""
         from lance.udf import BatchUDF
 
-        schema = pa.schema(
-            [f for f in query_fields(self.manifest) if f.name in {query_column(n) for n in names}]
-        )
+        wanted = {query_column(n) for n in names}
+        wanted |= {digest_column(c) for c in wanted}
+        schema = pa.schema([f for f in query_fields(self.manifest) if f.name in wanted])
         if not self._ds.get_fragments():  # nothing stored: the columns alone
             self._ds.add_columns(schema)
         else:

@@ -10,6 +10,7 @@ import lance
 
 from linkedout import __version__
 from linkedout.errors import LinkedOutError
+from linkedout.storage.columns import digest_column
 from linkedout.storage.location import exists
 from linkedout.storage.store import FeatureStore
 from linkedout.storage.subset import Subset, write_subset
@@ -20,6 +21,7 @@ from linkedout.storage.uri import (
     normalize,
     write_text,
 )
+from linkedout.storage.verify import VerifyReport, verify
 
 CARD_NAME = "README.md"
 
@@ -54,7 +56,9 @@ def export(
         else:
             store.dataset.deep_clone(dest, store.version, storage_options=dest_options or None)
             copy = FeatureStore.open(dest, dest_options)
-        write_text(dest, CARD_NAME, dataset_card(copy, source=source), dest_options)
+        checked = check_copy(copy, f"the copy at {dest}")
+        card = dataset_card(copy, source=source, checked=checked)
+        write_text(dest, CARD_NAME, card, dest_options)
     except (OSError, ValueError) as e:
         _remove_partial(dest, created)
         raise LinkedOutError(
@@ -64,6 +68,18 @@ def export(
         _remove_partial(dest, created)
         raise
     return copy
+
+
+def check_copy(copy: FeatureStore, what: str) -> VerifyReport:
+    """Verify what an export or merge wrote (every row against its digests): a copy that
+    does not hold is an error, never a dataset someone trains on."""
+    report = verify(copy)
+    if report.corrupt_count or report.missing_count or report.schema:
+        raise LinkedOutError(
+            f"{what} does not verify ({'; '.join(report.problems())}): the source may be "
+            "damaged; run `linkedout verify` on it"
+        )
+    return report
 
 
 def _remove_partial(dest: str, created: bool) -> None:
@@ -121,7 +137,32 @@ def _holds_dataset(dest: str, verb: str = "export") -> str:
     return f"{dest} already holds a Lance dataset: {verb} to a new path, or delete it first"
 
 
-def dataset_card(store: FeatureStore, source: str | None = None) -> str:
+def _integrity(store: FeatureStore, checked: VerifyReport | None) -> str:
+    """What the card says about digests: from the check of the copy, else from the schema."""
+    digests = digest_column("tokens") in store.dataset.schema.names
+    if checked is not None and checked.unverifiable:
+        old = (
+            "written before LinkedOut stored digests: `linkedout verify` reads and "
+            "shape-checks them, but cannot check their bytes"
+        )
+        if not checked.verified:
+            return f"all {checked.unverifiable} items were {old}"
+        verified = f"{checked.verified} items carry digests and verified"
+        return f"{verified}; {checked.unverifiable} were {old}"
+    if digests:
+        verified = (
+            f", all {checked.verified} verified when this copy was written" if checked else ""
+        )
+        return (
+            "every item carries blake2b-128 digests of its tensors' bytes, per depth "
+            f"(`digest_tokens`){verified}; `linkedout verify {store.uri}` checks them again"
+        )
+    return "written before LinkedOut stored digests: `linkedout verify` cannot check their bytes"
+
+
+def dataset_card(
+    store: FeatureStore, source: str | None = None, checked: VerifyReport | None = None
+) -> str:
     """A README for people who receive the dataset: what is in it and how to load it."""
     info = store.info()
     m = info.manifest
@@ -156,6 +197,7 @@ Multi-layer hidden states of `{m.backbone}` for {info.rows} catalog items, writt
 {recipe}{provenance}
 ## Contents
 - items with features: {info.rows}
+- integrity: {_integrity(store, checked)}
 - failed items (no tokens, `error` says why): {info.failures}
 - size: {info.size_bytes / 2**20:.1f} MiB in {info.fragments} fragment(s)
 

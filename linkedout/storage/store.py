@@ -316,6 +316,11 @@ class FeatureStore(QueryColumns, StoreReads):
         self.refresh()
         # Without the declared key Lance would not see a concurrent insert of the same id.
         self.declare_primary_key()
+        # A dataset written before digests existed is appended to as it is (no digest column).
+        stored = set(self._ds.schema.names)
+        table = table.drop_columns(
+            [n for n in table.schema.names if n.startswith("digest_") and n not in stored]
+        )
         self._despite_pruning(
             lambda: (
                 self._ds.merge_insert("item_id")

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from linkedout.errors import LinkedOutError, first_line
 from linkedout.storage.columns import (
     arrow_schema,
+    is_tensor_column,
     layer_arrays,
     query_column,
     tokens_column,
@@ -125,11 +126,12 @@ def write_subset(
     row_bytes = _row_bytes(manifest, len(extra))
     batch_rows = max(1, BATCH_BYTES // row_bytes)
     batches, total = _selected_batches(store, subset, layers, extra, batch_rows)
+    positions = [store.manifest.layers.index(x) for x in layers]
 
     def rebuilt() -> Iterator[pa.RecordBatch]:
         done = 0
         for batch in batches:
-            yield _in_layout(batch, schema, layers)
+            yield _in_layout(batch, schema, layers, positions)
             done += batch.num_rows
             if on_progress is not None:
                 on_progress(done, total)
@@ -152,10 +154,13 @@ def _selected_batches(
 ) -> tuple[Iterator[pa.RecordBatch], int]:
     """The kept columns of the selected rows, in batches, and how many rows they hold."""
     schema_names = set(store.dataset.schema.names)
+    kept = {"tokens", *(query_column(q) for q in extra)}
     scalars = [
         f.name
         for f in arrow_schema(store.manifest)
-        if f.name in schema_names and f.name != "tokens" and not f.name.startswith("query_")
+        if f.name in schema_names
+        and not is_tensor_column(f.name)
+        and (not f.name.startswith("digest_") or f.name.removeprefix("digest_") in kept)
     ]
     columns = [
         *scalars,
@@ -193,16 +198,26 @@ def _selected_batches(
     return ds.to_batches(columns=columns, filter=subset.where, batch_size=batch_rows), total
 
 
-def _in_layout(batch: pa.RecordBatch, schema: pa.Schema, layers: Sequence[int]) -> pa.RecordBatch:
+def _in_layout(
+    batch: pa.RecordBatch, schema: pa.Schema, layers: Sequence[int], positions: list[int]
+) -> pa.RecordBatch:
     """A read's flat `tokens.layer_i` columns (or take's partial structs) rebuilt into the
     layout's struct columns; a struct is null where its rows are (failed items, items a query
-    has not reached)."""
+    has not reached). Digests keep the kept depths' (`positions` in the source's lists), and
+    stay null where the source had none."""
     arrays = []
     for field in schema:
-        if field.name == "tokens" or field.name.startswith("query_"):
+        if is_tensor_column(field.name):
             children = [_one_chunk(c) for c in layer_arrays(batch, layers, field.name)]
             mask = pc.invert(children[0].is_valid()) if children[0].null_count else None
             arrays.append(pa.StructArray.from_arrays(children, fields=list(field.type), mask=mask))
+        elif field.name.startswith("digest_"):
+            if field.name not in batch.schema.names:
+                arrays.append(pa.nulls(batch.num_rows, field.type))
+                continue
+            lists = batch.column(field.name).to_pylist()
+            kept = [None if d is None else [d[p] for p in positions] for d in lists]
+            arrays.append(pa.array(kept, field.type))
         else:
             arrays.append(_one_chunk(batch.column(field.name)).cast(field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)

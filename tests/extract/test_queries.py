@@ -233,13 +233,13 @@ def test_an_added_query_runs_alone_and_rewrites_no_stored_column(
     dataset = lance.dataset(str(grown))
     fragments = dataset.get_fragments()
     # The stored data files are still the ones every old column reads, and the files added
-    # hold the new query columns alone: nothing stored was rewritten.
+    # hold the new query columns (and their digests) alone: nothing stored was rewritten.
     files = [d for f in fragments for d in f.data_files()]
     assert stored_files <= {d.path for d in files}
     added = {
         child.id()
         for field in dataset.lance_schema.fields()
-        if field.name() in ("query_mood", "query_who")
+        if field.name() in ("query_mood", "query_who", "digest_query_mood", "digest_query_who")
         for child in (field, *field.children())
     }
     new_files = [d for d in files if d.path not in stored_files]
