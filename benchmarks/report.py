@@ -49,15 +49,20 @@ def main() -> None:
         type=Path,
         help="render again from this results JSON (written by an earlier report) instead of OUT",
     )
+    parser.add_argument(
+        "--share",
+        type=Path,
+        help="with --results: add the sharing figures of benchmarks/share.py --json FILE",
+    )
     args = parser.parse_args()
     if (args.out is None) == (args.results is None):
         parser.error("give the benchmark's output folder or --results FILE, not both")
     if args.results:
-        rerender(args.results, args.into)
+        rerender(args.results, args.into, args.share)
         return
     figures = {
         name: json.loads((args.out / f"{name}.json").read_text())
-        for name in ("storage", "extract", "microlens", "serve", "new-uploads")
+        for name in ("storage", "extract", "microlens", "serve", "new-uploads", "share")
         if (args.out / f"{name}.json").exists()
     }
     probes = sorted(args.out.glob("serve-ann*.json"))
@@ -112,12 +117,15 @@ def _refuse(line: str) -> None:
     sys.exit(2)
 
 
-def rerender(results: Path, into: Path | None) -> None:
-    """BENCHMARKS.md and the plots again from a results JSON; its figures and its date stay."""
+def rerender(results: Path, into: Path | None, share: Path | None = None) -> None:
+    """BENCHMARKS.md and the plots again from a results JSON; its figures and its date stay
+    (with `share`, a later benchmarks/share.py run's figures are added)."""
     try:
         figures = json.loads(results.read_text())
+        if share is not None:
+            figures["share"] = json.loads(share.read_text())
     except (OSError, ValueError) as e:
-        _refuse(f"--results {results}: not a readable results JSON ({e})")
+        _refuse(f"--results {results} / --share {share}: not a readable results JSON ({e})")
     if "microlens" not in figures or "generated" not in figures:
         _refuse(f"--results {results}: not written by benchmarks/report.py (no microlens figures)")
     markdown, plots = (
@@ -267,7 +275,50 @@ def render(figures: dict, results: Path, plots: Path, base: Path) -> str:
     out += _speed(figures, ml)
     if "serve" in figures:
         out += serving_section(figures["serve"])
+    if "share" in figures:
+        out += ["", *sharing_section(figures["share"])]
     return "\n".join(out) + "\n"
+
+
+def sharing_section(share: dict) -> list[str]:
+    """`benchmarks/share.py`'s figures: subset export, merge, verify, reads from S3."""
+    layers, tokens, dim = share["shape"]
+    gb = 1e9
+    one, whole = share["export"]["one_depth"], share["export"]["whole"]
+    read = share["read"]
+    local, s3 = read["local"], read["s3"]
+    stamp = share.get("date", "")
+    return [
+        "## Sharing a feature dataset",
+        "",
+        f"A synthetic dataset of {share['rows']:,} rows of [{layers}, {tokens}, {dim}] "
+        f"{share['dtype']} ({share['write']['bytes'] / gb:.2f} GB on disk; "
+        f"`benchmarks/share.py --rows {share['rows']}`{', ' + stamp if stamp else ''}). Each "
+        "export and the merge verify what they wrote, included in their time.",
+        "",
+        "| step | bytes written | seconds | rate |",
+        "|---|---|---|---|",
+        f"| export, whole dataset | {whole['bytes'] / gb:.2f} GB | {whole['seconds']:.1f} | "
+        f"{share['rows'] / whole['seconds']:,.0f} rows/s |",
+        f"| export `--layers {share['export']['depth']}` (1 depth of {layers}) | "
+        f"{one['bytes'] / gb:.2f} GB | {one['seconds']:.1f} | "
+        f"{share['rows'] / one['seconds']:,.0f} rows/s |",
+        f"| merge of two halves (cut with `--where`) | - | {share['merge']['seconds']:.1f} | "
+        f"{share['merge']['rows_per_s']:,.0f} rows/s |",
+        f"| verify (every digest) | - | {share['verify']['seconds']:.1f} | "
+        f"{share['verify']['rows_per_s']:,.0f} rows/s, {share['verify']['mb_per_s']:,.0f} MB/s |",
+        "",
+        f"Training's input read, 1 depth of every item of a {read['rows']:,}-row dataset "
+        f"({read['dataset_bytes'] / gb:.2f} GB; the tensors read are "
+        f"{read['tensor_bytes'] / 1e6:,.0f} MB), as `train --fusion layer:K` loads it:",
+        "",
+        "| from | seconds | bytes Lance read | reads |",
+        "|---|---|---|---|",
+        f"| local disk (page cache warm) | {local['seconds']:.2f} | "
+        f"{local['read_bytes'] / 1e6:,.0f} MB | {local['read_iops']:,} |",
+        f"| S3-compatible server on 127.0.0.1 (moto) | {s3['seconds']:.2f} | "
+        f"{s3['read_bytes'] / 1e6:,.0f} MB | {s3['read_iops']:,} |",
+    ]
 
 
 def _server_ms(f: dict) -> str:

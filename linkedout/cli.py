@@ -261,6 +261,7 @@ def export(config: ExportConfig) -> None:
             dest_options=config.storage_options,
             subset=subset,
             on_progress=update,
+            license=config.license,
         )
     what = copy.manifest.provenance.get("subset") if subset.selects else None
     render.console.print(

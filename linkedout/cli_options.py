@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import shlex
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -146,3 +147,40 @@ def options_from(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]
         return run
 
     return decorate
+
+
+def command_line(command: str, config: Any, leave_out: frozenset[str] = frozenset()) -> str:
+    """The `linkedout COMMAND ...` line that gives `config`: its positionals and every setting
+    that differs from its default. Object-store options are left out (they may hold secrets),
+    and so are the settings named in `leave_out` (those whose text form this cannot write)."""
+    words = ["linkedout", command]
+    for o in options(type(config)):
+        if o.name in leave_out or o.name == "storage_options":
+            continue
+        value = functools.reduce(getattr, o.path, config)
+        if o.argument:
+            words += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+            continue
+        if value is None or isinstance(value, dict) or value == _default(type(config), o.path):
+            continue
+        if isinstance(value, bool):
+            words.append(o.flag if value else f"--no-{o.flag[2:]}")
+        elif isinstance(value, list | tuple):
+            repeated = any(typing.get_origin(t) is list for t in typing.get_args(o.cli_type))
+            if repeated:
+                words += [part for v in value for part in (o.flag, str(v))]
+            else:
+                words += [o.flag, ",".join(str(v) for v in value)]
+        else:
+            words += [o.flag, str(value)]
+    return shlex.join(words)
+
+
+def _default(cls: type, path: tuple[str, ...]) -> Any:
+    """The default of the setting at `path` (MISSING for a required one)."""
+    for name in path[:-1]:
+        cls = types(cls)[name]
+    f = next(f for f in dataclasses.fields(cls) if f.name == path[-1])
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return f.default

@@ -20,6 +20,7 @@ import torch
 import transformers
 
 from linkedout import __version__
+from linkedout.cli_options import command_line
 from linkedout.errors import LinkedOutError, SettingError
 from linkedout.extract.backbones import Asked, Backbone, ItemInput, Packer, Prepared
 from linkedout.extract.config import ExtractConfig
@@ -83,6 +84,9 @@ class ExtractPlan:
     with_tokens: bool = True
     """Whether the first query's slots make the `tokens` column (False: rows that only add
     queries to stored items, each to its own column)."""
+    command: str = ""
+    """The `linkedout extract` line of these settings, for the manifest's provenance (the
+    dataset card shows it to whoever receives the data)."""
 
     @classmethod
     def make(
@@ -105,6 +109,8 @@ class ExtractPlan:
             config.max_pixels,
             config.store_dtype,
             config.batch_size,
+            # --shard is how one process shares the work, not how the data was made.
+            command=command_line("extract", config, leave_out=frozenset({"shard"})),
         )
 
     @property
@@ -249,6 +255,7 @@ def build_manifest(plan: ExtractPlan, engine: Mapping[str, str]) -> Manifest:
             "device": facts.device,
             "linkedout": __version__,
             **engine,
+            **({"command": plan.command} if plan.command else {}),
         },
     )
 

@@ -22,7 +22,7 @@ _EXPORTS = {
     "StoreInfo": "status",
     "StreamingFeatures": "features",
     "WriteStats": "writer",
-    "dataset_card": "share",
+    "dataset_card": "card",
     "export": "share",
     "item_loader": "features",
     "open_features": "features",
@@ -66,6 +66,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from linkedout.storage.card import dataset_card
     from linkedout.storage.defaults import COMMIT_EVERY
     from linkedout.storage.features import (
         InMemoryFeatures,
@@ -77,7 +78,7 @@ if TYPE_CHECKING:
     from linkedout.storage.maintenance import optimize
     from linkedout.storage.manifest import FORMAT_VERSION, Manifest
     from linkedout.storage.rows import FailedItem, FeatureRow, sha256_file, sha256_text
-    from linkedout.storage.share import dataset_card, export
+    from linkedout.storage.share import export
     from linkedout.storage.status import StoreInfo
     from linkedout.storage.store import FeatureStore
     from linkedout.storage.writer import FeatureWriter, WriteStats

@@ -83,6 +83,10 @@ class ExportConfig:
     the others share."""
     items: str | None = None
     """A text file of item ids, one per line: copy only those items."""
+    license: str | None = None
+    """Licence of the data for the card's front matter: a Hugging Face licence id such as
+    cc-by-4.0, or other (default: unknown). The backbone's licence and the videos' terms
+    decide it, not LinkedOut."""
     where: str | None = None
     """Copy only the rows this Lance SQL filter keeps, e.g. "source LIKE '%/news/%'" or
     "error IS NULL" (not with --items)."""

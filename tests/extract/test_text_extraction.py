@@ -116,3 +116,8 @@ def test_extract_writes_straight_to_an_object_store(s3_bucket, tmp_path):
     store = FeatureStore.open(uri, options)
     assert len(store) == 40 and store.info().fragments == 1
     assert store.read_tokens(["t7"], layers=[6]).shape == (1, 1, 3, 384)
+    # the manifest keeps the command that made the data, without the object-store secrets
+    assert store.manifest.provenance["command"] == (
+        f"linkedout extract --out {uri} --texts {texts} --model {MINILM} --layers 0,6 "
+        "--tokens-per-layer 3 --device cpu --commit-every 8"
+    )
