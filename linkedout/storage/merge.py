@@ -10,7 +10,7 @@ one). The merged dataset is verified (verify.py) before the command reports succ
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from linkedout.errors import LinkedOutError
-from linkedout.storage.columns import arrow_schema, digest_column
+from linkedout.storage.columns import digest_column
 from linkedout.storage.location import exists
 from linkedout.storage.pins import split_pin
 from linkedout.storage.store import FeatureStore
@@ -49,6 +49,9 @@ class MergePlan:
     """Per input, the row offsets it contributes; and what deciding found."""
 
     taken: list[list[int]]
+    """Rows of items the output does not hold yet: appended, no join with stored ids."""
+    replacing: list[list[int]]
+    """Rows that win over a row of the existing output (merging into one): upserted."""
     clashes: list[str]
     """Items extracted differently in two inputs (when `prefer` is refuse: the error)."""
     resolved: int = 0
@@ -115,15 +118,26 @@ def merge(
             },
         )
         target = FeatureStore.create(out, manifest, options)
-    total = sum(len(t) for t in plan.taken)
+    schema = target.dataset.schema  # as stored: an older output has no digest columns
+    total = sum(len(t) for t in plan.taken) + sum(len(r) for r in plan.replacing)
     done = 0
-    for store, rows in zip(stores, plan.taken, strict=True):
+
+    def batches(store: FeatureStore, rows: list[int]) -> Iterator[pa.RecordBatch]:
+        nonlocal done
         for start in range(0, len(rows), BATCH_ROWS):
-            table = _conformed(store, np.asarray(rows[start : start + BATCH_ROWS]), target)
-            target.upsert(table)  # replaces the existing dataset's row of an item that lost
+            part = np.asarray(rows[start : start + BATCH_ROWS], dtype=np.int64)
+            table = _conformed(store, part, schema)
+            yield from table.to_batches()
             done += table.num_rows
             if on_progress is not None:
                 on_progress(done, total)
+
+    for store, rows in zip(stores, plan.taken, strict=True):
+        if rows:  # one commit per input, streamed
+            target.append_new(pa.RecordBatchReader.from_batches(schema, batches(store, rows)))
+    for store, rows in zip(stores, plan.replacing, strict=True):
+        for batch in batches(store, rows):
+            target.upsert(pa.Table.from_batches([batch], schema))
     if done:
         target.update_index()
     written = FeatureStore.open(out, options)
@@ -139,6 +153,7 @@ def plan_merge(stores: Sequence[FeatureStore], prefer: Prefer, keep_first: bool)
         for item, row in _rows(store, index):
             by_item.setdefault(item, []).append(row)
     taken: list[list[int]] = [[] for _ in stores]
+    replacing: list[list[int]] = [[] for _ in stores]
     clashes: list[str] = []
     resolved = 0
     for item, rows in by_item.items():
@@ -146,9 +161,11 @@ def plan_merge(stores: Sequence[FeatureStore], prefer: Prefer, keep_first: bool)
         if winner is None:
             continue
         resolved += len(rows) > 1
-        if not (keep_first and winner.source == 0):
-            taken[winner.source].append(winner.offset)
-    return MergePlan(taken, clashes, resolved)
+        if keep_first and winner.source == 0:
+            continue  # stays where it is
+        stored = keep_first and rows[0].source == 0
+        (replacing if stored else taken)[winner.source].append(winner.offset)
+    return MergePlan(taken, replacing, clashes, resolved)
 
 
 def _decide(item: str, rows: list[Row], prefer: Prefer, clashes: list[str]) -> Row | None:
@@ -187,10 +204,9 @@ def _rows(store: FeatureStore, index: int):
         yield item, Row(index, offset, ok[offset], stamps[offset], digest)
 
 
-def _conformed(store: FeatureStore, rows: np.ndarray, target: FeatureStore) -> pa.Table:
-    """These rows of `store` in `target`'s schema (digest columns an older input lacks are
-    null; the manifests are equal, so every other column matches)."""
-    schema = arrow_schema(target.manifest)
+def _conformed(store: FeatureStore, rows: np.ndarray, schema: pa.Schema) -> pa.Table:
+    """These rows of `store` in the output's stored `schema` (digest columns an older input
+    lacks are null; the manifests are equal, so every other column matches)."""
     names = set(store.dataset.schema.names)
     read = [f.name for f in schema if f.name in names]
     table = store.dataset.take(rows, columns=read)

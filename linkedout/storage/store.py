@@ -296,6 +296,15 @@ class FeatureStore(QueryColumns, StoreReads):
         """Replace the stored rows of these ids (adding any not stored), as one atomic commit."""
         self._merge(table, replace_when=None)
 
+    def append_new(self, reader: pa.RecordBatchReader) -> None:
+        """Add rows whose ids the caller knows are not stored (merge.py planned them), streamed
+        in one plain append commit: no join with the stored ids, as a merge_insert per batch
+        would cost. Not for concurrent writers of the same ids: `append` is."""
+        self.refresh()
+        self._ds.insert(reader, mode="append", storage_options=self.storage_options or None)
+        self._committed.add(self._ds.version)
+        self._offsets = None
+
     def declare_primary_key(self) -> None:
         """Declare item_id the primary key of a dataset written before LinkedOut did: one commit
         of schema metadata that rewrites no data, and nothing to do on a current dataset."""

@@ -11,9 +11,11 @@ digests existed are read and shape-checked, and counted as not verifiable.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +35,8 @@ from linkedout.storage.store import FeatureStore
 
 BATCH_BYTES = 64 * 2**20
 """Tensor bytes hashed per batch read."""
+WORKERS = os.cpu_count() or 1
+"""Threads hashing at once (hashlib releases the GIL on large buffers)."""
 SHOWN = 10
 """Problems of each kind kept by name in the report (all are counted)."""
 
@@ -110,26 +114,27 @@ def verify(
     ds = store.dataset
     ids: Counter[str] = Counter()
     total = ds.count_rows()
-    row_bytes = max(1, _row_bytes(store, columns))
+    batch_rows = max(1, BATCH_BYTES // max(1, _row_bytes(store, columns)))
     names = set(ds.schema.names)
     read = ["item_id", "error"]
     for column, _ in columns:
         read += [tokens_column(x, column) for x in store.manifest.layers]
         if digest_column(column) in names:
             read.append(digest_column(column))
-    for fragment in ds.get_fragments():
-        try:
-            batches = list(_fragment_batches(fragment, read, max(1, BATCH_BYTES // row_bytes)))
-        except (OSError, ValueError) as e:
-            rows = fragment.count_rows()
-            report.rows += rows
-            where = f"{rows} rows of fragment {fragment.fragment_id} ({first_line(e, 120)})"
-            _note(report, "missing", where, rows)
-            continue
-        for batch in batches:
-            _check_batch(store, batch, columns, names, report, ids)
-            if on_progress is not None:
-                on_progress(report.rows, total)
+    with ThreadPoolExecutor(WORKERS, "linkedout-verify") as pool:
+        for fragment in ds.get_fragments():
+            try:
+                batches = list(_fragment_batches(fragment, read, batch_rows))
+            except (OSError, ValueError) as e:
+                rows = fragment.count_rows()
+                report.rows += rows
+                where = f"{rows} rows of fragment {fragment.fragment_id} ({first_line(e, 120)})"
+                _note(report, "missing", where, rows)
+                continue
+            for batch in batches:
+                _check_batch(pool, store, batch, columns, names, report, ids)
+                if on_progress is not None:
+                    on_progress(report.rows, total)
     for item, count in ids.items():
         if count > 1:
             _note(report, "duplicated", f"{item} ({count} rows)")
@@ -175,6 +180,7 @@ def _tensor_columns(store: FeatureStore, report: VerifyReport) -> list[tuple[str
 
 
 def _check_batch(
+    pool: ThreadPoolExecutor,
     store: FeatureStore,
     batch: pa.RecordBatch,
     columns: list[tuple[str, int | None]],
@@ -199,6 +205,7 @@ def _check_batch(
             if digest_column(column) in names
             else [None] * len(items)
         )
+        checks = []
         for i in good_rows:
             if not valid[i]:
                 if column == "tokens":  # a query column may not have reached an item yet
@@ -208,14 +215,30 @@ def _check_batch(
             if digests[i] is None:
                 unverified.add(i)
                 continue
-            for j, depth in enumerate(layers):
-                row = values[j][i]
-                report.bytes_hashed += row.nbytes
-                if j >= len(digests[i]) or layer_digest(row) != digests[i][j]:
-                    _note(report, "corrupt", f"{items[i]} ({column}, depth {depth})")
-                    bad_rows.add(i)
+            checks += [(i, j) for j in range(len(layers))]
+        for (i, j), got in zip(checks, _hashed(pool, values, checks), strict=True):
+            report.bytes_hashed += values[j][i].nbytes
+            stored = digests[i]
+            if j >= len(stored) or got != stored[j]:
+                _note(report, "corrupt", f"{items[i]} ({column}, depth {layers[j]})")
+                bad_rows.add(i)
     report.unverifiable += len(unverified - bad_rows)
     report.verified += len([i for i in good_rows if i not in bad_rows and i not in unverified])
+
+
+def _hashed(
+    pool: ThreadPoolExecutor, values: list[np.ndarray], checks: list[tuple[int, int]]
+) -> list[str]:
+    """`layer_digest` of each (row, layer) of `checks`, on every core: hashlib lets go of the
+    GIL while it hashes a buffer, so threads hash in parallel (in chunks: a future per layer
+    would cost as much as hashing it)."""
+    size = max(1, len(checks) // (4 * WORKERS))
+    chunks = [checks[k : k + size] for k in range(0, len(checks), size)]
+
+    def run(chunk: list[tuple[int, int]]) -> list[str]:
+        return [layer_digest(values[j][i]) for i, j in chunk]
+
+    return [d for part in pool.map(run, chunks) for d in part]
 
 
 def _row_bytes_view(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
