@@ -310,7 +310,8 @@ def sharing_section(share: dict) -> list[str]:
         "",
         f"Training's input read, 1 depth of every item of a {read['rows']:,}-row dataset "
         f"({read['dataset_bytes'] / gb:.2f} GB; the tensors read are "
-        f"{read['tensor_bytes'] / 1e6:,.0f} MB), as `train --fusion layer:K` loads it:",
+        f"{read['tensor_bytes'] / 1e6:,.0f} MB), as `train --fusion layer:K` loads it (median "
+        f"of {len(read['local'].get('all_seconds', [0]))} fresh opens):",
         "",
         "| from | seconds | bytes Lance read | reads |",
         "|---|---|---|---|",

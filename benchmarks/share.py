@@ -11,11 +11,13 @@ A synthetic dataset of N rows of [layers, tokens, dim] float16 (default: the Qwe
   `train --fusion layer:K` loads) from moto's S3 server on 127.0.0.1 and from local disk:
   seconds and bytes Lance read (its own IO counters).
 
-    python benchmarks/share.py [--rows 100000] [--s3-rows 10000] [--json out/share.json]
+    python benchmarks/share.py [--rows 100000] [--s3-rows 2000] [--json out/share.json]
+    python benchmarks/share.py --source DIR/share-bench-X/src.lance --steps read,merge --json ...
 
-moto keeps every object in memory: the S3 part uses the first --s3-rows rows (a subset
-exported there), so a 100,000-row run fits in 24 GiB; the local disk needs twice the dataset
-(46 GB at 100,000 rows). Numbers are one run each (the work is
+moto's server keeps every object in memory and writes slowly (2.2 GB took over 17 minutes
+here): the S3 part uses the first --s3-rows rows (a subset exported there). The local disk
+needs twice the dataset (46 GB at 100,000 rows). Each step writes its figures to --json as it
+ends; an interrupted run continues with --source and --steps. Numbers are one run each (the work is
 seconds to minutes, far above timer noise); page cache warm for the local reads.
 """
 
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -77,74 +81,98 @@ def clock(fn):
     return out, time.perf_counter() - started
 
 
+STEPS = ("verify", "export", "read", "merge")
+READ_REPEATS = 5
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--s3-rows", type=int, default=10_000)
+    parser.add_argument("--s3-rows", type=int, default=2_000)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--dim", type=int, default=896)
     parser.add_argument("--dir", type=Path, help="work folder (default: a temporary one)")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        help="reuse the synthetic dataset an interrupted run left (DIR/share-bench-*/src.lance) "
+        "instead of writing one; the merge step replaces it by its halves",
+    )
+    parser.add_argument("--steps", default=",".join(STEPS), help=f"of {', '.join(STEPS)}")
+    parser.add_argument(
+        "--json", type=Path, help="write the figures here after every step (kept: a rerun adds)"
+    )
     args = parser.parse_args()
-    shape = (args.layers, args.tokens, args.dim)
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    if set(steps) - set(STEPS):
+        parser.error(f"--steps: choose among {', '.join(STEPS)}")
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(dir=args.dir, prefix="share-bench-"))
-    figures: dict = {
-        "rows": args.rows,
-        "shape": list(shape),
-        "dtype": "float16",
-        "date": datetime.date.today().isoformat(),
-    }
+    figures: dict = {}
+    if args.json is not None and args.json.exists():
+        figures = {k: v for k, v in json.loads(args.json.read_text()).items() if k != "environment"}
+
+    def done(step: str, values: dict) -> None:
+        figures[step] = values
+        write_json(args.json, figures)  # a step's figures reach the disk as it ends
+
     try:
-        source, seconds = write_source(root / "src.lance", args.rows, shape)
-        figures["write"] = {"seconds": seconds, "bytes": dir_bytes(root / "src.lance")}
-        print(
-            f"wrote {args.rows:,} rows, {figures['write']['bytes'] / 1e9:.2f} GB in {seconds:.1f} s"
-        )
+        if args.source is not None:
+            source = FeatureStore.open(args.source)
+            print(f"reusing {args.source}: {len(source):,} rows")
+        else:
+            shape = (args.layers, args.tokens, args.dim)
+            source, seconds = write_source(root / "src.lance", args.rows, shape)
+            if set(steps) != {"read"}:  # the read step's figures say their own size
+                figures["write"] = {"seconds": seconds, "bytes": dir_bytes(root / "src.lance")}
+            print(f"wrote {len(source):,} rows in {seconds:.1f} s")
+        rows = len(source)
+        if set(steps) != {"read"}:  # the read step's figures say their own size
+            figures.update(
+                rows=rows,
+                shape=list(source.manifest.shape),
+                dtype=source.manifest.dtype,
+                date=datetime.date.today().isoformat(),
+            )
         depth = source.manifest.layers[len(source.manifest.layers) // 2]
-
-        report, seconds = clock(lambda: verify(source))
-        assert report.ok and report.verified == args.rows, report.problems()
-        figures["verify"] = {
-            "seconds": seconds,
-            "rows_per_s": args.rows / seconds,
-            "mb_per_s": report.bytes_hashed / 1e6 / seconds,
-        }
-        print(
-            f"verify: {args.rows / seconds:,.0f} rows/s, "
-            f"{report.bytes_hashed / 1e6 / seconds:,.0f} MB/s"
-        )
-
-        _, seconds = clock(
-            lambda: export(source.uri, root / "one-depth.lance", subset=Subset(layers=(depth,)))
-        )
-        one = {"seconds": seconds, "bytes": dir_bytes(root / "one-depth.lance")}
-        shutil.rmtree(root / "one-depth.lance")
-        _, seconds = clock(lambda: export(source.uri, root / "whole.lance"))
-        whole = {"seconds": seconds, "bytes": dir_bytes(root / "whole.lance")}
-        shutil.rmtree(root / "whole.lance")
-        figures["export"] = {"one_depth": one, "whole": whole, "depth": depth}
-        print(
-            f"export 1 depth of {args.layers}: {one['bytes'] / 1e9:.2f} GB in "
-            f"{one['seconds']:.1f} s; "
-            f"whole: {whole['bytes'] / 1e9:.2f} GB in {whole['seconds']:.1f} s (each verified)"
-        )
-
-        # Training's input read first: the halves below replace the source (disk: a 100,000-row
-        # run peaks at twice its size, not three times).
-        figures["read"] = read_local_and_s3(source, root, depth, args.s3_rows)
-        middle = f"item{args.rows // 2:07d}"
-        export(source.uri, root / "a.lance", subset=Subset(where=f"item_id < '{middle}'"))
-        export(source.uri, root / "b.lance", subset=Subset(where=f"item_id >= '{middle}'"))
-        shutil.rmtree(root / "src.lance")
-        halves = [str(root / "a.lance"), str(root / "b.lance")]
-        result, seconds = clock(lambda: merge(halves, str(root / "merged.lance")))
-        assert len(result.store) == args.rows
-        figures["merge"] = {"seconds": seconds, "rows_per_s": args.rows / seconds}
-        print(f"merge of two halves: {seconds:.1f} s ({args.rows / seconds:,.0f} rows/s, verified)")
+        if "verify" in steps:
+            report, seconds = clock(lambda: verify(source))
+            assert report.ok and report.verified == rows, report.problems()
+            mb = report.bytes_hashed / 1e6 / seconds
+            done("verify", {"seconds": seconds, "rows_per_s": rows / seconds, "mb_per_s": mb})
+            print(f"verify: {rows / seconds:,.0f} rows/s, {mb:,.0f} MB/s")
+        if "export" in steps:
+            done("export", export_one_and_whole(source, root, depth))
+        if "read" in steps:
+            done("read", read_local_and_s3(source, root, depth, args.s3_rows))
+        if "merge" in steps:  # last: its halves replace the source (disk: twice the dataset)
+            middle = f"item{rows // 2:07d}"
+            export(source.uri, root / "a.lance", subset=Subset(where=f"item_id < '{middle}'"))
+            export(source.uri, root / "b.lance", subset=Subset(where=f"item_id >= '{middle}'"))
+            shutil.rmtree(source.uri)
+            halves = [str(root / "a.lance"), str(root / "b.lance")]
+            result, seconds = clock(lambda: merge(halves, str(root / "merged.lance")))
+            assert len(result.store) == rows
+            done("merge", {"seconds": seconds, "rows_per_s": rows / seconds})
+            print(f"merge of two halves: {seconds:.1f} s ({rows / seconds:,.0f} rows/s, verified)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     write_json(args.json, figures)
+
+
+def export_one_and_whole(source: FeatureStore, root: Path, depth: int) -> dict:
+    """`export --layers DEPTH` against the whole dataset: bytes written and seconds (each
+    verifies what it wrote)."""
+    out = {"depth": depth}
+    for name, subset in (("one_depth", Subset(layers=(depth,))), ("whole", None)):
+        dest = root / f"{name}.lance"
+        _, seconds = clock(lambda dest=dest, subset=subset: export(source.uri, dest, subset=subset))
+        out[name] = {"seconds": seconds, "bytes": dir_bytes(dest)}
+        shutil.rmtree(dest)
+        print(f"export {name}: {out[name]['bytes'] / 1e9:.2f} GB in {seconds:.1f} s (verified)")
+    return out
 
 
 def read_local_and_s3(source: FeatureStore, root: Path, depth: int, rows: int) -> dict:
@@ -160,19 +188,23 @@ def read_local_and_s3(source: FeatureStore, root: Path, depth: int, rows: int) -
             ("local", str(local_uri), None),
             ("s3", "s3://team/features.lance", options),
         ):
-            store = FeatureStore.open(uri, opts)
-            store.dataset.io_stats_incremental()
-            (ids, tokens), seconds = clock(lambda store=store: store.load(layers=[depth]))
-            stats = store.dataset.io_stats_incremental()
-            assert tokens.shape[0] == rows
+            times = []
+            for _ in range(READ_REPEATS):  # a fresh open each time, as a training run starts
+                store = FeatureStore.open(uri, opts)
+                store.dataset.io_stats_incremental()
+                (ids, tokens), seconds = clock(lambda store=store: store.load(layers=[depth]))
+                stats = store.dataset.io_stats_incremental()
+                assert tokens.shape[0] == rows
+                times.append(seconds)
             out[name] = {
-                "seconds": seconds,
+                "seconds": statistics.median(times),
+                "all_seconds": times,
                 "read_bytes": stats.read_bytes,
                 "read_iops": stats.read_iops,
             }
             print(
-                f"read 1 depth of {rows:,} rows from {name}: {seconds:.2f} s, "
-                f"{stats.read_bytes / 1e6:,.0f} MB in {stats.read_iops:,} reads"
+                f"read 1 depth of {rows:,} rows from {name}: median {out[name]['seconds']:.2f} s "
+                f"of {READ_REPEATS}, {stats.read_bytes / 1e6:,.0f} MB in {stats.read_iops:,} reads"
             )
     out["tensor_bytes"] = int(tokens.numel() * tokens.element_size())
     out["dataset_bytes"] = dir_bytes(local_uri)

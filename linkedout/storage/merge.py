@@ -24,6 +24,7 @@ from linkedout.storage.location import exists
 from linkedout.storage.pins import split_pin
 from linkedout.storage.store import FeatureStore
 from linkedout.storage.uri import normalize
+from linkedout.storage.verify import check_copy
 
 Prefer = Literal["refuse", "newest", "first"]
 PREFER: tuple[str, ...] = ("refuse", "newest", "first")
@@ -76,8 +77,6 @@ def merge(
 ) -> MergeResult:
     """Merge `sources` into `out`: a new dataset, or an existing one of the same manifest whose
     rows take part as the first input."""
-    from linkedout.storage.share import check_copy
-
     if prefer not in PREFER:
         raise LinkedOutError(f"--prefer {prefer!r}: use {', '.join(PREFER)}")
     options = dict(storage_options or {})

@@ -20,7 +20,7 @@ from linkedout.storage.uri import (
     normalize,
     write_text,
 )
-from linkedout.storage.verify import VerifyReport, verify
+from linkedout.storage.verify import check_copy
 
 CARD_NAME = "README.md"
 
@@ -68,18 +68,6 @@ def export(
         _remove_partial(dest, created)
         raise
     return copy
-
-
-def check_copy(copy: FeatureStore, what: str) -> VerifyReport:
-    """Verify what an export or merge wrote (every row against its digests): a copy that
-    does not hold is an error, never a dataset someone trains on."""
-    report = verify(copy)
-    if report.corrupt_count or report.missing_count or report.schema:
-        raise LinkedOutError(
-            f"{what} does not verify ({'; '.join(report.problems())}): the source may be "
-            "damaged; run `linkedout verify` on it"
-        )
-    return report
 
 
 def _remove_partial(dest: str, created: bool) -> None:

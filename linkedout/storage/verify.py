@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from linkedout.errors import first_line
+from linkedout.errors import LinkedOutError, first_line
 from linkedout.storage.columns import (
     _layer_type,
     digest_column,
@@ -123,18 +123,17 @@ def verify(
             read.append(digest_column(column))
     with ThreadPoolExecutor(WORKERS, "linkedout-verify") as pool:
         for fragment in ds.get_fragments():
-            try:
-                batches = list(_fragment_batches(fragment, read, batch_rows))
+            seen = report.rows
+            try:  # streamed: a fragment may hold more rows than memory
+                for batch in fragment.to_batches(columns=read, batch_size=batch_rows):
+                    _check_batch(pool, store, batch, columns, names, report, ids)
+                    if on_progress is not None:
+                        on_progress(report.rows, total)
             except (OSError, ValueError) as e:
-                rows = fragment.count_rows()
-                report.rows += rows
-                where = f"{rows} rows of fragment {fragment.fragment_id} ({first_line(e, 120)})"
-                _note(report, "missing", where, rows)
-                continue
-            for batch in batches:
-                _check_batch(pool, store, batch, columns, names, report, ids)
-                if on_progress is not None:
-                    on_progress(report.rows, total)
+                lost = fragment.count_rows() - (report.rows - seen)
+                report.rows += lost
+                where = f"{lost} rows of fragment {fragment.fragment_id} ({first_line(e, 120)})"
+                _note(report, "missing", where, lost)
     for item, count in ids.items():
         if count > 1:
             _note(report, "duplicated", f"{item} ({count} rows)")
@@ -142,9 +141,16 @@ def verify(
     return report
 
 
-def _fragment_batches(fragment, columns: list[str], batch_rows: int):
-    # Read whole before checking, so a fragment that fails midway counts once, as missing.
-    yield from fragment.to_batches(columns=columns, batch_size=batch_rows)
+def check_copy(copy: FeatureStore, what: str) -> VerifyReport:
+    """Verify what an export or merge wrote (every row against its digests): a copy that
+    does not hold is an error, never a dataset someone trains on."""
+    report = verify(copy)
+    if report.corrupt_count or report.missing_count or report.schema:
+        raise LinkedOutError(
+            f"{what} does not verify ({'; '.join(report.problems())}): the source may be "
+            "damaged; run `linkedout verify` on it"
+        )
+    return report
 
 
 def _tensor_columns(store: FeatureStore, report: VerifyReport) -> list[tuple[str, int | None]]:

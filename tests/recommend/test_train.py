@@ -20,7 +20,7 @@ from linkedout.service.ranker import Ranker, RankRequest
 from linkedout.service.results import user_history
 from linkedout.storage import FeatureRow, FeatureStore, FeatureWriter
 from linkedout.storage.pins import create_tag
-from tests.recommend.planted import make_planted, train_planted
+from tests.recommend.planted import make_planted, train_planted, write_new_items
 
 runner = CliRunner()
 
@@ -285,6 +285,13 @@ def test_training_reads_features_straight_from_s3(runs, planted, s3_bucket, tmp_
     )
     assert _metrics(remote)["test"] == _metrics(runs["moe"])["test"]
     assert json.loads((remote / "config.json").read_text())["train"]["features"] == uri
+    # new uploads join the catalog straight from the bucket too
+    from linkedout.service.catalog_changes import add_items
+
+    new = write_new_items(tmp_path / "new.lance", planted, cluster=2, n=4)
+    export(tmp_path / "new.lance", f"s3://{bucket}/uploads.lance", dest_options=options)
+    assert add_items(remote, f"s3://{bucket}/uploads.lance", options).added == 4
+    assert set(new) <= CatalogDataset(remote / "catalog.lance").live_ids()
 
 
 def test_a_run_trained_on_a_tag_reads_that_version_only(planted, tmp_path):
