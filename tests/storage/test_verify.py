@@ -135,3 +135,15 @@ def test_verifying_what_is_not_a_feature_dataset_is_one_line(tmp_path):
     assert_one_line_error(
         run_linkedout(["verify", tmp_path / "plain.lance"]), "not a LinkedOut feature store"
     )
+
+
+def test_an_object_store_that_does_not_answer_is_one_line_in_bounded_time():
+    import time
+
+    closed = ["-s", "aws_endpoint=http://127.0.0.1:9", "-s", "allow_http=true"]
+    keys = ["-s", "aws_access_key_id=x", "-s", "aws_secret_access_key=y", "-s", "aws_region=r"]
+    for argv in (["verify", "s3://b/f.lance"], ["merge", "s3://b/a.lance", "-o", "s3://b/c"]):
+        started = time.monotonic()
+        proc = run_linkedout([*argv, *closed, *keys])
+        assert_one_line_error(proc, "cannot reach the object store at http://127.0.0.1:9")
+        assert time.monotonic() - started < 30
