@@ -78,14 +78,20 @@ def query_column(name: str) -> str:
     return f"query_{name}"
 
 
-def _layer_type(manifest: Manifest, slots: int | None = None) -> pa.DataType:
+def layer_type(manifest: Manifest, slots: int | None = None) -> pa.DataType:
     _, t, d = manifest.shape
     return pa.fixed_shape_tensor(_ARROW_VALUE_TYPES[manifest.dtype], [slots or t, d])
 
 
+def tensor_bytes(manifest: Manifest, slots: int | None = None) -> int:
+    """Bytes one row holds in a tensor column: `tokens`, or a query column of `slots`."""
+    layers, tokens, dim = manifest.shape
+    return layers * (slots or tokens) * dim * _numpy_bits_dtype(manifest.dtype).itemsize
+
+
 def _tokens_type(manifest: Manifest, slots: int | None = None) -> pa.StructType:
     return pa.struct(
-        [pa.field(layer_column(x), _layer_type(manifest, slots)) for x in manifest.layers]
+        [pa.field(layer_column(x), layer_type(manifest, slots)) for x in manifest.layers]
     )
 
 

@@ -10,6 +10,7 @@ one). The merged dataset is verified (verify.py) before the command reports succ
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -89,16 +90,10 @@ def merge(
     into = exists(out, options)
     target = FeatureStore.open(out, options) if into else None
     stores = ([target] if target is not None else []) + inputs
-    uris = [s.uri for s in stores]
-    if len(set(uris)) != len(uris):
-        raise LinkedOutError(f"{_first_repeat(uris)} is named twice: name each dataset once")
+    repeated = [uri for uri, n in Counter(s.uri for s in stores).items() if n > 1]
+    if repeated:
+        raise LinkedOutError(f"{repeated[0]} is named twice: name each dataset once")
     _refuse_other_manifests(stores)
-    for store in stores:
-        if store.duplicate_rows():
-            raise LinkedOutError(
-                f"{store.uri} holds duplicate rows written by an older LinkedOut: run "
-                "`linkedout optimize` on it first"
-            )
     plan = plan_merge(stores, prefer, keep_first=into)
     if plan.clashes:
         shown = ", ".join(plan.clashes[:5]) + (
@@ -150,7 +145,13 @@ def plan_merge(stores: Sequence[FeatureStore], prefer: Prefer, keep_first: bool)
     by_item: dict[str, list[Row]] = {}
     for index, store in enumerate(stores):
         for item, row in _rows(store, index):
-            by_item.setdefault(item, []).append(row)
+            held = by_item.setdefault(item, [])
+            if held and held[-1].source == index:  # read here, not in a scan of its own
+                raise LinkedOutError(
+                    f"{store.uri} holds duplicate rows written by an older LinkedOut: run "
+                    "`linkedout optimize` on it first"
+                )
+            held.append(row)
     taken: list[list[int]] = [[] for _ in stores]
     replacing: list[list[int]] = [[] for _ in stores]
     clashes: list[str] = []
@@ -232,12 +233,3 @@ def _refuse_other_manifests(stores: Sequence[FeatureStore]) -> None:
                 + "; ".join(differences)
                 + "): only datasets of one manifest merge"
             )
-
-
-def _first_repeat(uris: list[str]) -> str:
-    seen = set()
-    for uri in uris:
-        if uri in seen:
-            return uri
-        seen.add(uri)
-    return uris[0]

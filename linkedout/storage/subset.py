@@ -23,6 +23,7 @@ from linkedout.storage.columns import (
     is_tensor_column,
     layer_arrays,
     query_column,
+    tensor_bytes,
     tokens_column,
 )
 from linkedout.storage.manifest import Manifest
@@ -123,7 +124,7 @@ def write_subset(
         )
     manifest, layers, extra = subset_manifest(store, subset)
     schema = arrow_schema(manifest)
-    row_bytes = _row_bytes(manifest, len(extra))
+    row_bytes = tensor_bytes(manifest) + len(extra) * tensor_bytes(manifest, manifest.query_slots)
     batch_rows = max(1, BATCH_BYTES // row_bytes)
     batches, total = _selected_batches(store, subset, layers, extra, batch_rows)
     positions = [store.manifest.layers.index(x) for x in layers]
@@ -225,10 +226,3 @@ def _in_layout(
 
 def _one_chunk(array: pa.Array | pa.ChunkedArray) -> pa.Array:
     return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
-
-
-def _row_bytes(manifest: Manifest, extra_queries: int) -> int:
-    width = {"float16": 2, "bfloat16": 2, "float32": 4}[manifest.dtype]
-    layers, tokens, dim = manifest.shape
-    slots = tokens + extra_queries * (manifest.query_slots or tokens)
-    return max(1, layers * slots * dim * width)

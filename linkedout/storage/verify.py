@@ -23,12 +23,13 @@ import pyarrow as pa
 
 from linkedout.errors import LinkedOutError, first_line
 from linkedout.storage.columns import (
-    _layer_type,
     digest_column,
     layer_arrays,
     layer_column,
     layer_digest,
+    layer_type,
     query_column,
+    tensor_bytes,
     tokens_column,
 )
 from linkedout.storage.store import FeatureStore
@@ -114,7 +115,8 @@ def verify(
     ds = store.dataset
     ids: Counter[str] = Counter()
     total = ds.count_rows()
-    batch_rows = max(1, BATCH_BYTES // max(1, _row_bytes(store, columns)))
+    row_bytes = sum(tensor_bytes(store.manifest, slots) for _, slots in columns)
+    batch_rows = max(1, BATCH_BYTES // max(1, row_bytes))
     names = set(ds.schema.names)
     read = ["item_id", "error"]
     for column, _ in columns:
@@ -172,7 +174,7 @@ def _tensor_columns(store: FeatureStore, report: VerifyReport) -> list[tuple[str
             continue
         struct = schema.field(column).type
         fields = {struct.field(i).name: struct.field(i).type for i in range(struct.num_fields)}
-        expected = {layer_column(x): _layer_type(m, slots) for x in m.layers}
+        expected = {layer_column(x): layer_type(m, slots) for x in m.layers}
         bad = [name for name, kind in expected.items() if fields.get(name) != kind]
         if bad:
             shown = fields.get(bad[0])
@@ -263,9 +265,3 @@ def _note(report: VerifyReport, kind: str, text: str, count: int = 1) -> None:
     if len(shown) < SHOWN:
         shown.append(text)
     setattr(report, f"{kind}_count", getattr(report, f"{kind}_count") + count)
-
-
-def _row_bytes(store: FeatureStore, columns: list[tuple[str, int | None]]) -> int:
-    layers, tokens, dim = store.manifest.shape
-    width = {"float16": 2, "bfloat16": 2, "float32": 4}[store.manifest.dtype]
-    return sum(layers * (slots or tokens) * dim * width for _, slots in columns)
