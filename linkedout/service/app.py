@@ -116,9 +116,15 @@ def _validation_sentence(errors, content_type: str | None) -> tuple[int, str]:
     return 422, f"{where or 'the body'}: {message}{more}"
 
 
+def default_threads(workers: int) -> int:
+    """Torch threads of one server process: its share of the cores, less one for its HTTP loop
+    (ServeConfig.threads)."""
+    return max(1, (os.cpu_count() or 1) // workers - 1)
+
+
 def app_from_env() -> FastAPI:
     """The app of one server process, its settings handed over by `linkedout serve`."""
     config = ServeConfig.from_env()
-    threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
+    threads = config.threads or default_threads(config.workers)
     torch.set_num_threads(threads)
     return create_app(config)

@@ -51,7 +51,9 @@ class ServeConfig:
     poll_seconds: float = 1.0
     """How often to look for a new catalog.lance version (catalog add/remove)."""
     threads: int | None = None
-    """Torch threads per process (default: cores / workers)."""
+    """Torch threads per process (default: cores / workers, less one for the process's HTTP
+    loop, at least 1: a ranking's products are small, and on 2 cores a second torch thread
+    slowed every request by taking the core the loop parses and answers on)."""
     new_item_lift: float | None = setting(default=None, help=NEW_ITEM_LIFT_HELP)
 
     def __post_init__(self) -> None:

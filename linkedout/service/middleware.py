@@ -28,12 +28,9 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = problem(
-            413, f"the request body is over this server's {self.limit // 1024} KiB: send less"
-        )
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await too_large(scope, receive, send)
+            await self._too_large()(scope, receive, send)
             return
         chunks, size = [], 0
         deadline = asyncio.get_running_loop().time() + self.timeout
@@ -55,7 +52,7 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.limit:
-                await too_large(scope, receive, send)
+                await self._too_large()(scope, receive, send)
                 return
             if not message.get("more_body", False):
                 break
@@ -69,6 +66,11 @@ class BodyLimit:
             return await receive()  # http.disconnect, when it comes
 
         await self.app(scope, replay, send)
+
+    def _too_large(self) -> JSONResponse:  # built when needed: most requests never are
+        return problem(
+            413, f"the request body is over this server's {self.limit // 1024} KiB: send less"
+        )
 
 
 class LoadShedding:

@@ -99,17 +99,17 @@ class Ranker(LoadedRun):
                     f"(e.g. {history[0]!r}): send item ids the catalog holds",
                 )
         h, gate = self._user_states(snap, rows)
-        scores = self.model.user_vectors(h, gate) @ snap.keys.T
-        if snap.new_items is not None:
-            scores.addr_(self.model.lifts(h, snap.id_scale), snap.new_items)
-        scores[:, 0] = float("-inf")  # the padding row
-        for b, (q, known) in enumerate(zip(requests, rows, strict=True)):
-            excluded = known + [snap.index[i] for i in q.exclude if i in snap.index]
-            scores[b, excluded] = float("-inf")
-        k = min(max(q.k for q in requests), snap.size)
-        top = scores.topk(k, dim=1)
+        offsets = None if snap.new_items is None else self.model.lifts(h, snap.id_scale)
+        masked = [
+            [0, *known, *(snap.index[i] for i in q.exclude if i in snap.index)]  # 0: padding
+            for q, known in zip(requests, rows, strict=True)
+        ]
+        k = max(q.k for q in requests)
+        values, top = snap.scan.top(
+            self.model.user_vectors(h, gate), k, masked, offsets, snap.new_items
+        )
         results = [
-            self._result(snap, q, history, missing, h[b], gate[b], top.indices[b], top.values[b])
+            self._result(snap, q, history, missing, h[b], gate[b], top[b], values[b])
             for b, (q, history, missing) in enumerate(
                 zip(requests, histories, unknown, strict=True)
             )

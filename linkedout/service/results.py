@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,25 @@ answers carry both names until 0.3, so clients reading the old ones keep working
 
 def recommendations_json(result: Recommendations) -> dict:
     """`result` as `linkedout recommend --json` prints it and the service sends it (the service
-    drops `history`): each item under its names, old ones included (`RENAMED`)."""
-    data = asdict(result)
-    for item in data["items"]:
-        for old, new in RENAMED.items():
-            item[old] = item[new]
-    data["gate"] = {str(k): v for k, v in data["gate"].items()}
+    drops `history`): each item under its names, old ones included (`RENAMED`). Built field by
+    field rather than with `asdict` (a deep copy), which cost the service more than a ranking."""
+    return {
+        "items": [_item_json(item) for item in result.items],
+        "history": result.history,
+        "gate": {str(k): v for k, v in result.gate.items()},
+        "unknown": result.unknown,
+    }
+
+
+def _item_json(item: Recommendation) -> dict:
+    data = {
+        "item_id": item.item_id,
+        "score": item.score,
+        "top_expert": item.top_expert,
+        "expert_scores": item.expert_scores,
+    }
+    for old, new in RENAMED.items():
+        data[old] = data[new]
     return data
 
 

@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
 from linkedout.service.ranker import RankRequest, RankRequestError
 from linkedout.service.results import Recommendations, recommendations_json
@@ -30,8 +31,9 @@ def _service(request: Request) -> Service:
     return request.app.state.service
 
 
-def authorized(request: Request) -> None:
-    """The bearer token, when the server has one (app.state.token)."""
+async def authorized(request: Request) -> None:
+    """The bearer token, when the server has one (app.state.token). Async: FastAPI runs a
+    plain function dependency in its thread pool, a thread hop on every ranking."""
     token = request.app.state.token
     if token is None:
         return
@@ -58,14 +60,14 @@ async def _rank(service: Service, requests: list[RankRequest]) -> tuple[list, in
 
 
 @rankings.post("/recommend", response_model=RecommendResponse, responses=ERRORS)
-async def recommend(body: RecommendRequest, request: Request) -> RecommendResponse:
+async def recommend(body: RecommendRequest, request: Request) -> Response:
     """Top-k items for one user or watch history."""
     (result,), version = await _rank(_service(request), [_query(body)])
-    return _response(result, version)
+    return _json(_response(result, version))
 
 
 @rankings.post("/recommend/batch", response_model=BatchResponse, responses=ERRORS)
-async def recommend_batch(body: BatchRequest, request: Request) -> BatchResponse:
+async def recommend_batch(body: BatchRequest, request: Request) -> Response:
     """Many rankings in one call: one forward and one matrix product for all of them,
     against one catalog version. An error names the request it is about."""
     service = _service(request)
@@ -79,7 +81,9 @@ async def recommend_batch(body: BatchRequest, request: Request) -> BatchResponse
         results, version = await _rank(service, [_query(r) for r in body.requests])
     except ServiceError as e:
         raise ServiceError(e.status, f"requests[{e.index}]: {e.detail}") from None
-    return BatchResponse(results=[_response(r, version) for r in results], catalog_version=version)
+    return _json(
+        {"results": [_response(r, version) for r in results], "catalog_version": version}
+    )
 
 
 # HEAD too: load balancers and uptime probes often check health with it.
@@ -144,7 +148,17 @@ def _query(body: RecommendRequest) -> RankRequest:
     )
 
 
-def _response(result: Recommendations, version: int) -> RecommendResponse:
+def _response(result: Recommendations, version: int) -> dict:
+    """A `RecommendResponse`'s fields (the schema documents them; they are built here, not
+    validated again: they come from the ranker, not from a client)."""
     data = recommendations_json(result)
     data.pop("history")
-    return RecommendResponse(**data, catalog_version=version)
+    data["catalog_version"] = version
+    return data
+
+
+def _json(data: dict) -> Response:
+    """A ranking's answer, encoded once: FastAPI would validate a returned model against the
+    response model and encode it through `jsonable_encoder`, which cost more than the ranking
+    itself. Scores are finite (the ranker drops the masked ones), so plain JSON holds them."""
+    return Response(json.dumps(data, separators=(",", ":")), media_type="application/json")

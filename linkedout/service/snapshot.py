@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from linkedout.recommend.catalog_dataset import CatalogDataset
+from linkedout.service.scan import Scan
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class CatalogSnapshot:
     keys: torch.Tensor
     """`[N + 1, d + L·r]` (model.keys: ID vector, then the flattened `e`), what a user's
     query is multiplied with; the two parts are read back as views, never stored twice."""
+    scan: Scan
+    """The exact top-k scan over `keys` (scan.py: bfloat16 candidates, float32 answers)."""
     id_width: int
     """d, the ID part's width (0 for content-only runs)."""
     num_layers: int
@@ -76,11 +79,13 @@ def load_snapshot(model, dataset: CatalogDataset, trained: dict[str, int]) -> Ca
         rows = torch.cat([torch.zeros(1, dtype=torch.long), model_index])
         id_vectors = model.ids.weight.detach()[rows]
     new_items = model.new_items(id_vectors)
+    keys = model.keys(experts, id_vectors).contiguous()
     return CatalogSnapshot(
         version=dataset.version,
         item_ids=item_ids,
         index={item: j + 1 for j, item in enumerate(item_ids)},
-        keys=model.keys(experts, id_vectors).contiguous(),
+        keys=keys,
+        scan=Scan.of(keys),
         id_width=0 if id_vectors is None else id_vectors.shape[1],
         num_layers=0 if experts is None else experts.shape[1],
         added=int((model_index == 0).sum()),

@@ -3,6 +3,7 @@ concurrent rankings, and the thread that swaps in new catalog versions."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 
@@ -47,6 +48,7 @@ class Service:
             self.load_error = first_line(e, 300)
             log.error("could not load %s: %s", self.config.run, self.load_error)
             return
+        _freeze_heap()
         self.batcher = Batcher(ranker.rank_at, self.config.max_batch)
         self.ranker = ranker  # last: once a request sees the ranker, the batcher is there
         snap = ranker.snapshot
@@ -66,6 +68,7 @@ class Service:
                 log.info("catalog readable again")
             self.catalog_error = None
             if swapped:
+                _freeze_heap()
                 snap = self.ranker.snapshot
                 log.info("catalog version %d swapped in (%d items)", snap.version, snap.size)
 
@@ -75,3 +78,14 @@ class Service:
         if self.load_error is not None:
             raise ServiceError(503, f"the run could not be loaded: {self.load_error}")
         raise ServiceError(503, "the run is still loading: retry shortly", {"Retry-After": "1"})
+
+
+def _freeze_heap() -> None:
+    """Keeps the loaded run out of Python's cyclic garbage collector. A loaded run is some
+    250,000 objects (the split's histories, the catalog's ids) that live as long as the process,
+    and every full collection walks them all: 150 ms with the GIL held, on MicroLens-50K, which
+    was the service's p99 under load. Frozen, they are never walked; they are still freed by
+    reference counting when a catalog swap drops them. Young garbage goes first (generations
+    0-1: cheap), so little of it is frozen for good."""
+    gc.collect(1)
+    gc.freeze()
