@@ -56,6 +56,7 @@ benchmark: install
 	$(PY) benchmarks/share.py --dir $(BENCH) --json $(BENCH)/share.json  # ~16 min, 46 GB of disk
 	$(PY) benchmarks/microlens.py --new-uploads --out $(BENCH)
 	$(PY) benchmarks/serve.py $(firstword $(wildcard $(BENCH)/runs/moe+ids-seed*)) --json $(BENCH)/serve.json
+	$(PY) benchmarks/scan.py $(firstword $(wildcard $(BENCH)/runs/moe+ids-seed*)) --json $(BENCH)/scan.json
 	$(PY) benchmarks/report.py $(BENCH)
 
 # A few thousand users, one seed, every row: under 5 minutes; report in out/benchmark-quick.

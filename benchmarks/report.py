@@ -62,7 +62,7 @@ def main() -> None:
         return
     figures = {
         name: json.loads((args.out / f"{name}.json").read_text())
-        for name in ("storage", "extract", "microlens", "serve", "new-uploads", "share")
+        for name in ("storage", "extract", "microlens", "serve", "scan", "new-uploads", "share")
         if (args.out / f"{name}.json").exists()
     }
     probes = sorted(args.out.glob("serve-ann*.json"))
@@ -275,6 +275,8 @@ def render(figures: dict, results: Path, plots: Path, base: Path) -> str:
     out += _speed(figures, ml)
     if "serve" in figures:
         out += serving_section(figures["serve"])
+    if "scan" in figures:
+        out += scan_section(figures["scan"])
     if "share" in figures:
         out += ["", *sharing_section(figures["share"])]
     return "\n".join(out) + "\n"
@@ -333,7 +335,8 @@ def serving_section(serve: dict) -> list[str]:
     out = [
         "## Serving",
         "",
-        f"`linkedout serve` on the MoE + IDs run ({serve['catalog_items']:,} items), real HTTP "
+        f"`linkedout serve` on {serve.get('run', 'the MoE + IDs run')}, "
+        f"{serve['catalog_items']:,} items, real HTTP "
         f"clients on 127.0.0.1 sharing the server's {serve['cpus']} cores "
         "(`benchmarks/serve.py RUN`).",
         "",
@@ -348,6 +351,8 @@ def serving_section(serve: dict) -> list[str]:
                 f"{f['requests_per_s'] * users:,.0f} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | "
                 f"{_server_ms(f)} | {f['errors']} |"
             )
+    if "before" in serve:
+        out += ["", *load_comparison(serve["before"], serve, serve.get("before_note", ""))]
     new = serve["new_item"]
     out += [
         "",
@@ -360,7 +365,7 @@ def serving_section(serve: dict) -> list[str]:
             f"{s['items']:,} items x {s['width']} dims {s['ms_per_query']:.2f} ms"
             for s in serve["exact_scan"]
         )
-        + ". No approximate index yet.",
+        + " (float32, random keys). No approximate index yet.",
         "",
     ]
     for probe in serve.get("ann_probes", []):
@@ -379,6 +384,45 @@ def serving_section(serve: dict) -> list[str]:
             "",
         ]
     return out
+
+
+def load_comparison(before: dict, after: dict, note: str) -> list[str]:
+    """Single requests before and after a change, measured one after the other."""
+    out = [
+        f"Single requests before and after the 2026-12-07 serving changes ({note}):",
+        "",
+        "| code | clients | requests/s | p50 ms | p99 ms | server p50 / p99 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, figures in (("before", before), ("after", after)):
+        out += [
+            f"| {name} | {f['clients']} | {f['requests_per_s']:.0f} | {f['p50_ms']:.1f} | "
+            f"{f['p99_ms']:.1f} | {_server_ms(f)} |"
+            for f in figures["single"]
+        ]
+    return out + [""]
+
+
+def scan_section(scan: dict) -> list[str]:
+    """`benchmarks/scan.py`: the served exact scan (bfloat16 candidates, float32 answers) beside
+    the float32 scan, one torch thread."""
+    out = [
+        "Exact top-10 scan as served (`benchmarks/scan.py RUN`, one thread; bfloat16 candidates "
+        "rescored in float32, each user's top 10 proven by a rounding bound or scanned again in "
+        "float32), ms per pass of real users' vectors:",
+        "",
+        "| catalog | items | users a pass | float32 scan ms | served scan ms | users proven by "
+        "bfloat16 | top 10 equal to float32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, c in scan["catalogs"].items():
+        for b in c["batches"]:
+            out.append(
+                f"| {name} | {c['items']:,} | {b['users_per_pass']} | {b['float32_ms']:.2f} | "
+                f"{b['served_ms']:.2f} | {c['proven_by_bfloat16']} of {c['users']} | "
+                f"{'yes' if c['top10_equal_to_float32'] else 'no'} |"
+            )
+    return out + [""]
 
 
 GOAL = 1.10  # LinkedOut (content + IDs) over the better converged ID-only SASRec
