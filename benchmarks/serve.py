@@ -44,7 +44,9 @@ from linkedout.testing.s3 import free_port  # noqa: E402
 LINKEDOUT = str(Path(sys.executable).with_name("linkedout"))
 
 
-def start(run: Path, log: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+def start(
+    run: Path, log: Path, env: dict | None = None, options: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -57,6 +59,7 @@ def start(run: Path, log: Path, env: dict | None = None) -> tuple[subprocess.Pop
             "0.2",
             "--max-in-flight",
             "128",
+            *options,
         ],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
@@ -238,6 +241,12 @@ def main() -> None:
         "local S3-compatible server (moto, from the dev extra)",
     )
     parser.add_argument(
+        "--workers", type=int, default=0, help="serve --workers N (default: serve's own)"
+    )
+    parser.add_argument(
+        "--only-single", action="store_true", help="single requests only (no batches of 32)"
+    )
+    parser.add_argument(
         "--only-replicas", action="store_true", help="skip the load and scan figures"
     )
     args = parser.parse_args()
@@ -246,7 +255,9 @@ def main() -> None:
     run = Path(shutil.copytree(args.run, workdir / "run"))
     results = {"cpus": os.cpu_count()}
     if not args.only_replicas:
-        results |= serving(run, workdir, args.clients, args.seconds)
+        options = ("--workers", str(args.workers)) if args.workers else ()
+        results |= serving(run, workdir, args.clients, args.seconds, options, args.only_single)
+        results["serve_options"] = list(options)
     if args.replicas or args.only_replicas:
         results["new_item_two_replicas"] = replicas(run, workdir)
         print("new item, two replicas", json.dumps(results["new_item_two_replicas"]), flush=True)
@@ -256,10 +267,17 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=2))
 
 
-def serving(run: Path, workdir: Path, clients_list: str, seconds: float) -> dict:
+def serving(
+    run: Path,
+    workdir: Path,
+    clients_list: str,
+    seconds: float,
+    options: tuple[str, ...] = (),
+    only_single: bool = False,
+) -> dict:
     """One server on `run`: latency and throughput at each number of clients, the time to a
     new item, and the exact scan at 20k and 1M items of the run's width."""
-    proc, url = start(run, workdir / "serve.log")
+    proc, url = start(run, workdir / "serve.log", options=options)
     try:
         meta = httpx.get(f"{url}/metadata").json()
         users = [u for u in RunDir(run).split().users]
@@ -280,7 +298,8 @@ def serving(run: Path, workdir: Path, clients_list: str, seconds: float) -> dict
         }
         load(url, 4, 2.0, single)  # warm up
         for clients in map(int, clients_list.split(",")):
-            for name, body in (("single", single), ("batch_of_32", batch)):
+            kinds = (("single", single),) + (() if only_single else (("batch_of_32", batch),))
+            for name, body in kinds:
                 figures = load(url, clients, seconds, body)
                 results[name].append(figures)
                 print(
