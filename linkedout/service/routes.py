@@ -81,9 +81,7 @@ async def recommend_batch(body: BatchRequest, request: Request) -> Response:
         results, version = await _rank(service, [_query(r) for r in body.requests])
     except ServiceError as e:
         raise ServiceError(e.status, f"requests[{e.index}]: {e.detail}") from None
-    return _json(
-        {"results": [_response(r, version) for r in results], "catalog_version": version}
-    )
+    return _json({"results": [_response(r, version) for r in results], "catalog_version": version})
 
 
 # HEAD too: load balancers and uptime probes often check health with it.

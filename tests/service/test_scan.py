@@ -63,8 +63,8 @@ def test_the_top_k_is_the_float32_scans_with_masks_and_lifts(monkeypatch):
 
 
 def test_users_whose_top_k_is_not_proven_are_scanned_in_float32(monkeypatch):
-    """Near-copies (scores 0.01 apart, at 250): the bfloat16 order of the candidates cannot be trusted, so the bound
-    fails and the float32 scan answers (still the float32 scan's top k)."""
+    """Near-copies (scores 0.01 apart, at 250): the bfloat16 order of the candidates cannot be
+    trusted, so the bound fails and the float32 scan answers (still the float32 scan's top k)."""
     keys, users = _catalog()
     base = keys[0].clone()
     keys[: 4 * MARGIN] = base + 1e-2 * torch.randn(4 * MARGIN, keys.shape[1])
