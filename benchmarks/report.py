@@ -360,14 +360,17 @@ def serving_section(serve: dict) -> list[str]:
         "(checkpoint loaded, items embedded), first ranking that returns one "
         f"{new['first_ranking_with_it_s']:.1f} s after the command started.",
         "",
-        "Exact top-10 scan, one query: "
-        + "; ".join(
-            f"{s['items']:,} items x {s['width']} dims {s['ms_per_query']:.2f} ms"
-            for s in serve["exact_scan"]
-        )
-        + " (float32, random keys). No approximate index yet.",
-        "",
     ]
+    if "exact_scan" in serve:  # serve.py's float32 scan, before benchmarks/scan.py
+        out += [
+            "Exact top-10 scan, one query: "
+            + "; ".join(
+                f"{s['items']:,} items x {s['width']} dims {s['ms_per_query']:.2f} ms"
+                for s in serve["exact_scan"]
+            )
+            + " (float32, random keys). No approximate index yet.",
+            "",
+        ]
     for probe in serve.get("ann_probes", []):
         steps = probe["ann"]
         out += [
@@ -387,9 +390,10 @@ def serving_section(serve: dict) -> list[str]:
 
 
 def load_comparison(before: dict, after: dict, note: str) -> list[str]:
-    """Single requests before and after a change, measured one after the other."""
+    """Single requests before and after a change, measured one after the other (`note`: which
+    change, and how)."""
     out = [
-        f"Single requests before and after the 2026-12-07 serving changes ({note}):",
+        f"Single requests before and after {note}:",
         "",
         "| code | clients | requests/s | p50 ms | p99 ms | server p50 / p99 ms |",
         "|---|---|---|---|---|---|",

@@ -1,6 +1,6 @@
 """`linkedout serve` measured over real HTTP on 127.0.0.1: latency and throughput of single and
 batch rankings at 1, 8 and 64 concurrent clients, the time from `catalog add` to the first
-response that holds the new item, and the exact scan's cost at a million items (approximate
+response that holds the new item (the exact scan alone: benchmarks/scan.py; approximate
 indices: benchmarks/ann.py).
 
     python benchmarks/serve.py RUN [--seconds 10] [--json out.json] [--replicas]
@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import httpx
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -212,22 +211,6 @@ def replicas(run: Path, workdir: Path) -> dict:
                 proc.wait(timeout=60)
 
 
-def exact_scan(items: int, width: int, repeats: int = 50) -> dict:
-    """One user's exact top-10 over `items` random keys of `width` (the service's product)."""
-    keys = torch.randn(items, width)
-    query = torch.randn(1, width)
-    for _ in range(3):
-        (query @ keys.T).topk(10)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        (query @ keys.T).topk(10)
-    return {
-        "items": items,
-        "width": width,
-        "ms_per_query": (time.perf_counter() - t) / repeats * 1e3,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -314,10 +297,6 @@ def serving(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    model = RunDir(run).config().train["model"]
-    width = int(model["d_model"]) + len(meta["layers"]) * int(model["expert_dim"])
-    results["exact_scan"] = [exact_scan(n, width) for n in (20_000, 1_000_000)]
-    print("exact scan", json.dumps(results["exact_scan"]), flush=True)
     return results
 
 

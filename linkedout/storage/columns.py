@@ -95,9 +95,17 @@ def _tokens_type(manifest: Manifest, slots: int | None = None) -> pa.StructType:
     )
 
 
+DIGEST_PREFIX = "digest_"
+
+
 def digest_column(column: str) -> str:
     """The column holding the per-depth digests of tensor column `column`."""
-    return f"digest_{column}"
+    return DIGEST_PREFIX + column
+
+
+def digested_column(name: str) -> str | None:
+    """The tensor column whose digests column `name` holds (None: not a digest column)."""
+    return name.removeprefix(DIGEST_PREFIX) if name.startswith(DIGEST_PREFIX) else None
 
 
 def is_tensor_column(name: str) -> bool:

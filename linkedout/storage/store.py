@@ -17,6 +17,7 @@ from linkedout.storage.columns import (
     PRIMARY_KEY,
     arrow_schema,
     declares_primary_key,
+    digested_column,
 )
 from linkedout.storage.duplicates import (
     CHOICE_COLUMNS,
@@ -328,7 +329,7 @@ class FeatureStore(QueryColumns, StoreReads):
         # A dataset written before digests existed is appended to as it is (no digest column).
         stored = set(self._ds.schema.names)
         table = table.drop_columns(
-            [n for n in table.schema.names if n.startswith("digest_") and n not in stored]
+            [n for n in table.schema.names if digested_column(n) and n not in stored]
         )
         self._despite_pruning(
             lambda: (

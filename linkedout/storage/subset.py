@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from linkedout.errors import LinkedOutError, first_line
 from linkedout.storage.columns import (
     arrow_schema,
+    digested_column,
     is_tensor_column,
     layer_arrays,
     query_column,
@@ -161,7 +162,7 @@ def _selected_batches(
         for f in arrow_schema(store.manifest)
         if f.name in schema_names
         and not is_tensor_column(f.name)
-        and (not f.name.startswith("digest_") or f.name.removeprefix("digest_") in kept)
+        and digested_column(f.name) in (None, *kept)
     ]
     columns = [
         *scalars,
@@ -212,7 +213,7 @@ def _in_layout(
             children = [_one_chunk(c) for c in layer_arrays(batch, layers, field.name)]
             mask = pc.invert(children[0].is_valid()) if children[0].null_count else None
             arrays.append(pa.StructArray.from_arrays(children, fields=list(field.type), mask=mask))
-        elif field.name.startswith("digest_"):
+        elif digested_column(field.name) is not None:
             if field.name not in batch.schema.names:
                 arrays.append(pa.nulls(batch.num_rows, field.type))
                 continue
