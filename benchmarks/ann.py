@@ -3,7 +3,7 @@ recall@10 against the exact inner-product scan, single-query latency beside it, 
 index size, on synthetic catalogs made from a trained run's real keys.
 
     python benchmarks/ann.py RUN [--items 1000000] [--catalogs nearcopy,mixture]
-        [--indices IVF_HNSW_SQ,IVF_PQ,IVF_FLAT,hnswlib] [--mips-to-l2] [--json OUT]
+        [--indices graph,IVF_HNSW_SQ,IVF_PQ,IVF_FLAT,hnswlib] [--mips-to-l2] [--json OUT]
 
 Catalogs (both from the run's live keys `[d + L·r]`, the vectors the service scans):
   nearcopy  each key a real key plus Gaussian noise of 0.3 of each dimension's spread: about
@@ -44,16 +44,23 @@ from linkedout.service.scan import Scan  # noqa: E402
 K = 10
 
 
-def real_keys_and_queries(run: Path, users: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The run's live keys `[N, m]` and the user vectors `[users, m]` of its first users."""
+def real_keys_and_queries(
+    run: Path, users: int, fit: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The run's live keys `[N, m]`, the user vectors `[users, m]` of its first users (the
+    queries) and those of the `fit` users after them (what an index may be fitted on: never
+    the queries it is measured with)."""
     ranker = Ranker(run)
     keys = ranker.snapshot.keys[1:].float()
-    chosen = ranker.split.users[:users]
+    chosen = ranker.split.users[: users + fit]
     rows = [[ranker.snapshot.index[i] for i in ranker.history_of(u)] for u in chosen]
+    vectors = []
     with torch.inference_mode():
-        h, gate = ranker._user_states(ranker.snapshot, rows)
-        queries = ranker.model.user_vectors(h, gate).float()
-    return keys, queries
+        for at in range(0, len(rows), 512):
+            h, gate = ranker._user_states(ranker.snapshot, rows[at : at + 512])
+            vectors.append(ranker.model.user_vectors(h, gate).float())
+    vectors = torch.cat(vectors)
+    return keys, vectors[:users], vectors[users:]
 
 
 def near_copies(real: torch.Tensor, items: int, seed: int = 0) -> torch.Tensor:
@@ -143,6 +150,15 @@ INDICES = {
             {"nprobes": 16, "ef": 300, "refine_factor": 4},
         ],
     ),
+    # The served index (linkedout/service/graph.py): HNSW over keys projected to the users'
+    # main directions and reduced to L2, its candidates scored exactly with the full keys.
+    "graph": (
+        {"dims": 32, "links": 16, "build_breadth": 100},
+        [
+            {"candidates": c, "breadth": ef}
+            for c, ef in ((100, 200), (200, 300), (400, 500), (800, 1000), (1000, 2000))
+        ],
+    ),
     # A graph over the whole catalog, outside Lance (`pip install hnswlib`): for comparison
     # where Lance's indices fall short.
     "hnswlib": (
@@ -160,7 +176,7 @@ def probe_hnswlib(
     try:
         import hnswlib
     except ImportError:
-        sys.exit("--indices hnswlib needs hnswlib: pip install -e '.[ann]'")
+        sys.exit("--indices hnswlib needs hnswlib: pip install -e '.[serve]'")
 
     build, searches = INDICES["hnswlib"]
     index = hnswlib.Index(space="ip" if metric == "dot" else "l2", dim=keys.shape[1])
@@ -187,6 +203,52 @@ def probe_hnswlib(
             hits += len(set(labels[0].tolist()) & set(truth[i].tolist()))
         row["search"].append(_search_row(search, hits, len(queries), times))
         print(f"  hnswlib {metric} {json.dumps(row['search'][-1])}", flush=True)
+    return row
+
+
+def probe_graph(
+    keys: torch.Tensor, queries: torch.Tensor, fit: torch.Tensor, truth: torch.Tensor
+) -> dict:
+    """The served graph index: built over every key with the projection fitted on `fit`
+    (other users than the queries), searched one query at a time on one thread, each query's
+    candidates scored exactly with the full keys and the best K kept."""
+    import resource
+
+    from linkedout.service.graph import GraphIndex, GraphSettings
+
+    build, searches = INDICES["graph"]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    index = GraphIndex.build(
+        keys, fit, GraphSettings(**build), threads=max(1, torch.get_num_threads())
+    )
+    build_s = time.perf_counter() - t
+    row = {
+        "index": "graph",
+        "metric": f"L2 over MIPS-reduced keys projected to {build['dims']} user-whitened dims, "
+        "candidates re-scored exactly",
+        "build": build,
+        "build_s": round(build_s, 1),
+        "index_mib": round(
+            len(keys) * ((build["dims"] + 1) * 4 + build["links"] * 2 * 4) / 2**20, 1
+        ),
+        "peak_rss_growth_mib": round(
+            (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, 1
+        ),
+        "search": [],
+    }
+    for search in searches:
+        index.graph.set_ef(search["breadth"])
+        hits, times = 0, []
+        for i, q in enumerate(queries):
+            t = time.perf_counter()
+            cand = index.candidates(q[None], search["candidates"])[0]
+            scores = keys[cand] @ q
+            top = cand[scores.topk(K).indices]
+            times.append((time.perf_counter() - t) * 1e3)
+            hits += len(set(top.tolist()) & set(truth[i].tolist()))
+        row["search"].append(_search_row(search, hits, len(queries), times))
+        print(f"  graph {json.dumps(row['search'][-1])}", flush=True)
     return row
 
 
@@ -258,6 +320,12 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a finished run (MoE + IDs on MicroLens-50K)")
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=200, help="queries: real users' vectors")
+    parser.add_argument(
+        "--fit-users",
+        type=int,
+        default=2000,
+        help="other users' vectors, what the graph index's projection is fitted on",
+    )
     parser.add_argument("--catalogs", default="nearcopy,mixture")
     parser.add_argument("--indices", default="IVF_HNSW_SQ,IVF_PQ,IVF_FLAT")
     parser.add_argument(
@@ -271,7 +339,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"--indices: unknown {sorted(unknown)}; choose among {', '.join(INDICES)}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    real, queries = real_keys_and_queries(args.run, args.users)
+    real, queries, fit = real_keys_and_queries(args.run, args.users, args.fit_users)
     makers = {"nearcopy": near_copies, "mixture": mixture, "real": lambda real, _: real}
     figures = {"run": str(args.run), "items": args.items, "width": real.shape[1], "catalogs": []}
     workdir = Path(tempfile.mkdtemp(prefix="linkedout-ann-"))
@@ -288,6 +356,9 @@ def main() -> None:
             rows = []
             reduced = mips_to_l2(keys, queries) if args.mips_to_l2 else None
             for name in args.indices.split(","):
+                if name == "graph":
+                    rows.append(probe_graph(keys, queries, fit, truth))
+                    continue
                 for metric in ("dot", "l2") if reduced is not None else ("dot",):
                     k, q = (keys, queries) if metric == "dot" else reduced
                     if name == "hnswlib":

@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    real, queries = real_keys_and_queries(args.run, args.users)
+    real, queries, _ = real_keys_and_queries(args.run, args.users)
     results = {"threads": 1, "catalogs": {}}
     for name, keys in (("real", real), ("mixture", None)):
         if keys is None:

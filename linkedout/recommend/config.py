@@ -265,6 +265,17 @@ def parse_history(text: str | None) -> tuple[str, ...] | None:
     return items
 
 
+IndexMode = Literal["auto", "exact", "graph"]
+GRAPH_AUTO_MIN_ITEMS = 200_000
+"""`--index auto` ranks through the graph index from this catalog size on (the exact scan is
+cheap below it: README, serving)."""
+INDEX_HELP = (
+    "How a ranking finds the top k: exact (scan every item), graph (the run's approximate graph "
+    "index, `linkedout catalog index`, its candidates scored exactly; `serve` builds it in the "
+    f"background when missing), or auto (graph from {GRAPH_AUTO_MIN_ITEMS:,} items on, where "
+    "one is stored or `serve` builds it; exact below)."
+)
+
 NEW_ITEM_LIFT_HELP = (
     "Rank with this --new-item-lift instead of the run's (content + IDs runs: what items "
     "without a trained ID vector gain, in units of each user's ID-score scale; 0 turns it "
@@ -306,8 +317,10 @@ class RecommendConfig:
     explain: bool = False
     """Show the user's per-depth gate and each item's strongest depth."""
     new_item_lift: float | None = setting(default=None, help=NEW_ITEM_LIFT_HELP)
+    index: IndexMode = setting(default="auto", help=INDEX_HELP)
 
     def __post_init__(self) -> None:
+        check_choices(self)
         finite(self, "new_item_lift")
         if (self.user is None) == (self.history is None):
             reason = "pass exactly one of `user` U or `history` ID,ID,..."

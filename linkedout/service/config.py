@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from linkedout.errors import SettingError
-from linkedout.recommend.config import NEW_ITEM_LIFT_HELP
-from linkedout.settings import at_least, comma_list, finite, setting
+from linkedout.recommend.config import INDEX_HELP, NEW_ITEM_LIFT_HELP, IndexMode
+from linkedout.service.graph_settings import GraphSettings
+from linkedout.settings import at_least, check_choices, comma_list, finite, setting
 from linkedout.storage.uri import storage_options_setting
 
 MAX_K = 1000
@@ -55,8 +56,10 @@ class ServeConfig:
     loop, at least 1: a ranking's products are small, and on 2 cores a second torch thread
     slowed every request by taking the core the loop parses and answers on)."""
     new_item_lift: float | None = setting(default=None, help=NEW_ITEM_LIFT_HELP)
+    index: IndexMode = setting(default="auto", help=INDEX_HELP)
 
     def __post_init__(self) -> None:
+        check_choices(self)
         finite(self, "new_item_lift")
         if not 1 <= self.port <= 65535:
             raise SettingError("port", self.port, "use a TCP port in 1..65535")
@@ -116,6 +119,24 @@ class CatalogPublishConfig:
         "folder. The run then reads and changes its catalog there.",
     )
     storage_options: dict[str, str] = storage_options_setting()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CatalogIndexConfig(GraphSettings):
+    """How `linkedout catalog index` builds a run's graph index (an approximate top k for
+    catalogs of hundreds of thousands of items and more)."""
+
+    run: Path = setting(argument=True, help="Run directory written by `linkedout train`.")
+    threads: int | None = None
+    """Threads linking items in (default: every core)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.threads is not None:
+            at_least(self, "threads", 1, "use at least 1 thread")
+
+    def settings(self) -> GraphSettings:
+        return GraphSettings(**{f.name: getattr(self, f.name) for f in fields(GraphSettings)})
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,21 @@ if a swap happens meanwhile: no request sees half a catalog.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from linkedout.errors import LinkedOutError
+from linkedout.errors import LinkedOutError, SettingError
 from linkedout.recommend.loaded_run import LoadedRun
+from linkedout.service.graph_settings import INDEX_MODES, wanted
+from linkedout.service.graph_store import StoredGraph, load_graph
 from linkedout.service.results import Recommendation, Recommendations, user_history
 from linkedout.service.snapshot import CatalogSnapshot, load_snapshot
+
+log = logging.getLogger("linkedout.serve")
 
 
 @dataclass(frozen=True)
@@ -49,13 +54,32 @@ retries, so /readyz says so promptly; the next poll tries again anyway."""
 class Ranker(LoadedRun):
     """A run served: its newest catalog snapshot, swapped whole on a new version."""
 
-    def __init__(self, path: str | Path, new_item_lift: float | None = None):
-        """`new_item_lift`: rank with this instead of the run's own (None: the run's)."""
+    def __init__(self, path: str | Path, new_item_lift: float | None = None, index: str = "exact"):
+        """`new_item_lift`: rank with this instead of the run's own (None: the run's).
+        `index`: exact, graph or auto (indexing.py): the run's stored graph index is used
+        where the mode wants one; with none stored, rankings are exact until `use_graph`."""
         super().__init__(path, new_item_lift=new_item_lift)
+        if index not in INDEX_MODES:
+            raise SettingError("index", index, f"choose one of {', '.join(INDEX_MODES)}")
+        self.index_mode = index
         newest = self.run.catalog_dataset()
         self.run.check_run_id(newest.path, newest.run_id, self.config.run_id)
         self._swap = threading.Lock()
-        self.snapshot: CatalogSnapshot = load_snapshot(self.model, newest, self.index)
+        self.graph: StoredGraph | None = None
+        if wanted(index, newest.num_rows - 1):
+            try:
+                self.graph = load_graph(self.run.path, self.config.run_id)
+            except LinkedOutError:
+                if index == "graph":
+                    raise
+                log.warning("exact scan: the graph index cannot be used", exc_info=True)
+        self.snapshot: CatalogSnapshot = load_snapshot(self.model, newest, self.index, self.graph)
+
+    def use_graph(self, stored: StoredGraph | None) -> None:
+        """Rank through `stored` from the next ranking on (None: exactly)."""
+        with self._swap:
+            self.graph = stored
+            self.snapshot = self.snapshot.with_graph(stored)
 
     def refresh(self) -> bool:
         """Swap in the newest catalog version if there is one; True if it swapped."""
@@ -63,7 +87,7 @@ class Ranker(LoadedRun):
             newest = self.run.catalog_dataset(poll_options=POLL_OPTIONS)  # latest manifest only
             if newest.version == self.snapshot.version:
                 return False
-            self.snapshot = load_snapshot(self.model, newest, self.index)
+            self.snapshot = load_snapshot(self.model, newest, self.index, self.graph)
             return True
 
     def history_of(self, user: str, index: int = 0) -> list[str]:
@@ -105,9 +129,7 @@ class Ranker(LoadedRun):
             for q, known in zip(requests, rows, strict=True)
         ]
         k = max(q.k for q in requests)
-        values, top = snap.scan.top(
-            self.model.user_vectors(h, gate), k, masked, offsets, snap.new_items
-        )
+        values, top = snap.top(self.model.user_vectors(h, gate), k, masked, offsets)
         results = [
             self._result(snap, q, history, missing, h[b], gate[b], top[b], values[b])
             for b, (q, history, missing) in enumerate(

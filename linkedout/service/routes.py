@@ -15,6 +15,7 @@ from linkedout.service.schema import (
     BatchRequest,
     BatchResponse,
     CatalogInfo,
+    IndexInfo,
     ItemResponse,
     Metadata,
     Problem,
@@ -121,6 +122,20 @@ async def metadata(request: Request) -> Metadata:
         new_item_lift=ranker.model.config.new_item_lift,
         manifest=ranker.config.manifest,
         catalog=CatalogInfo(version=snap.version, size=snap.size, added=snap.added),
+        index=_index_info(_service(request), snap),
+    )
+
+
+def _index_info(service: Service, snap) -> IndexInfo:
+    graph, builds = snap.graph, service.builds
+    return IndexInfo(
+        mode=service.config.index,
+        in_use="exact" if graph is None else "graph",
+        graph_catalog_version=None if graph is None else graph.catalog_version,
+        graph_items=None if graph is None else graph.covered,
+        beside_graph=None if graph is None else len(graph.side),
+        building=builds is not None and builds.building,
+        error=None if builds is None else builds.error,
     )
 
 

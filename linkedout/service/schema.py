@@ -91,6 +91,23 @@ class CatalogInfo(BaseModel):
     """Live items that were added after training."""
 
 
+class IndexInfo(BaseModel):
+    mode: str
+    """The --index setting: auto, exact or graph."""
+    in_use: str
+    """How rankings are found now: exact, or graph."""
+    graph_catalog_version: int | None = None
+    """The catalog version the graph in use was built over."""
+    graph_items: int | None = None
+    """Live items the graph holds."""
+    beside_graph: int | None = None
+    """Live items scanned exactly beside the graph (added since it was built, or lifted)."""
+    building: bool = False
+    """A new graph is being built in the background."""
+    error: str | None = None
+    """Why the last graph build failed (rankings go on as before)."""
+
+
 class Metadata(BaseModel):
     run: str
     run_id: str | None
@@ -108,6 +125,7 @@ class Metadata(BaseModel):
     (content + IDs runs)."""
     manifest: dict
     catalog: CatalogInfo
+    index: IndexInfo
 
 
 class Problem(BaseModel):

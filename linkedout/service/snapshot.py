@@ -13,11 +13,13 @@ whole (ranker.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from linkedout.recommend.catalog_dataset import CatalogDataset
+from linkedout.service.graph_scan import GraphScan
+from linkedout.service.graph_store import StoredGraph
 from linkedout.service.scan import Scan
 
 
@@ -45,6 +47,45 @@ class CatalogSnapshot:
     in every user's scores), None when the model lifts none."""
     id_scale: torch.Tensor | None = None
     """The model's `id_scale()`, the lift's unit (with `new_items`)."""
+    graph: GraphScan | None = None
+    """The approximate index rankings go through (graph_scan.py); None: the exact scan."""
+
+    def top(
+        self,
+        users: torch.Tensor,
+        k: int,
+        masked: list[list[int]],
+        offsets: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `k` best rows of each user `[B, W]` (Scan.top's contract), through the graph
+        where the snapshot has one."""
+        if self.graph is None:
+            return self.scan.top(users, k, masked, offsets, self.new_items)
+        return self.graph.top(self.scan, users, k, masked, offsets, self.new_items)
+
+    def with_graph(self, stored: StoredGraph | None) -> CatalogSnapshot:
+        """This snapshot ranking through `stored` (None: exactly)."""
+        if stored is None:
+            return replace(self, graph=None)
+        graph = GraphScan.of(
+            stored.index,
+            stored.items,
+            stored.catalog_version,
+            self.index,
+            self.keys,
+            self.new_items,
+        )
+        return replace(self, graph=graph)
+
+    def graph_rows(self) -> tuple[torch.Tensor, list[str]]:
+        """The keys `[G, W]` and item ids a graph over this snapshot holds: every live item
+        but those whose scores carry the new-item lift (scanned exactly beside it)."""
+        keep = torch.ones(len(self.keys), dtype=torch.bool)
+        keep[0] = False
+        if self.new_items is not None:
+            keep &= ~self.new_items.bool()
+        rows = keep.nonzero()[:, 0]
+        return self.keys[rows], [self.item_ids[r - 1] for r in rows.tolist()]
 
     @property
     def size(self) -> int:
@@ -64,9 +105,14 @@ class CatalogSnapshot:
 
 
 @torch.inference_mode()
-def load_snapshot(model, dataset: CatalogDataset, trained: dict[str, int]) -> CatalogSnapshot:
+def load_snapshot(
+    model,
+    dataset: CatalogDataset,
+    trained: dict[str, int],
+    graph: StoredGraph | None = None,
+) -> CatalogSnapshot:
     """One opened version of a catalog dataset, for `model`; `trained` maps the training
-    split's item ids to model item indices (rows of the ID table)."""
+    split's item ids to model item indices (rows of the ID table); `graph`: rank through it."""
     item_ids, e = dataset.live()
     experts = None
     if e is not None:
@@ -80,7 +126,7 @@ def load_snapshot(model, dataset: CatalogDataset, trained: dict[str, int]) -> Ca
         id_vectors = model.ids.weight.detach()[rows]
     new_items = model.new_items(id_vectors)
     keys = model.keys(experts, id_vectors).contiguous()
-    return CatalogSnapshot(
+    snapshot = CatalogSnapshot(
         version=dataset.version,
         item_ids=item_ids,
         index={item: j + 1 for j, item in enumerate(item_ids)},
@@ -92,3 +138,4 @@ def load_snapshot(model, dataset: CatalogDataset, trained: dict[str, int]) -> Ca
         new_items=new_items,
         id_scale=None if new_items is None else model.id_scale(),
     )
+    return snapshot if graph is None else snapshot.with_graph(graph)

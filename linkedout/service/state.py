@@ -10,6 +10,7 @@ import threading
 from linkedout.errors import first_line
 from linkedout.service.batching import Batcher
 from linkedout.service.config import ServeConfig
+from linkedout.service.indexing import BackgroundBuilds
 from linkedout.service.ranker import Ranker
 
 log = logging.getLogger("linkedout.serve")
@@ -34,6 +35,9 @@ class Service:
     def __init__(self, config: ServeConfig):
         self.config = config
         self.ranker: Ranker | None = None
+        self.builds: BackgroundBuilds | None = None
+        """Graph index builds in the background (`--index graph`, or `auto` on large
+        catalogs), serving exactly or through the old graph until one is done."""
         self.batcher: Batcher | None = None
         self.load_error: str | None = None
         self.catalog_error: str | None = None
@@ -43,7 +47,7 @@ class Service:
 
     def load_and_watch(self) -> None:
         try:
-            ranker = Ranker(self.config.run, self.config.new_item_lift)
+            ranker = Ranker(self.config.run, self.config.new_item_lift, self.config.index)
         except Exception as e:  # reported by /readyz and every ranking, never raised
             self.load_error = first_line(e, 300)
             log.error("could not load %s: %s", self.config.run, self.load_error)
@@ -53,8 +57,15 @@ class Service:
         self.ranker = ranker  # last: once a request sees the ranker, the batcher is there
         snap = ranker.snapshot
         log.info(
-            "ready: %s, catalog version %d (%d items)", self.config.run, snap.version, snap.size
+            "ready: %s, catalog version %d (%d items), %s",
+            self.config.run,
+            snap.version,
+            snap.size,
+            "through its graph index" if snap.graph is not None else "exact scan",
         )
+        # One thread builds: the other cores keep answering.
+        self.builds = BackgroundBuilds(ranker, self.config.index, threads=1)
+        self.builds.check()
         while not self.stop.wait(self.config.poll_seconds):
             try:
                 swapped = self.ranker.refresh()
@@ -71,6 +82,7 @@ class Service:
                 _freeze_heap()
                 snap = self.ranker.snapshot
                 log.info("catalog version %d swapped in (%d items)", snap.version, snap.size)
+                self.builds.check()
 
     def ready(self) -> Ranker:
         if self.ranker is not None:

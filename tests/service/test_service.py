@@ -66,6 +66,9 @@ def test_rankings_over_http_equal_linkedout_recommend(trained_run, server):
         assert http.get("/healthz").json() == {"status": "alive"}
         meta = http.get("/metadata").json()
         assert meta["catalog"] == {"version": 1, "size": 240, "added": 0}
+        # --index auto on 240 items: the exact scan, and no graph is built for it
+        assert meta["index"]["mode"] == "auto" and meta["index"]["in_use"] == "exact"
+        assert meta["index"]["building"] is False
         assert meta["experts"] == meta["layers"] == [2, 4, 6, 8] and meta["fusion"] == "moe"
         assert (
             meta["new_item_lift"] == ModelConfig().new_item_lift
