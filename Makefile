@@ -57,6 +57,8 @@ benchmark: install
 	$(PY) benchmarks/microlens.py --new-uploads --out $(BENCH)
 	$(PY) benchmarks/serve.py $(firstword $(wildcard $(BENCH)/runs/moe+ids-seed*)) --json $(BENCH)/serve.json
 	$(PY) benchmarks/scan.py $(firstword $(wildcard $(BENCH)/runs/moe+ids-seed*)) --json $(BENCH)/scan.json
+	$(PY) benchmarks/ann.py $(firstword $(wildcard $(BENCH)/runs/moe+ids-seed*)) --indices graph --json $(BENCH)/ann.json
+	$(PY) benchmarks/serve.py $(firstword $(wildcard $(BENCH)/runs/moe+ids-seed*)) --grow-to 1000000 --index auto --compare-exact --seconds 8 --json $(BENCH)/serve-index.json
 	$(PY) benchmarks/report.py $(BENCH)
 
 # A few thousand users, one seed, every row: under 5 minutes; report in out/benchmark-quick.

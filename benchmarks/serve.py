@@ -4,9 +4,17 @@ response that holds the new item (the exact scan alone: benchmarks/scan.py; appr
 indices: benchmarks/ann.py).
 
     python benchmarks/serve.py RUN [--seconds 10] [--json out.json] [--replicas]
+        [--grow-to 1000000 --index auto --compare-exact]
 
 `--replicas` also times a `catalog add` across two servers, each on its own copy of the run,
 sharing one catalog published (`catalog publish`) to a moto S3 server on 127.0.0.1.
+
+`--grow-to N` serves a catalog of N items: the run's own and synthetic ones drawn from a
+Gaussian mixture fitted to their content vectors (benchmarks/ann.py's `mixture`), added without
+ID vectors and served with `--new-item-lift 0`, so every item competes on its key alone and a
+graph index holds them all. With `--index graph|auto` the graph is built first by `linkedout
+catalog index` (timed); `--compare-exact` then serves the same catalog exactly and reports the
+served recall@10 of the index against it, for the same users.
 
 RUN is a finished `linkedout train` run (for the README's figures: MoE + IDs on MicroLens-50K).
 It is copied first, so the catalog changes this makes never touch it. Clients are Python
@@ -35,6 +43,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.ann import mixture  # noqa: E402
 from linkedout.recommend.run import RunDir  # noqa: E402
 from linkedout.service.catalog_changes import add_items  # noqa: E402
 from linkedout.storage import FeatureRow, FeatureStore, FeatureWriter  # noqa: E402
@@ -211,6 +220,34 @@ def replicas(run: Path, workdir: Path) -> dict:
                 proc.wait(timeout=60)
 
 
+def grow_catalog(run: Path, items: int) -> int:
+    """Appends synthetic items to `run`'s catalog (a copy) until it holds `items`; returns
+    how many were added."""
+    catalog = RunDir(run).catalog_dataset()
+    ids, experts = catalog.live()
+    layers, width = experts.shape[1:]
+    count = items - len(ids)
+    if count <= 0:
+        return 0
+    drawn = mixture(experts.flatten(1).float(), count).unflatten(1, (layers, width))
+    catalog.append([f"synthetic-{j}" for j in range(count)], iter(drawn.split(100_000)))
+    return count
+
+
+def build_index(run: Path) -> float:
+    """`linkedout catalog index RUN` for servers ranking with `--new-item-lift 0`, timed in
+    seconds."""
+    began = time.perf_counter()
+    subprocess.run([LINKEDOUT, "catalog", "index", str(run), "--new-item-lift", "0"], check=True)
+    return time.perf_counter() - began
+
+
+def served_recall(found: dict[str, list[str]], exact: dict[str, list[str]]) -> float:
+    """Share of each user's exact top 10 that the index's served top 10 holds."""
+    hits = sum(len(set(found[u]) & set(exact[u])) for u in exact)
+    return hits / sum(len(v) for v in exact.values())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -232,15 +269,45 @@ def main() -> None:
     parser.add_argument(
         "--only-replicas", action="store_true", help="skip the load and scan figures"
     )
+    parser.add_argument(
+        "--grow-to", type=int, default=0, help="serve a catalog of this many items (see above)"
+    )
+    parser.add_argument(
+        "--index", default="", help="serve --index MODE (default: serve's own, auto)"
+    )
+    parser.add_argument(
+        "--compare-exact",
+        action="store_true",
+        help="with --grow-to: serve the catalog exactly too, and report the served recall@10",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="linkedout-serve-bench-"))
     run = Path(shutil.copytree(args.run, workdir / "run"))
     results = {"cpus": os.cpu_count()}
+    options = ("--workers", str(args.workers)) if args.workers else ()
+    if args.grow_to:
+        results["synthetic_items"] = grow_catalog(run, args.grow_to)
+        options += ("--new-item-lift", "0")
+        if args.index in ("graph", "auto"):
+            results["index_build_s"] = build_index(run)
+            print(f"graph index built in {results['index_build_s']:.1f} s", flush=True)
+    if args.index:
+        options += ("--index", args.index)
+    exact = None
+    if args.compare_exact:  # first: the graph's run then adds items (the new-item timing)
+        if args.index in ("", "exact"):
+            parser.error("--compare-exact compares an index: give --index graph or auto")
+        exact_options = (*options[: options.index("--index")], "--index", "exact")
+        exact = serving(run, workdir, args.clients, args.seconds, exact_options, True)
     if not args.only_replicas:
-        options = ("--workers", str(args.workers)) if args.workers else ()
         results |= serving(run, workdir, args.clients, args.seconds, options, args.only_single)
         results["serve_options"] = list(options)
+    if exact is not None:
+        results["exact"] = {key: exact[key] for key in ("catalog_items", "index", "single")}
+        results["served_recall_at_10"] = served_recall(results["top10"], exact["top10"])
+        print(f"served recall@10 {results['served_recall_at_10']:.4f}", flush=True)
+    results.pop("top10", None)
     if args.replicas or args.only_replicas:
         results["new_item_two_replicas"] = replicas(run, workdir)
         print("new item, two replicas", json.dumps(results["new_item_two_replicas"]), flush=True)
@@ -276,6 +343,7 @@ def serving(
 
         results: dict = {
             "catalog_items": meta["catalog"]["size"],
+            "index": meta["index"],
             "single": [],
             "batch_of_32": [],
         }
@@ -292,8 +360,14 @@ def serving(
                     ),
                     flush=True,
                 )
-        results["new_item"] = time_to_new_item(run, [url], workdir)
-        print("new item", json.dumps(results["new_item"]), flush=True)
+        with httpx.Client(base_url=url, timeout=30) as http:  # the same users, every server
+            results["top10"] = {
+                u: [i["item_id"] for i in http.post("/recommend", json={"user": u}).json()["items"]]
+                for u in users[:200]
+            }
+        if "--index" not in options or options[options.index("--index") + 1] != "exact":
+            results["new_item"] = time_to_new_item(run, [url], workdir)
+            print("new item", json.dumps(results["new_item"]), flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

@@ -424,7 +424,7 @@ def catalog_index(config: CatalogIndexConfig) -> None:
     from linkedout.service.indexing import build_for
     from linkedout.service.ranker import Ranker
 
-    ranker = Ranker(config.run)
+    ranker = Ranker(config.run, config.new_item_lift)
     snap = ranker.snapshot
     keys, _ = snap.graph_rows()
     with render.count_bar("link", "items") as update:

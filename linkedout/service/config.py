@@ -129,9 +129,15 @@ class CatalogIndexConfig(GraphSettings):
     run: Path = setting(argument=True, help="Run directory written by `linkedout train`.")
     threads: int | None = None
     """Threads linking items in (default: every core)."""
+    new_item_lift: float | None = setting(
+        default=None,
+        help="The --new-item-lift the servers will rank with (default: the run's): items it "
+        "lifts are scanned exactly beside the graph, the others are linked into it.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        finite(self, "new_item_lift")
         if self.threads is not None:
             at_least(self, "threads", 1, "use at least 1 thread")
 

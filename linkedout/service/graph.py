@@ -48,17 +48,23 @@ class Projection:
     def fit(cls, keys: torch.Tensor, users: torch.Tensor, dims: int) -> Projection:
         """`keys [N, W]`, `users [U, W]`: the user vectors the projection must serve (a sample
         of real users' is enough: their second moment is what is fitted)."""
-        keys, users = keys.double(), users.double()
+        users = users.double()
         width = keys.shape[1]
         second = users.T @ users / max(len(users), 1)
         # Directions no user uses get a floor, so S^(-1/2) stays finite; keys along them are
         # shrunk to almost nothing by S^(1/2), which is right: no user's score reads them.
         floor = 1e-6 * second.diagonal().mean().clamp_min(1e-12)
-        values, vectors = torch.linalg.eigh(second + floor * torch.eye(width, dtype=keys.dtype))
+        eye = torch.eye(width, dtype=torch.float64)
+        values, vectors = torch.linalg.eigh(second + floor * eye)
         half = vectors @ torch.diag(values.sqrt()) @ vectors.T
         inverse_half = vectors @ torch.diag(values.rsqrt()) @ vectors.T
-        whitened = keys @ half
-        _, main = torch.linalg.eigh(whitened.T @ whitened)
+        # The whitened keys' main directions, from their second moment summed in chunks (a
+        # million keys in float64 at once would be 1.4 GB).
+        moment = torch.zeros(width, width, dtype=torch.float64)
+        for chunk in keys.split(65_536):
+            chunk = chunk.double()
+            moment += chunk.T @ chunk
+        _, main = torch.linalg.eigh(half @ moment @ half)
         main = main.flip(1)[:, : min(dims, width)]
         return cls(keys_map=(half @ main).float(), users_map=(inverse_half @ main).float())
 
