@@ -11,8 +11,8 @@ sharing one catalog published (`catalog publish`) to a moto S3 server on 127.0.0
 
 `--grow-to N` serves a catalog of N items: the run's own and synthetic ones drawn from a
 Gaussian mixture fitted to their content vectors (benchmarks/ann.py's `mixture`), added without
-ID vectors and served with `--new-item-lift 0`, so every item competes on its key alone and a
-graph index holds them all. With `--index graph|auto` the graph is built first by `linkedout
+ID vectors and served with `--new-item-lift 0` (`--new-item-lift X` to lift them), so every
+item competes on its key alone. With `--index graph|auto` the graph is built first by `linkedout
 catalog index` (timed); `--compare-exact` then serves the same catalog exactly and reports the
 served recall@10 of the index against it, for the same users.
 
@@ -234,11 +234,12 @@ def grow_catalog(run: Path, items: int) -> int:
     return count
 
 
-def build_index(run: Path) -> float:
-    """`linkedout catalog index RUN` for servers ranking with `--new-item-lift 0`, timed in
+def build_index(run: Path, lift: float) -> float:
+    """`linkedout catalog index RUN` for servers ranking with `--new-item-lift lift`, timed in
     seconds."""
     began = time.perf_counter()
-    subprocess.run([LINKEDOUT, "catalog", "index", str(run), "--new-item-lift", "0"], check=True)
+    command = [LINKEDOUT, "catalog", "index", str(run), "--new-item-lift", str(lift)]
+    subprocess.run(command, check=True)
     return time.perf_counter() - began
 
 
@@ -276,6 +277,13 @@ def main() -> None:
         "--index", default="", help="serve --index MODE (default: serve's own, auto)"
     )
     parser.add_argument(
+        "--new-item-lift",
+        type=float,
+        default=0.0,
+        help="with --grow-to: the lift to serve with (0: the synthetic items, which have no "
+        "ID vector, compete on their keys alone; the run's own, e.g. 0.25, lifts them all)",
+    )
+    parser.add_argument(
         "--compare-exact",
         action="store_true",
         help="with --grow-to: serve the catalog exactly too, and report the served recall@10",
@@ -288,9 +296,10 @@ def main() -> None:
     options = ("--workers", str(args.workers)) if args.workers else ()
     if args.grow_to:
         results["synthetic_items"] = grow_catalog(run, args.grow_to)
-        options += ("--new-item-lift", "0")
+        options += ("--new-item-lift", str(args.new_item_lift))
+        results["new_item_lift"] = args.new_item_lift
         if args.index in ("graph", "auto"):
-            results["index_build_s"] = build_index(run)
+            results["index_build_s"] = build_index(run, args.new_item_lift)
             print(f"graph index built in {results['index_build_s']:.1f} s", flush=True)
     if args.index:
         options += ("--index", args.index)

@@ -437,12 +437,9 @@ def catalog_index(config: CatalogIndexConfig) -> None:
         stored = build_for(
             ranker, snap, config.settings(), config.threads or os.cpu_count() or 1, progress
         )
-    beside = snap.size - len(stored.items)
     render.console.print(
         f"{config.run}: graph index over catalog version {snap.version}, "
-        f"{len(stored.items):,} items"
-        + (f" ({beside:,} lifted new items scanned exactly beside it)" if beside else "")
-        + f", built in {stored.built_seconds:.1f} s",
+        f"{len(stored.items):,} items, built in {stored.built_seconds:.1f} s",
         markup=False,
         highlight=False,
     )

@@ -88,11 +88,22 @@ def _hnswlib():
 class GraphIndex:
     """HNSW (hnswlib) over the projected, L2-reduced keys of rows `0..N-1` of a key table."""
 
-    def __init__(self, projection: Projection, graph, max_norm: float, settings: GraphSettings):
+    def __init__(
+        self,
+        projection: Projection,
+        graph,
+        max_norm: float,
+        settings: GraphSettings,
+        lifted: bool = False,
+    ):
         self.projection = projection
         self.graph = graph
         self.max_norm = max_norm
         self.settings = settings
+        self.lifted = lifted
+        """The keys end in a coordinate that is 1 for items without a trained ID vector, and
+        users in the new-item lift they give such items (graph_scan.py): lifted items are in
+        the graph like any other."""
 
     @classmethod
     def build(
@@ -102,6 +113,7 @@ class GraphIndex:
         settings: GraphSettings = DEFAULT_SETTINGS,
         threads: int = 1,
         progress: Callable[[int], None] | None = None,
+        lifted: bool = False,
     ) -> GraphIndex:
         """Links every row of `keys [N, W]` into a graph; `users`: real user vectors to fit
         the projection on; `progress(n)` after each n items linked in. Minutes at a million
@@ -125,7 +137,7 @@ class GraphIndex:
                 progress(len(part))
         graph.set_ef(max(settings.breadth, settings.candidates))
         graph.set_num_threads(1)
-        return cls(projection, graph, max_norm, settings)
+        return cls(projection, graph, max_norm, settings, lifted)
 
     @property
     def size(self) -> int:

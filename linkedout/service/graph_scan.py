@@ -2,9 +2,11 @@
 not hold, scored exactly, with the history, `exclude` and removed items never returned.
 
 A graph is built over one catalog version's items (graph.py) and serves later versions too:
-an item added since (or lifted as new: its score has a per-user term the graph cannot know)
-is in `side`, scanned exactly beside the graph's candidates for every user, until a rebuild
-folds it in; an item removed since maps to row 0 (padding) and is dropped. Masking is exact
+an item added since is in `side`, scanned exactly beside the graph's candidates for every
+user, until a rebuild folds it in; an item removed since maps to row 0 (padding) and is
+dropped. The new-item lift (a per-user term on items without a trained ID vector) is one more
+coordinate of the graph's keys and users where the graph was built with it (GraphIndex.lifted);
+a graph built without it leaves lifted items beside it. Masking is exact
 because it happens after the candidates are scored: a user whose candidates run out (a history
 or an `exclude` longer than the over-fetch) is scanned exactly instead, so every answer holds
 min(k, items left) items.
@@ -32,8 +34,8 @@ class GraphScan:
     catalog_version: int
     """The catalog version the graph was built over."""
     unbuilt: int
-    """Items of `side` a new graph would hold (added since, not lifted): what a rebuild
-    folds in. Lifted items stay beside every graph."""
+    """Items of `side` a new graph would hold: what a rebuild folds in (all of them, but
+    lifted items when the graph has no lift coordinate: those stay beside it)."""
     removed: int
     """Items of the graph no longer in the catalog."""
 
@@ -49,14 +51,15 @@ class GraphScan:
     ) -> GraphScan:
         """The graph of `graph_items` (its labels' item ids) over a snapshot whose item ids map
         to rows by `rows_of` and whose keys are `keys [N + 1, W]`; `lifted [N + 1]`: rows whose
-        scores carry the new-item lift (searched exactly)."""
+        scores carry the new-item lift (scanned exactly beside a graph without the lift's
+        coordinate)."""
         label_rows = torch.tensor([rows_of.get(i, 0) for i in graph_items], dtype=torch.long)
         removed = int((label_rows == 0).sum())
         covered = torch.zeros(len(keys), dtype=torch.bool)
         covered[label_rows] = True
         covered[0] = True  # padding is never a candidate
         unbuilt = int((~covered).sum())
-        if lifted is not None:
+        if lifted is not None and not graph.lifted:  # the graph cannot score the lift
             lifted_rows = lifted.bool()
             label_rows[lifted_rows[label_rows]] = 0  # scored with the lift, beside the graph
             covered &= ~lifted_rows
@@ -82,7 +85,11 @@ class GraphScan:
         """`Scan.top`'s contract, over the graph's candidates and `side`; `scan`: the snapshot's
         exact scan (its keys score the candidates, and it answers users the candidates
         cannot)."""
-        rows = self.label_rows[self.graph.candidates(users)]  # [B, C]
+        query = users
+        if self.graph.lifted:  # the lift is the last coordinate's product
+            lift = offsets if offsets is not None else users.new_zeros(len(users))
+            query = torch.cat([users, lift[:, None].to(users.dtype)], 1)
+        rows = self.label_rows[self.graph.candidates(query)]  # [B, C]
         scores = torch.einsum("bw,bcw->bc", users, scan.keys[rows])
         if len(self.side):
             rows = torch.cat([rows, self.side.expand(len(users), -1)], 1)

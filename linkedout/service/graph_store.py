@@ -57,10 +57,14 @@ def build_graph(
     settings: GraphSettings = DEFAULT_SETTINGS,
     threads: int = 1,
     progress: Callable[[int], None] | None = None,
+    lifted: bool = False,
 ) -> StoredGraph:
-    """A graph over `keys [G, W]` (item `items[j]` at label j), fitted on `users`."""
+    """A graph over `keys [G, W]` (item `items[j]` at label j), fitted on `users`; `lifted`:
+    the last coordinate is the new-item lift's (GraphIndex.lifted)."""
     start = time.perf_counter()
-    index = GraphIndex.build(keys, users, settings, threads=threads, progress=progress)
+    index = GraphIndex.build(
+        keys, users, settings, threads=threads, progress=progress, lifted=lifted
+    )
     return StoredGraph(index, items, catalog_version, run_id, time.perf_counter() - start)
 
 
@@ -83,6 +87,7 @@ def save_graph(run: Path, stored: StoredGraph) -> Path:
             "items": len(stored.items),
             "settings": asdict(index.settings),
             "max_norm": index.max_norm,
+            "lift_coordinate": index.lifted,
             "built_seconds": round(stored.built_seconds, 1),
         }
         (fresh / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -131,7 +136,8 @@ def load_graph(run: Path, run_id: str | None) -> StoredGraph | None:
         ) from e
     graph.set_ef(max(settings.breadth, settings.candidates))
     graph.set_num_threads(1)
-    index = GraphIndex(Projection(**maps), graph, float(meta["max_norm"]), settings)
+    lifted = bool(meta.get("lift_coordinate", False))
+    index = GraphIndex(Projection(**maps), graph, float(meta["max_norm"]), settings, lifted)
     return StoredGraph(
         index, items, int(meta["catalog_version"]), meta["run_id"], meta["built_seconds"]
     )

@@ -52,7 +52,8 @@ def stale(snapshot: CatalogSnapshot) -> bool:
 @torch.inference_mode()
 def user_sample(ranker: Ranker, snapshot: CatalogSnapshot, count: int = FIT_USERS) -> torch.Tensor:
     """The vectors `[U, W]` of a seeded sample of the run's users, ranked against `snapshot`:
-    what a graph's projection is fitted on."""
+    what a graph's projection is fitted on (with a last coordinate, the lift each gives new
+    items, where the model lifts them: `CatalogSnapshot.graph_rows`)."""
     users = ranker.split.users
     g = torch.Generator().manual_seed(0)
     chosen = torch.randperm(len(users), generator=g)[:count].tolist()
@@ -64,8 +65,13 @@ def user_sample(ranker: Ranker, snapshot: CatalogSnapshot, count: int = FIT_USER
     vectors = []
     for at in range(0, len(rows), 256):
         h, gate = ranker._user_states(snapshot, rows[at : at + 256])
-        vectors.append(ranker.model.user_vectors(h, gate).float())
-    return torch.cat(vectors) if vectors else torch.empty(0, snapshot.keys.shape[1])
+        users = ranker.model.user_vectors(h, gate).float()
+        if snapshot.new_items is not None:
+            lifts = ranker.model.lifts(h, snapshot.id_scale).float()
+            users = torch.cat([users, lifts[:, None]], 1)
+        vectors.append(users)
+    width = snapshot.keys.shape[1] + (snapshot.new_items is not None)
+    return torch.cat(vectors) if vectors else torch.empty(0, width)
 
 
 def graph_lock(run) -> RunLock:
@@ -95,6 +101,7 @@ def build_for(
             settings,
             threads,
             progress,
+            lifted=snapshot.new_items is not None,
         )
         save_graph(ranker.run.path, stored)
     finally:

@@ -78,14 +78,13 @@ class CatalogSnapshot:
         return replace(self, graph=graph)
 
     def graph_rows(self) -> tuple[torch.Tensor, list[str]]:
-        """The keys `[G, W]` and item ids a graph over this snapshot holds: every live item
-        but those whose scores carry the new-item lift (scanned exactly beside it)."""
-        keep = torch.ones(len(self.keys), dtype=torch.bool)
-        keep[0] = False
+        """The keys and item ids a graph over this snapshot holds: every live item. Where the
+        model lifts new items, each key gains a last coordinate, 1 on lifted items, so that a
+        user's lift is one more product term (the user's side: graph_scan.py)."""
+        keys = self.keys[1:]
         if self.new_items is not None:
-            keep &= ~self.new_items.bool()
-        rows = keep.nonzero()[:, 0]
-        return self.keys[rows], [self.item_ids[r - 1] for r in rows.tolist()]
+            keys = torch.cat([keys, self.new_items[1:, None].to(keys.dtype)], 1)
+        return keys, self.item_ids
 
     @property
     def size(self) -> int:
