@@ -264,12 +264,18 @@ class LinkedOut(nn.Module):
             parts.append((gate[..., None] * self.experts.user_view(h)).flatten(1))
         return torch.cat(parts, 1)
 
-    def keys(self, codes: torch.Tensor | None, id_vectors: torch.Tensor | None) -> torch.Tensor:
-        """Item vectors `[C, d + L·r]` matching `user_vectors`."""
+    def keys(
+        self,
+        codes: torch.Tensor | None,
+        id_vectors: torch.Tensor | None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Item vectors `[C, d + L·r]` matching `user_vectors` (written into `out` if given:
+        a catalog of a million items is not copied twice)."""
         parts = [id_vectors] if id_vectors is not None else []
         if codes is not None:
             parts.append(codes.flatten(1))
-        return torch.cat(parts, 1)
+        return torch.cat(parts, 1, out=out)
 
     def score(
         self,

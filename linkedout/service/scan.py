@@ -36,6 +36,9 @@ ACCUMULATION = 2.0**-16
 MARGIN = 32
 """Candidates beyond k rescored in float32 (cheap: a gather of that many keys per user)."""
 
+CHUNK = 8192
+"""Keys rounded and measured at a time when a scan is built."""
+
 
 @dataclass(frozen=True)
 class Scan:
@@ -59,9 +62,17 @@ class Scan:
         if not (low and len(keys)):
             zero = torch.tensor(0.0)
             return cls(keys=keys, low=None, max_norm=zero, max_error=zero)
-        rounded = keys.bfloat16()
-        error = (keys - rounded.float()).norm(dim=1).max()
-        norm = torch.maximum(rounded.float().norm(dim=1).max(), keys.norm(dim=1).max())
+        rounded = torch.empty_like(keys, dtype=torch.bfloat16)
+        error = norm = torch.tensor(0.0)
+        # In chunks that stay in cache: at a million keys, whole-table temporaries (float32
+        # copies of the rounded keys, their differences) made a catalog swap take seconds.
+        for start in range(0, len(keys), CHUNK):
+            part = keys[start : start + CHUNK]
+            low = rounded[start : start + CHUNK]
+            low.copy_(part)
+            back = low.float()
+            error = torch.maximum(error, (part - back).norm(dim=1).max())
+            norm = torch.maximum(norm, torch.maximum(back.norm(dim=1), part.norm(dim=1)).max())
         return cls(keys=keys, low=rounded, max_norm=norm, max_error=error)
 
     def top(

@@ -113,26 +113,26 @@ def load_snapshot(
     """One opened version of a catalog dataset, for `model`; `trained` maps the training
     split's item ids to model item indices (rows of the ID table); `graph`: rank through it."""
     item_ids, e = dataset.live()
-    experts = None
-    if e is not None:
-        experts = torch.cat([torch.zeros((1, *e.shape[1:]), dtype=e.dtype), e])
-    id_vectors = None
     model_index = torch.tensor([trained.get(i, 0) for i in item_ids], dtype=torch.long)
+    id_vectors = None
     if model.ids is not None:
         # Index 0 of the ID table is the padding row, kept at zero by padding_idx: items the
         # split lacks read it, which is the zero vector they should have.
-        rows = torch.cat([torch.zeros(1, dtype=torch.long), model_index])
-        id_vectors = model.ids.weight.detach()[rows]
-    new_items = model.new_items(id_vectors)
-    keys = model.keys(experts, id_vectors).contiguous()
+        id_vectors = model.ids.weight.detach()[model_index]
+    id_width = 0 if id_vectors is None else id_vectors.shape[1]
+    width = id_width + (0 if e is None else e.shape[1] * e.shape[2])
+    keys = torch.empty(len(item_ids) + 1, width)
+    keys[0] = 0  # row 0: padding, never a candidate
+    model.keys(e, id_vectors, out=keys[1:])  # written in place: no second copy of the catalog
+    new_items = model.new_items(keys[:, :id_width] if id_vectors is not None else None)
     snapshot = CatalogSnapshot(
         version=dataset.version,
         item_ids=item_ids,
         index={item: j + 1 for j, item in enumerate(item_ids)},
         keys=keys,
         scan=Scan.of(keys),
-        id_width=0 if id_vectors is None else id_vectors.shape[1],
-        num_layers=0 if experts is None else experts.shape[1],
+        id_width=id_width,
+        num_layers=0 if e is None else e.shape[1],
         added=int((model_index == 0).sum()),
         new_items=new_items,
         id_scale=None if new_items is None else model.id_scale(),
