@@ -75,7 +75,7 @@ class Projection:
         return users.float() @ self.users_map
 
 
-def _hnswlib():
+def require_hnswlib():
     try:
         import hnswlib
     except ImportError as exc:  # an optional extra: say how to get it
@@ -118,7 +118,7 @@ class GraphIndex:
         """Links every row of `keys [N, W]` into a graph; `users`: real user vectors to fit
         the projection on; `progress(n)` after each n items linked in. Minutes at a million
         items: build it off the request path."""
-        hnswlib = _hnswlib()
+        hnswlib = require_hnswlib()
         projection = Projection.fit(keys, users, settings.dims)
         projected = projection.keys(keys)
         max_norm = float(projected.norm(dim=1).max()) if len(projected) else 0.0

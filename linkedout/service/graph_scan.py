@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from linkedout.service.graph import GraphIndex
-from linkedout.service.scan import Scan
+from linkedout.service.scan import Scan, rank_again
 
 
 @dataclass(frozen=True)
@@ -109,13 +109,5 @@ class GraphScan:
         # Too few candidates left for a user: rank them exactly (the answer must hold every
         # item it can, not only those the graph offered).
         short = (best[:, -1] == float("-inf")).nonzero()[:, 0]
-        if len(short):
-            redo = scan.top(
-                users[short],
-                k,
-                [masked[int(b)] for b in short],
-                None if offsets is None else offsets[short],
-                lifted,
-            )
-            best[short], best_rows[short] = redo
+        rank_again(scan.top, short, users, k, masked, offsets, lifted, best, best_rows)
         return best, best_rows

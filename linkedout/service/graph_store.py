@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from linkedout.errors import LinkedOutError, first_line
-from linkedout.service.graph import GraphIndex, Projection, _hnswlib
+from linkedout.service.graph import GraphIndex, Projection, require_hnswlib
 from linkedout.service.graph_settings import DEFAULT_SETTINGS, GraphSettings
 
 FORMAT = 1
@@ -123,7 +123,7 @@ def load_graph(run: Path, run_id: str | None) -> StoredGraph | None:
         items = json.loads((folder / "items.json").read_text())
         maps = torch.load(folder / "projection.pt", weights_only=True)
         settings = GraphSettings(**meta["settings"])
-        graph = _hnswlib().Index(space="l2", dim=maps["keys_map"].shape[1] + 1)
+        graph = require_hnswlib().Index(space="l2", dim=maps["keys_map"].shape[1] + 1)
         graph.load_index(str(folder / "graph.bin"), max_elements=len(items))
         if not graph.get_current_count() == len(items) == meta["items"]:
             raise ValueError(f"graph.bin holds {graph.get_current_count()} items")

@@ -111,16 +111,8 @@ class Scan:
             slack = slack + RESULT_ROUNDING * offsets.abs()  # but it moved t off the product
         # All unmasked items were candidates (last is -inf), or no item outside can get in.
         unsure = (scores[:, -1] <= last + slack) & (last > float("-inf"))
-        if unsure.any():
-            again = unsure.nonzero()[:, 0]
-            redo = self._full(
-                users[again],
-                k,
-                [masked[int(b)] for b in again],
-                None if offsets is None else offsets[again],
-                lifted,
-            )
-            scores[again], rows[again] = redo
+        again = unsure.nonzero()[:, 0]
+        rank_again(self._full, again, users, k, masked, offsets, lifted, scores, rows)
         return scores, rows
 
     def _full(self, users, k, masked, offsets, lifted) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,6 +120,15 @@ class Scan:
         scores = users @ self.keys.T
         _add_masked(scores, masked, offsets, lifted)
         return scores.topk(k, dim=1)
+
+
+def rank_again(top, which, users, k, masked, offsets, lifted, scores, rows) -> None:
+    """Ranks users `which` (indices into the batch) again with `top` (a scan's) and writes
+    their answers into `scores` and `rows` `[B, k]` in place; nothing when `which` is empty."""
+    if len(which):
+        chosen_offsets = None if offsets is None else offsets[which]
+        found = top(users[which], k, [masked[int(b)] for b in which], chosen_offsets, lifted)
+        scores[which], rows[which] = found
 
 
 def _add_masked(
