@@ -16,7 +16,7 @@ from linkedout.service.graph import GraphIndex, Projection
 from linkedout.service.graph_scan import GraphScan
 from linkedout.service.graph_settings import GraphSettings
 from linkedout.service.graph_store import graph_folder, load_graph
-from linkedout.service.indexing import build_for, stale
+from linkedout.service.indexing import BackgroundBuilds, build_for, stale
 from linkedout.service.ranker import Ranker, RankRequest
 from linkedout.service.scan import Scan
 from tests.cli_harness import assert_one_line_error, run_linkedout, tree_digest
@@ -230,3 +230,29 @@ def test_serve_builds_a_missing_graph_in_the_background_and_ranks_through_it(run
         after = http.post("/recommend", json=history).json()
     assert [i["item_id"] for i in after["items"]] == [i["item_id"] for i in before["items"]]
     assert load_graph(run_copy, Ranker(run_copy).config.run_id) is not None
+
+
+def test_a_server_rebuilds_a_stale_graph_and_takes_one_another_process_saved(
+    run_copy, planted, tmp_path
+):
+    """BackgroundBuilds: items added past REBUILD_SHARE start a build off the request path,
+    whose graph is swapped in and saved; a graph saved by another process (`catalog index`,
+    another worker) newer than the one in use is taken from disk instead of built again."""
+    ranker = Ranker(run_copy, index="graph")
+    builds = BackgroundBuilds(ranker, "graph")
+    assert builds.check()  # no graph yet: a build starts
+    builds._thread.join(60)
+    assert ranker.snapshot.graph.catalog_version == 1 and not builds.building
+    write_new_items(tmp_path / "new.lance", planted, cluster=0, n=30)
+    add_items(run_copy, str(tmp_path / "new.lance"))
+    assert ranker.refresh() and stale(ranker.snapshot)  # 30 beside a 240-item graph
+    assert builds.check()
+    builds._thread.join(60)
+    assert ranker.snapshot.graph.catalog_version == 2 and ranker.snapshot.graph.unbuilt == 0
+    assert load_graph(run_copy, ranker.config.run_id).catalog_version == 2
+    # Another process indexes version 3; this server takes it from disk, building nothing.
+    remove_items(run_copy, [f"v{i:04d}" for i in range(20)])
+    assert ranker.refresh() and stale(ranker.snapshot)
+    assert run_linkedout(["catalog", "index", run_copy, "--threads", "1"]).returncode == 0
+    assert not builds.check() and not builds.building
+    assert ranker.snapshot.graph.catalog_version == 3 and not stale(ranker.snapshot)
