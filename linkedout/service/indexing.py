@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from linkedout.errors import first_line
+from linkedout.errors import SettingError, first_line
 from linkedout.recommend.run_lock import RunLock
 from linkedout.service.graph_settings import DEFAULT_SETTINGS, GraphSettings, wanted
 from linkedout.service.graph_store import (
@@ -88,6 +88,11 @@ def build_for(
 ) -> StoredGraph:
     """A graph over `snapshot`'s items (those without the new-item lift), saved in the run.
     One build per run at a time (another is one line naming it)."""
+    width = snapshot.keys.shape[1] + (snapshot.new_items is not None)
+    if settings.dims > width:
+        raise SettingError(
+            "dims", settings.dims, f"this run's keys are {width} wide: project to at most {width}"
+        )
     lock = graph_lock(ranker.run.path)
     lock.acquire()
     try:

@@ -209,6 +209,8 @@ def test_recommend_through_a_graph_the_run_lacks_says_how_to_build_one(run_copy)
     assert bad.returncode == 2 and "fast" in bad.stderr
     bad = run_linkedout(["catalog", "index", run_copy, "--candidates", "900", "--breadth", "10"])
     assert_one_line_error(bad, "--breadth")
+    bad = run_linkedout(["catalog", "index", run_copy, "--dims", "5000"])
+    assert_one_line_error(bad, "--dims 5000", "wide: project to at most")
     assert tree_digest(run_copy) == before
 
 
