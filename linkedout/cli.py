@@ -426,13 +426,12 @@ def catalog_index(config: CatalogIndexConfig) -> None:
 
     ranker = Ranker(config.run, config.new_item_lift)
     snap = ranker.snapshot
-    keys, _ = snap.graph_rows()
     with render.count_bar("link", "items") as update:
         done = [0]
 
         def progress(n: int) -> None:
             done[0] += n
-            update(done[0], len(keys))
+            update(done[0], snap.size)  # the graph holds every live item
 
         stored = build_for(
             ranker, snap, config.settings(), config.threads or os.cpu_count() or 1, progress

@@ -131,8 +131,9 @@ class CatalogIndexConfig(GraphSettings):
     """Threads linking items in (default: every core)."""
     new_item_lift: float | None = setting(
         default=None,
-        help="The --new-item-lift the servers will rank with (default: the run's): items it "
-        "lifts are scanned exactly beside the graph, the others are linked into it.",
+        help="The --new-item-lift the servers will rank with (default: the run's): above 0 "
+        "the graph carries the lift as one more coordinate and serves any lift; built at 0, it "
+        "leaves items a server lifts to be scanned exactly beside it.",
     )
 
     def __post_init__(self) -> None:

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 
 from linkedout.errors import LinkedOutError, first_line
 from linkedout.service.graph import GraphIndex, Projection, require_hnswlib
-from linkedout.service.graph_settings import DEFAULT_SETTINGS, GraphSettings
+from linkedout.service.graph_settings import GraphSettings
 
 FORMAT = 1
 FIT_USERS = 2000
@@ -48,24 +47,13 @@ def graph_folder(run: Path) -> Path:
     return Path(run) / "index" / "graph"
 
 
-def build_graph(
-    keys: torch.Tensor,
-    items: list[str],
-    users: torch.Tensor,
-    catalog_version: int,
-    run_id: str | None,
-    settings: GraphSettings = DEFAULT_SETTINGS,
-    threads: int = 1,
-    progress: Callable[[int], None] | None = None,
-    lifted: bool = False,
-) -> StoredGraph:
-    """A graph over `keys [G, W]` (item `items[j]` at label j), fitted on `users`; `lifted`:
-    the last coordinate is the new-item lift's (GraphIndex.lifted)."""
-    start = time.perf_counter()
-    index = GraphIndex.build(
-        keys, users, settings, threads=threads, progress=progress, lifted=lifted
-    )
-    return StoredGraph(index, items, catalog_version, run_id, time.perf_counter() - start)
+def stored_version(run: Path) -> int | None:
+    """The catalog version the run's stored graph was built over, from its meta.json alone
+    (None: none stored, or unreadable): enough to tell whether loading it would help."""
+    try:
+        return int(json.loads((graph_folder(run) / "meta.json").read_text())["catalog_version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def save_graph(run: Path, stored: StoredGraph) -> Path:

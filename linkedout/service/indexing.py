@@ -18,14 +18,15 @@ import torch
 
 from linkedout.errors import SettingError, first_line
 from linkedout.recommend.run_lock import RunLock
+from linkedout.service.graph import GraphIndex
 from linkedout.service.graph_settings import DEFAULT_SETTINGS, GraphSettings, wanted
 from linkedout.service.graph_store import (
     FIT_USERS,
     StoredGraph,
-    build_graph,
     graph_folder,
     load_graph,
     save_graph,
+    stored_version,
 )
 
 if TYPE_CHECKING:
@@ -86,27 +87,33 @@ def build_for(
     threads: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> StoredGraph:
-    """A graph over `snapshot`'s items (those without the new-item lift), saved in the run.
-    One build per run at a time (another is one line naming it)."""
-    width = snapshot.keys.shape[1] + (snapshot.new_items is not None)
-    if settings.dims > width:
+    """A graph over `snapshot`'s live items, saved in the run (with the lift's coordinate
+    where the snapshot lifts new items: `CatalogSnapshot.graph_rows`). One build per run at a
+    time (another is one line naming it)."""
+    keys, items = snapshot.graph_rows()
+    if settings.dims > keys.shape[1]:
+        width = keys.shape[1]
         raise SettingError(
             "dims", settings.dims, f"this run's keys are {width} wide: project to at most {width}"
         )
     lock = graph_lock(ranker.run.path)
     lock.acquire()
     try:
-        keys, items = snapshot.graph_rows()
-        stored = build_graph(
+        start = time.perf_counter()
+        index = GraphIndex.build(
             keys,
-            items,
             user_sample(ranker, snapshot),
+            settings,
+            threads=threads,
+            progress=progress,
+            lifted=snapshot.new_items is not None,
+        )
+        stored = StoredGraph(
+            index,
+            items,
             snapshot.version,
             ranker.config.run_id,
-            settings,
-            threads,
-            progress,
-            lifted=snapshot.new_items is not None,
+            time.perf_counter() - start,
         )
         save_graph(ranker.run.path, stored)
     finally:
@@ -144,12 +151,15 @@ class BackgroundBuilds:
         return True
 
     def _take_saved(self, snap: CatalogSnapshot) -> bool:
+        in_use = -1 if snap.graph is None else snap.graph.catalog_version
+        saved = stored_version(self.ranker.run.path)  # meta.json only: no graph read for nothing
+        if saved is None or saved <= in_use:
+            return False
         try:
             saved = load_graph(self.ranker.run.path, self.ranker.config.run_id)
         except Exception:  # damaged or another run's: a build replaces it
             return False
-        in_use = -1 if snap.graph is None else snap.graph.catalog_version
-        if saved is None or saved.catalog_version <= in_use:
+        if saved is None:
             return False
         self.ranker.use_graph(saved)
         log.info("graph index over catalog version %d taken from disk", saved.catalog_version)
