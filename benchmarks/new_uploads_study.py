@@ -42,6 +42,8 @@ BASE = {
     "ids": ("--fusion", "none", "--ids"),
     "moe": ("--fusion", "moe"),
     "moe+ids": ("--fusion", "moe", "--ids"),
+    "mean": ("--fusion", "mean"),
+    "mean+ids": ("--fusion", "mean", "--ids"),
 }
 """A variant is a base row, then `/`-separated changes: id-drop-P (--id-dropout P),
 lift-B (--new-item-lift B)."""

@@ -16,6 +16,7 @@ import json
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -24,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from linkedout.recommend.config import ModelConfig, TrainConfig  # noqa: E402
+from linkedout.recommend.config import ModelConfig, TrainConfig, depths_of  # noqa: E402
 from linkedout.recommend.run import RunDir  # noqa: E402
 from linkedout.recommend.train import prepare  # noqa: E402
 
@@ -38,8 +39,14 @@ def main() -> None:
     parser.add_argument(
         "--expert-dim", type=int, default=ModelConfig.expert_dim, help="each depth's expert width"
     )
+    parser.add_argument("--layers", default="", help="stored depths to read (default: all)")
     parser.add_argument("--steps", type=int, default=40, help="batches timed (of an epoch's)")
-    parser.add_argument("--table", type=int, default=25, help="rows of the operator table")
+    parser.add_argument(
+        "--table",
+        type=int,
+        default=25,
+        help="rows of the operator table (0: no profiler, whose overhead slows the steps)",
+    )
     parser.add_argument("--json", type=Path, help="write the phase figures here")
     parser.add_argument(
         "--deterministic", action="store_true", help="torch.use_deterministic_algorithms"
@@ -53,6 +60,7 @@ def main() -> None:
             interactions=args.pairs,
             out=str(Path(tmp) / "run"),
             model=ModelConfig(fusion=args.fusion, ids=args.ids, expert_dim=args.expert_dim),
+            layers=depths_of(args.layers) if args.layers else [],
             quiet=True,
         )
         start = time.perf_counter()
@@ -74,7 +82,9 @@ def main() -> None:
         )
         module.log = lambda *args, **kwargs: None
         targets = 0
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        profiling = args.table > 0
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        with torch.profiler.profile(activities=activities) if profiling else nullcontext() as prof:
             it = iter(loader)
             for i in range(batches):
                 t0 = time.perf_counter()
@@ -96,7 +106,8 @@ def main() -> None:
                     phases[name] += dt
                 targets += int((batch.targets != 0).sum())
                 timed += 1
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.table))
+        if profiling:
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.table))
         scale = batches / timed
         per_epoch = {k: v * scale for k, v in phases.items()}
         module.eval()
