@@ -277,6 +277,32 @@ class LinkedOut(nn.Module):
             parts.append(codes.flatten(1))
         return torch.cat(parts, 1, out=out)
 
+    def folds(self) -> bool:
+        """Whether training scores through `folded_keys`: with a fixed gate (every fusion but
+        moe) the depths' terms fold into the model space, `sum_l (1/L) <U_l^T h, e_l(i)> =
+        <h, sum_l U_l e_l(i) / L>`, so the softmax's products are d wide instead of
+        `d + L·r` (64 against 176 for mean + IDs on MicroLens' seven depths); kept only where
+        that is narrower (one 16-wide depth alone is not)."""
+        if not self.content or self.config.fusion == "moe":
+            return False
+        return self.config.d_model < self.key_width()
+
+    def key_width(self) -> int:
+        """Width of `keys`: d for the ID part, r per depth."""
+        return (
+            self.config.d_model if self.ids is not None else 0
+        ) + self.num_layers * self.expert_dim
+
+    def folded_keys(self, codes: torch.Tensor, id_vectors: torch.Tensor | None) -> torch.Tensor:
+        """`[C, d]` keys against the user state h itself, for fixed-gate fusions (`folds`):
+        `id(i) + sum_l U_l e_l(i) / L`, one `[C, L·r] @ [L·r, d]` product."""
+        lift = self.experts.lift  # [L, d, r]
+        stacked = lift.transpose(1, 2).reshape(
+            -1, lift.shape[1]
+        )  # [L·r, d], row l·r + j: U_l[:, j]
+        content = codes.flatten(1) @ (stacked / self.num_layers)
+        return content if id_vectors is None else content + id_vectors
+
     def score(
         self,
         h: torch.Tensor,
@@ -372,8 +398,11 @@ class LinkedOut(nn.Module):
         valid = targets != 0
         h = self.user_states(vectors, inputs == 0)[valid]  # [P, d] positions with a target
         gate = self.user_gate(h)
-        users = self.user_vectors(h, gate)
-        keys = self.keys(codes, ids)  # [n, d + L·r], one row per needed item
+        if self.folds():
+            users, keys = h, self.folded_keys(codes, ids)  # [n, d]: the same scores
+        else:
+            users = self.user_vectors(h, gate)
+            keys = self.keys(codes, ids)  # [n, d + L·r], one row per needed item
         if candidates is not None:
             keys = _rows(keys, torch.searchsorted(needed, candidates))
             target_col = torch.searchsorted(candidates, targets[valid])

@@ -63,8 +63,10 @@ def _reference_states(module):
 
 
 def test_full_softmax_equals_cross_entropy_over_the_candidates_scores():
-    for ids, fusion in ((False, "moe"), (True, "moe"), (True, "none")):
+    cases = ((False, "moe"), (True, "moe"), (True, "none"), (False, "mean"), (True, "mean"))
+    for ids, fusion in cases:
         module = _module(ids, full_softmax_max_items=100, fusion=fusion)
+        assert module.model.folds() == (fusion == "mean")  # scored as d-wide products
         needed = torch.arange(60)
         reduced = module.item_table if module.model.content else None
         loss, _ = module.model.loss(
@@ -104,9 +106,32 @@ def test_the_new_item_lift_lifts_items_without_an_id_vector_when_ranking_only():
     assert sasrec.new_items(torch.zeros(5, 16)) is None
 
 
-def test_sampled_softmax_equals_the_formula_over_full_logits():
+def test_folded_keys_give_the_unfolded_gradients():
+    """A fixed gate folds the depths' terms into the model space for training's softmax
+    (`LinkedOut.folds`): the same loss and the same gradient of every parameter as the
+    `d + L·r` wide user vectors and keys it replaces."""
     for ids in (False, True):
-        module = _module(ids, full_softmax_max_items=10)
+        grads = []
+        for fold in (True, False):
+            module = _module(ids, full_softmax_max_items=100, fusion="mean")
+            model = module.model
+            if not fold:
+                model.folds = lambda: False
+            loss = _full_loss(module)
+            loss.backward()
+            grads.append(
+                (loss, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+            )
+        (folded, folded_grads), (plain, plain_grads) = grads
+        torch.testing.assert_close(folded, plain)
+        assert folded_grads.keys() == plain_grads.keys() and "experts.lift" in folded_grads
+        for name, grad in plain_grads.items():
+            torch.testing.assert_close(folded_grads[name], grad, msg=name)
+
+
+def test_sampled_softmax_equals_the_formula_over_full_logits():
+    for ids, fusion in ((False, "moe"), (True, "moe"), (True, "mean")):
+        module = _module(ids, full_softmax_max_items=10, fusion=fusion)
         needed = torch.arange(60)
         negatives = torch.tensor([2, 4, 9, 4, 30, 21, 10])  # 4 twice; 10 is also a target
         loss, _ = module.model.loss(
