@@ -17,12 +17,15 @@ INPUTS = torch.tensor([[0, 1, 2, 3], [0, 0, 8, 9]])
 TARGETS = torch.tensor([[0, 2, 3, 4], [0, 0, 9, 10]])
 
 
-def _module(ids: bool, full_softmax_max_items: int, fusion: str = "moe") -> LinkedOutModule:
+def _module(
+    ids: bool, full_softmax_max_items: int, fusion: str = "moe", token_pool: str = "mean"
+) -> LinkedOutModule:
     torch.manual_seed(0)
     module = LinkedOutModule.create(
         ModelConfig(
             d_model=16,
             fusion=fusion,
+            token_pool=token_pool,
             ids=ids,
             blocks=1,
             dropout=0.0,
@@ -127,6 +130,42 @@ def test_folded_keys_give_the_unfolded_gradients():
         assert folded_grads.keys() == plain_grads.keys() and "experts.lift" in folded_grads
         for name, grad in plain_grads.items():
             torch.testing.assert_close(folded_grads[name], grad, msg=name)
+
+
+def test_bfloat16_steps_read_the_item_table_rounded_once_with_the_same_loss():
+    """With bfloat16 products a step reads the reduced tokens rounded to bfloat16 once and
+    kept, not the float32 table that autocast rounded at every step: the same loss and
+    gradients to the bit (the compressor's products round their input anyway)."""
+    for pool in ("mean", "attention"):
+        module = _module(True, full_softmax_max_items=100, token_pool=pool)
+        model, needed = module.model, torch.arange(60)
+        kept = module.reduced_tokens(needed, dtype=torch.bfloat16)
+        assert kept.dtype == torch.bfloat16 and kept is module.reduced_tokens(
+            needed, dtype=torch.bfloat16
+        )
+        assert module.reduced_tokens(needed) is module.item_table  # float32: the table itself
+        results = []
+        for reduced in (module.item_table, kept):
+            model.zero_grad()
+            loss, _ = model.loss(
+                INPUTS,
+                TARGETS,
+                needed,
+                reduced,
+                candidates=module.softmax_items.candidates,
+                product_dtype=torch.bfloat16,
+            )
+            loss.backward()
+            results.append(
+                (loss, [p.grad.clone() for p in model.parameters() if p.grad is not None])
+            )
+        (every_step, grads), (once, kept_grads) = results
+        assert torch.equal(every_step, once)
+        assert all(torch.equal(a, b) for a, b in zip(grads, kept_grads, strict=True))
+    module.item_table = module.item_table * 2  # attached again: rounded again
+    assert torch.equal(
+        module.reduced_tokens(needed, dtype=torch.bfloat16), module.item_table.bfloat16()
+    )
 
 
 def test_sampled_softmax_equals_the_formula_over_full_logits():
