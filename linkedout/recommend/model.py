@@ -289,17 +289,15 @@ class LinkedOut(nn.Module):
 
     def key_width(self) -> int:
         """Width of `keys`: d for the ID part, r per depth."""
-        return (
-            self.config.d_model if self.ids is not None else 0
-        ) + self.num_layers * self.expert_dim
+        id_width = self.config.d_model if self.ids is not None else 0
+        return id_width + self.num_layers * self.expert_dim
 
     def folded_keys(self, codes: torch.Tensor, id_vectors: torch.Tensor | None) -> torch.Tensor:
         """`[C, d]` keys against the user state h itself, for fixed-gate fusions (`folds`):
         `id(i) + sum_l U_l e_l(i) / L`, one `[C, L·r] @ [L·r, d]` product."""
         lift = self.experts.lift  # [L, d, r]
-        stacked = lift.transpose(1, 2).reshape(
-            -1, lift.shape[1]
-        )  # [L·r, d], row l·r + j: U_l[:, j]
+        # [L·r, d]: row l·r + j is U_l[:, j], matching codes.flatten(1)'s column l·r + j
+        stacked = lift.transpose(1, 2).reshape(-1, lift.shape[1])
         content = codes.flatten(1) @ (stacked / self.num_layers)
         return content if id_vectors is None else content + id_vectors
 
