@@ -109,6 +109,12 @@ ABLATIONS = (
         ("--fusion", "moe", "--ids", "--token-pool", "attention"),
     ),
     Ablation(
+        "moe+ids/mean-gate",
+        "mean + IDs (a fixed, uniform gate: no personal gate)",
+        "moe+ids",
+        ("--fusion", "mean", "--ids"),
+    ),
+    Ablation(
         "moe+ids/shuffled",
         "MoE + IDs, titles shuffled across items",
         "moe+ids",
