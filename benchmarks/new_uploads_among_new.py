@@ -31,6 +31,7 @@ def among_new(run: Path, chosen: list[nu.Target], new_items: frozenset[str]) -> 
     import torch
 
     from linkedout.recommend.evaluate import TrainedRun, states
+    from linkedout.recommend.metrics import RankingMetrics, rank_of_target
 
     trained = TrainedRun(run)
     histories, targets, _ = nu.rankable(trained, chosen)
@@ -44,13 +45,12 @@ def among_new(run: Path, chosen: list[nu.Target], new_items: frozenset[str]) -> 
     column = torch.searchsorted(pool, targets)
     if not torch.equal(pool[column], targets):
         raise SystemExit(f"{run}: a target is not among the validation-new items")
-    mine = scores.gather(1, column[:, None])
-    ranks = (scores >= mine).sum(1)  # 1-based, ties counted against the target
-    hits = ranks <= 10
-    ndcg = torch.where(hits, 1.0 / torch.log2(ranks.double() + 1), 0.0)
+    metrics = RankingMetrics()
+    metrics.update(rank_of_target(scores, column, None))  # ties counted against the target
+    m = metrics.compute()
     return {
-        "HR@10": hits.double().mean().item(),
-        "NDCG@10": ndcg.mean().item(),
+        "HR@10": m["HR@10"],
+        "NDCG@10": m["NDCG@10"],
         "candidates": len(pool),
         "targets": len(targets),
         "random HR@10": 10 / len(pool),

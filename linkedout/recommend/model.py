@@ -285,12 +285,10 @@ class LinkedOut(nn.Module):
         that is narrower (one 16-wide depth alone is not)."""
         if not self.content or self.config.fusion == "moe":
             return False
-        return self.config.d_model < self.key_width()
-
-    def key_width(self) -> int:
-        """Width of `keys`: d for the ID part, r per depth."""
-        id_width = self.config.d_model if self.ids is not None else 0
-        return id_width + self.num_layers * self.expert_dim
+        key_width = (self.config.d_model if self.ids is not None else 0) + (
+            self.num_layers * self.expert_dim
+        )
+        return self.config.d_model < key_width
 
     def folded_keys(self, codes: torch.Tensor, id_vectors: torch.Tensor | None) -> torch.Tensor:
         """`[C, d]` keys against the user state h itself, for fixed-gate fusions (`folds`):
